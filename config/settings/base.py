@@ -1,0 +1,234 @@
+"""Settings shared by every environment. Everything secret or deploy-specific is read
+from the environment (see README "Environment")."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from django.utils.translation import gettext_lazy as _
+
+from config.env import database_from_url, env_bool, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+SECRET_KEY = env_str("SECRET_KEY", "")
+DEBUG = False
+
+# --- tenancy ---------------------------------------------------------------------------
+# `<slug>.<BASE_DOMAIN>` is a tenant; the bare BASE_DOMAIN is the public site.
+BASE_DOMAIN = env_str("BASE_DOMAIN", "localhost")
+# How users reach us, for links in emails and printed URLs.
+SITE_SCHEME = env_str("SITE_SCHEME", "https")
+SITE_PORT = env_str("SITE_PORT", "")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [BASE_DOMAIN, f".{BASE_DOMAIN}"])
+
+TENANT_MODEL = "tenants.Tenant"
+TENANT_DOMAIN_MODEL = "tenants.Domain"
+PUBLIC_SCHEMA_NAME = "public"
+PUBLIC_SCHEMA_URLCONF = "config.urls_public"
+ROOT_URLCONF = "config.urls_tenant"
+DATABASE_ROUTERS = ("django_tenants.routers.TenantSyncRouter",)
+# Tenant schemas are created by renaming a spare from the pool (tenants/schema_pool.py),
+# never by django-tenants' own create_schema.
+SCHEMA_POOL_TARGET_SIZE = env_int("SCHEMA_POOL_TARGET_SIZE", 5)
+# Hosts of the form <slug>.<BASE_DOMAIN> with these slugs never belong to a tenant.
+RESERVED_TENANT_SLUGS = frozenset(
+    {"www", "public", "admin", "api", "app", "static", "media", "mail", "status", "help",
+     "docs", "support", "template", "pool"}
+)
+
+SHARED_APPS = [
+    "django_tenants",
+    "tenants",
+    "billing",
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.admin",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "axes",
+]
+TENANT_APPS = [
+    "sites",
+    "studies",
+    "ecrf",
+    "exports",
+]
+INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
+
+MIDDLEWARE = [
+    # Probes hit pods by IP, so health answers before host routing.
+    "config.middleware.HealthCheckMiddleware",
+    "config.middleware.RequestIdMiddleware",
+    "tenants.middleware.TenantHostMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "tenants.middleware.TenantMembershipMiddleware",
+    "tenants.middleware.TenantLocaleMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.template.context_processors.i18n",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "tenants.context_processors.tenant",
+            ],
+        },
+    }
+]
+
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+# --- database --------------------------------------------------------------------------
+DATABASES = {"default": database_from_url(env_str("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/suifang"))}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- accounts --------------------------------------------------------------------------
+AUTH_USER_MODEL = "tenants.User"
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
+AUTHENTICATION_BACKENDS = [
+    # Axes first: it refuses a locked-out username/IP before the password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "tenants.auth.EmailBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+
+# Failed logins: 5 per (username, IP) then a 15-minute cool-off.
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_USERNAME_FORM_FIELD = "email"
+AXES_USERNAME_CALLABLE = "tenants.auth.axes_username"
+AXES_LOCKOUT_CALLABLE = "tenants.auth.lockout_response"
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+
+SESSION_COOKIE_AGE = 60 * 60 * 8
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_HTTPONLY = False
+
+# --- i18n ------------------------------------------------------------------------------
+LANGUAGE_CODE = "zh-hans"
+LANGUAGES = [("zh-hans", _("Simplified Chinese")), ("en", _("English"))]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+USE_I18N = True
+USE_TZ = True
+TIME_ZONE = "UTC"  # stored in UTC; shown in the tenant's zone (TenantLocaleMiddleware)
+
+# --- static ----------------------------------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / ".data" / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                "OPTIONS": {"location": str(BASE_DIR / ".data" / "media")}},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# --- redis, cache, celery --------------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULER = "config.beat.SuifangBeatScheduler"
+CELERY_BEAT_SCHEDULE = {
+    # No `tenant_schemas` key: the scheduler sends one copy per live tenant.
+    "tenant-heartbeat": {"task": "tenants.tasks.tenant_heartbeat", "schedule": 300.0},
+    # Runs once, in public.
+    "schema-pool-refill": {
+        "task": "tenants.tasks.schema_pool_refill",
+        "schedule": 60.0,
+        "tenant_schemas": ["public"],
+    },
+}
+
+# --- REST API --------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "tenants.api.authentication.TenantTokenAuthentication",
+        "tenants.api.authentication.TenantSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["tenants.api.permissions.IsTenantMember"],
+    "DEFAULT_PAGINATION_CLASS": "config.api.pagination.Pagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "config.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_THROTTLE_RATES": {"token": "20/min"},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Suifang API",
+    "DESCRIPTION": "Multi-center clinical follow-up. Every path is served on a tenant host.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Assets from the installed sidecar package: hospital intranets have no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- email -----------------------------------------------------------------------------
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Suifang <noreply@suifang.local>")
+
+# --- observability ---------------------------------------------------------------------
+SENTRY_DSN = env_str("SENTRY_DSN", "")
+LOG_FORMAT = env_str("LOG_FORMAT", "json")
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+from config.logging import build_logging_config  # noqa: E402
+
+LOGGING = build_logging_config(fmt=LOG_FORMAT, level=LOG_LEVEL)
+
+from config.observability import init_sentry  # noqa: E402
+
+SENTRY_ENABLED = init_sentry(dsn=SENTRY_DSN, environment=env_str("SENTRY_ENVIRONMENT", "production"))
+
+# Paths (not URL names) for redirects built without reversing the tenant URLconf.
+LOGIN_URL_PATH = "/login/"
+LOGIN_REDIRECT_URL_PATH = "/"
+STATICFILES_DIRS = [BASE_DIR / "static"]

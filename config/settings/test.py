@@ -1,0 +1,20 @@
+"""pytest. Real PostgreSQL and Redis: DATABASE_URL/REDIS_URL if set, otherwise the
+embedded servers started by infra/bootstrap.py (see tests/conftest.py)."""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "test-only-insecure-key-0123456789abcdefghijklmnopqrstuv")
+os.environ.setdefault("LOG_FORMAT", "console")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+from config.settings.base import *  # noqa: E402,F403
+
+# Argon2 with its production cost makes a suite of many logins slow; the hasher is
+# still argon2 (tests assert the prefix), only its cost is lowered.
+PASSWORD_HASHERS = ["tenants.auth.FastArgon2PasswordHasher"]
+SCHEMA_POOL_TARGET_SIZE = 2
+EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+STORAGES = {
+    **STORAGES,  # noqa: F405
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}

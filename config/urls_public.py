@@ -1,0 +1,18 @@
+"""URLs served on the bare BASE_DOMAIN: landing page and the operator console."""
+
+from django.contrib import admin
+from django.urls import include, path
+
+from tenants import views
+
+admin.site.site_header = "Suifang operator console"
+
+urlpatterns = [
+    path("", views.public_home, name="public-home"),
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = "config.views.not_found"
+handler500 = "config.views.server_error"
+handler403 = "config.views.forbidden"

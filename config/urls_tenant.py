@@ -1,0 +1,23 @@
+"""URLs served on a tenant host (<slug>.<BASE_DOMAIN>)."""
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from tenants import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("login/", views.login_view, name="login"),
+    path("logout/", views.logout_view, name="logout"),
+    path("members/", views.members_view, name="members"),
+    path("invite/<str:token>/", views.invitation_accept_view, name="invitation-accept"),
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("api/v1/", include("tenants.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+]
+
+handler404 = "config.views.not_found"
+handler500 = "config.views.server_error"
+handler403 = "config.views.forbidden"

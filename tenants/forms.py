@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+from tenants.roles import Role
+
+
+class LoginForm(forms.Form):
+    email = forms.EmailField(label=_("Email"), max_length=254,
+                             widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}))
+    password = forms.CharField(label=_("Password"), max_length=1024, strip=False,
+                               widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(label=_("Email"), max_length=254)
+    full_name = forms.CharField(label=_("Full name"), max_length=150, required=False)
+    role = forms.ChoiceField(label=_("Role"), choices=Role.choices)
+
+
+class AcceptInvitationForm(forms.Form):
+    full_name = forms.CharField(label=_("Full name"), max_length=150, required=False)
+    password = forms.CharField(label=_("New password"), max_length=1024, strip=False,
+                               widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+    password_again = forms.CharField(label=_("New password again"), max_length=1024, strip=False,
+                                     widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+
+    def clean(self) -> dict:
+        data = super().clean() or {}
+        if data.get("password") and data.get("password") != data.get("password_again"):
+            self.add_error("password_again", _("The two passwords differ."))
+        return data
+
+
+class FindOrganisationForm(forms.Form):
+    slug = forms.SlugField(label=_("Your organisation's address"), max_length=40)

@@ -1,0 +1,347 @@
+"""Writes of the tenants app. Each service validates its input, raises a DomainError
+for bad input, and runs in one transaction."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import zoneinfo
+from datetime import timedelta
+
+import structlog
+from django.conf import settings
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.core.validators import validate_email
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import override
+
+from config.errors import Conflict, DomainError, NotFound, ValidationFailed
+from tenants import error_codes
+from tenants.models import (
+    ApiToken,
+    Domain,
+    Invitation,
+    Language,
+    Tenant,
+    TenantKind,
+    TenantMembership,
+    TenantStatus,
+    User,
+)
+from tenants.roles import Role
+from tenants.schema_pool import TENANT_SCHEMA_PREFIX, schema_build, spare_claim
+
+log = structlog.get_logger(__name__)
+
+# 3-40 characters: lower-case letters, digits and single hyphens, starting with a
+# letter. It becomes a DNS label and (with `-` -> `_`) part of a schema name.
+SLUG_RE = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9])){2,39}$")
+NAME_MAX_LENGTH = Tenant._meta.get_field("name").max_length or 120
+INVITATION_LIFETIME = timedelta(days=7)
+
+
+def tenant_schema_name(slug: str) -> str:
+    return TENANT_SCHEMA_PREFIX + slug.replace("-", "_")
+
+
+def tenant_domain(slug: str) -> str:
+    return f"{slug}.{settings.BASE_DOMAIN}"
+
+
+def tenant_url(slug: str) -> str:
+    """The tenant's base URL as users reach it (scheme and port from settings)."""
+    port = f":{settings.SITE_PORT}" if settings.SITE_PORT else ""
+    return f"{settings.SITE_SCHEME}://{tenant_domain(slug)}{port}"
+
+
+def _validate_tenant_input(
+    *, name: str, slug: str, kind: str, admin_email: str, admin_password: str | None,
+    time_zone: str, default_language: str, status: str,
+) -> dict[str, list[str]]:
+    errors: dict[str, list[str]] = {}
+    if not name.strip():
+        errors["name"] = [_("Enter the organisation's name.")]
+    elif len(name) > NAME_MAX_LENGTH:
+        errors["name"] = [_("The name may have at most %(max)d characters (it has %(n)d).")
+                          % {"max": NAME_MAX_LENGTH, "n": len(name)}]
+    if slug in settings.RESERVED_TENANT_SLUGS or slug.startswith(("pg", "spare", "tpl")):
+        errors["slug"] = [_("“%(slug)s” is reserved; choose another address.") % {"slug": slug}]
+    elif not SLUG_RE.match(slug):
+        errors["slug"] = [_("Use 3–40 lower-case letters, digits or single hyphens, "
+                            "starting with a letter and not ending with a hyphen.")]
+    elif Tenant.objects.filter(slug=slug).exists():
+        errors["slug"] = [_("The address “%(slug)s” is already taken.") % {"slug": slug}]
+    if kind not in TenantKind.values:
+        errors["kind"] = [_("Choose one of: %(choices)s.") % {"choices": ", ".join(TenantKind.values)}]
+    if status not in TenantStatus.values:
+        errors["status"] = [_("Choose one of: %(choices)s.") % {"choices": ", ".join(TenantStatus.values)}]
+    if default_language not in Language.values:
+        errors["default_language"] = [_("Choose zh-hans or en.")]
+    try:
+        if not time_zone:
+            raise zoneinfo.ZoneInfoNotFoundError
+        zoneinfo.ZoneInfo(time_zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        errors["time_zone"] = [_("“%(tz)s” is not a known time zone, e.g. Asia/Shanghai.") % {"tz": time_zone}]
+    try:
+        validate_email(admin_email)
+    except ValidationError:
+        errors["admin_email"] = [_("Enter a valid email address.")]
+    if admin_password is not None:
+        try:
+            validate_password(admin_password, User(email=admin_email))
+        except ValidationError as exc:
+            errors["admin_password"] = list(exc.messages)
+    return errors
+
+
+def tenant_create(
+    *,
+    name: str,
+    slug: str,
+    kind: str,
+    admin_email: str,
+    admin_password: str | None = None,
+    admin_full_name: str = "",
+    time_zone: str = "Asia/Shanghai",
+    default_language: str = Language.ZH_HANS,
+    status: str = TenantStatus.TRIAL,
+    accept_url_base: str | None = None,
+) -> Tenant:
+    """Create a ready tenant: schema, primary domain and a first tenant_admin.
+
+    With no `admin_password` the admin receives an invitation to set one. Either the
+    whole tenant exists afterwards or nothing of it does.
+    """
+    slug = (slug or "").strip().lower()
+    admin_email = (admin_email or "").strip().lower()
+    errors = _validate_tenant_input(
+        name=name or "", slug=slug, kind=kind, admin_email=admin_email,
+        admin_password=admin_password, time_zone=time_zone,
+        default_language=default_language, status=status,
+    )
+    if errors:
+        raise ValidationFailed(errors)
+
+    schema_name = tenant_schema_name(slug)
+    try:
+        with transaction.atomic():
+            if not spare_claim(target_schema=schema_name):
+                log.warning("schema_pool.empty", slug=slug)
+                schema_build(schema_name=schema_name)
+            tenant = Tenant(
+                schema_name=schema_name, name=name.strip(), slug=slug, kind=kind, status=status,
+                time_zone=time_zone, default_language=default_language,
+            )
+            tenant.save()
+            Domain.objects.create(domain=tenant_domain(slug), tenant=tenant, is_primary=True)
+            membership, raw_invitation = _membership_add(
+                tenant=tenant, email=admin_email, role=Role.TENANT_ADMIN,
+                full_name=admin_full_name, password=admin_password, invited_by=None,
+            )
+            if raw_invitation:
+                _send_invitation_on_commit(membership=membership, raw_token=raw_invitation,
+                                           accept_url_base=accept_url_base)
+            transaction.on_commit(_request_pool_refill)
+    except IntegrityError as exc:
+        # Two sign-ups raced for the same slug; the loser gets the same message.
+        raise ValidationFailed(
+            {"slug": [_("The address “%(slug)s” is already taken.") % {"slug": slug}]}
+        ) from exc
+    log.info("tenant.created", tenant=slug, kind=kind)
+    return tenant
+
+
+def _request_pool_refill() -> None:
+    # A broker outage must not fail a sign-up that has committed; beat refills anyway.
+    try:
+        from tenants.tasks import schema_pool_refill
+
+        schema_pool_refill.delay()
+    except Exception:
+        log.warning("schema_pool.refill_not_queued", exc_info=True)
+
+
+def _membership_add(
+    *, tenant: Tenant, email: str, role: str, full_name: str, password: str | None,
+    invited_by: User | None,
+) -> tuple[TenantMembership, str | None]:
+    user = User.objects.filter(email=email).first()
+    if user is None:
+        user = User.objects.create_user(email=email, password=password, full_name=full_name)
+    membership = TenantMembership.objects.create(
+        user=user, tenant=tenant, role=role, invited_by=invited_by
+    )
+    raw_token: str | None = None
+    if not user.has_usable_password():
+        raw_token = secrets.token_urlsafe(32)
+        Invitation.objects.create(
+            membership=membership, digest=Invitation.digest_of(raw_token),
+            expires=timezone.now() + INVITATION_LIFETIME,
+        )
+    return membership, raw_token
+
+
+def _send_invitation_on_commit(
+    *, membership: TenantMembership, raw_token: str, accept_url_base: str | None
+) -> None:
+    tenant = membership.tenant
+    base = (accept_url_base or tenant_url(tenant.slug)).rstrip("/")
+    link = f"{base}/invite/{raw_token}/"
+    language = membership.user.preferred_language or tenant.default_language
+    recipient = membership.user.email
+
+    def send() -> None:
+        with override(language):
+            subject = _("You are invited to %(org)s on Suifang") % {"org": tenant.name}
+            body = _(
+                "You have been invited to join %(org)s on Suifang as %(role)s.\n\n"
+                "Set your password here (the link is valid for 7 days):\n%(link)s\n"
+            ) % {"org": tenant.name, "role": membership.get_role_display(), "link": link}
+        try:
+            send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [recipient])
+        except Exception:
+            # The invitation is kept; an admin can resend it.
+            log.warning("invitation.email_failed", tenant=tenant.slug, exc_info=True)
+
+    transaction.on_commit(send)
+
+
+def member_invite(
+    *, tenant: Tenant, email: str, role: str, invited_by: User, full_name: str = "",
+    accept_url_base: str | None = None,
+) -> TenantMembership:
+    email = (email or "").strip().lower()
+    errors: dict[str, list[str]] = {}
+    try:
+        validate_email(email)
+    except ValidationError:
+        errors["email"] = [_("Enter a valid email address.")]
+    if role not in Role.values:
+        errors["role"] = [_("Choose one of: %(choices)s.") % {"choices": ", ".join(Role.values)}]
+    if len(full_name) > 150:
+        errors["full_name"] = [_("The name may have at most 150 characters.")]
+    if errors:
+        raise ValidationFailed(errors)
+    if TenantMembership.objects.filter(tenant=tenant, user__email=email).exists():
+        raise Conflict(
+            error_codes.ALREADY_MEMBER, _("This person is already a member."),
+            fields={"email": [_("%(email)s is already a member of this organisation.") % {"email": email}]},
+        )
+    try:
+        with transaction.atomic():
+            membership, raw_token = _membership_add(
+                tenant=tenant, email=email, role=role, full_name=full_name, password=None,
+                invited_by=invited_by,
+            )
+            if raw_token:
+                _send_invitation_on_commit(membership=membership, raw_token=raw_token,
+                                           accept_url_base=accept_url_base)
+            else:
+                _send_added_notice_on_commit(membership=membership, accept_url_base=accept_url_base)
+    except IntegrityError as exc:
+        raise Conflict(error_codes.ALREADY_MEMBER, _("This person is already a member."),
+                       fields={"email": [_("This person is already a member.")]}) from exc
+    log.info("member.invited", tenant=tenant.slug, role=role, membership_id=membership.pk)
+    return membership
+
+
+def _send_added_notice_on_commit(*, membership: TenantMembership, accept_url_base: str | None) -> None:
+    tenant = membership.tenant
+    base = (accept_url_base or tenant_url(tenant.slug)).rstrip("/")
+    language = membership.user.preferred_language or tenant.default_language
+    recipient = membership.user.email
+
+    def send() -> None:
+        with override(language):
+            subject = _("You now have access to %(org)s on Suifang") % {"org": tenant.name}
+            body = _("You can sign in to %(org)s with your existing Suifang account at %(link)s\n") % {
+                "org": tenant.name, "link": f"{base}/login/"}
+        try:
+            send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [recipient])
+        except Exception:
+            log.warning("member.notice_email_failed", tenant=tenant.slug, exc_info=True)
+
+    transaction.on_commit(send)
+
+
+def member_update(
+    *, membership: TenantMembership, by: User, role: str | None = None, is_active: bool | None = None
+) -> TenantMembership:
+    """Change a member's role or (de)activate them. The last active tenant_admin cannot
+    be demoted or deactivated: the tenant would have no one to manage it."""
+    if role is not None and role not in Role.values:
+        raise ValidationFailed({"role": [_("Choose one of: %(choices)s.") % {"choices": ", ".join(Role.values)}]})
+    with transaction.atomic():
+        locked = TenantMembership.objects.select_for_update().get(pk=membership.pk)
+        losing_admin = locked.role == Role.TENANT_ADMIN and locked.is_active and (
+            (role is not None and role != Role.TENANT_ADMIN) or is_active is False
+        )
+        if losing_admin:
+            admins = TenantMembership.objects.select_for_update().filter(
+                tenant_id=locked.tenant_id, role=Role.TENANT_ADMIN, is_active=True
+            )
+            if admins.count() <= 1:
+                raise Conflict(
+                    error_codes.LAST_ADMIN,
+                    _("An organisation needs at least one active sponsor (tenant admin)."),
+                    fields={"role": [_("This is the last active tenant admin.")]},
+                )
+        if role is not None:
+            locked.role = role
+        if is_active is not None:
+            locked.is_active = is_active
+        locked.save(update_fields=["role", "is_active"])
+    log.info("member.updated", tenant=locked.tenant.slug, membership_id=locked.pk, role=locked.role,
+             active=locked.is_active, by_user_id=by.pk)
+    return locked
+
+
+def invitation_accept(*, raw_token: str, password: str, full_name: str = "") -> TenantMembership:
+    invitation = (
+        Invitation.objects.select_related("membership__user", "membership__tenant")
+        .filter(digest=Invitation.digest_of(raw_token or ""), accepted__isnull=True)
+        .first()
+    )
+    if invitation is None or invitation.expires < timezone.now():
+        raise NotFound(error_codes.INVITATION_INVALID,
+                       _("This invitation link is invalid or has expired. Ask your administrator "
+                         "to invite you again."))
+    user = invitation.membership.user
+    try:
+        validate_password(password, user)
+    except ValidationError as exc:
+        raise ValidationFailed({"password": list(exc.messages)}) from exc
+    if len(full_name) > 150:
+        raise ValidationFailed({"full_name": [_("The name may have at most 150 characters.")]})
+    with transaction.atomic():
+        user.set_password(password)
+        if full_name:
+            user.full_name = full_name
+        user.save(update_fields=["password", "full_name"])
+        invitation.accepted = timezone.now()
+        invitation.save(update_fields=["accepted"])
+    return invitation.membership
+
+
+def token_issue(*, user: User, tenant: Tenant, label: str = "") -> tuple[ApiToken, str]:
+    """Issue an API token valid only on `tenant`'s host. The raw key is returned once."""
+    if len(label) > 80:
+        raise ValidationFailed({"label": [_("The label may have at most 80 characters.")]})
+    raw = ApiToken.new_key()
+    token = ApiToken.objects.create(user=user, tenant=tenant, digest=ApiToken.digest_of(raw), label=label)
+    return token, raw
+
+
+def token_revoke(*, token: ApiToken) -> None:
+    token.delete()
+
+
+def tenant_require_live(*, tenant: Tenant) -> None:
+    if tenant.status == TenantStatus.SUSPENDED:
+        raise DomainError("tenant_suspended", _("This organisation's account is suspended."),
+                          status_code=403)

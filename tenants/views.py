@@ -1,0 +1,115 @@
+"""Web pages of the tenants app (thin: forms -> services/selectors -> templates)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import authenticate, login, logout
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from config.errors import DomainError
+from tenants import selectors, services
+from tenants.forms import AcceptInvitationForm, FindOrganisationForm, InviteForm, LoginForm
+from tenants.roles import Role
+
+
+def login_view(request: HttpRequest) -> HttpResponse:
+    next_url = request.POST.get("next") or request.GET.get("next") or ""
+    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
+        next_url = ""
+    form = LoginForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            user = authenticate(request, email=form.cleaned_data["email"],
+                                password=form.cleaned_data["password"])
+            if user is not None:
+                login(request, user)
+                return HttpResponseRedirect(next_url or settings.LOGIN_REDIRECT_URL_PATH)
+            form.add_error("password", _("Email or password is incorrect, or you have no access "
+                                         "to this organisation."))
+        status = 400
+    return render(request, "tenants/login.html", {"form": form, "next": next_url}, status=status)
+
+
+@require_POST
+def logout_view(request: HttpRequest) -> HttpResponse:
+    logout(request)
+    messages.info(request, _("You have signed out."))
+    return redirect("login")
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    if not request.user.is_authenticated:
+        return redirect(f"{settings.LOGIN_URL_PATH}?next=/")
+    others = selectors.memberships_of_user(user=request.user).exclude(tenant=request.tenant)  # type: ignore[attr-defined,arg-type]
+    return render(request, "tenants/home.html", {"other_memberships": others})
+
+
+@login_required
+def members_view(request: HttpRequest) -> HttpResponse:
+    membership = request.membership  # type: ignore[attr-defined]
+    if membership is None or membership.role != Role.TENANT_ADMIN:
+        raise PermissionDenied
+    form = InviteForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                services.member_invite(tenant=request.tenant, invited_by=request.user,  # type: ignore[attr-defined,arg-type]
+                                       accept_url_base=request.build_absolute_uri("/"), **form.cleaned_data)
+            except DomainError as exc:
+                for field, errors in exc.fields.items():
+                    for error in errors:
+                        form.add_error(field if field in form.fields else None, error)
+                if not exc.fields:
+                    form.add_error(None, str(exc.message))
+            else:
+                messages.success(request, _("Invitation sent to %(email)s.") % {"email": form.cleaned_data["email"]})
+                return redirect("members")
+        status = 400
+    role = request.GET.get("role") or None
+    if role not in Role.values:
+        role = None
+    search = (request.GET.get("q") or "")[:100]
+    members = selectors.members_of_tenant(tenant=request.tenant, role=role, search=search or None)  # type: ignore[attr-defined]
+    page = Paginator(members, 25).get_page(request.GET.get("page"))
+    return render(request, "tenants/members.html",
+                  {"form": form, "page": page, "roles": Role.choices, "role": role, "q": search},
+                  status=status)
+
+
+def invitation_accept_view(request: HttpRequest, token: str) -> HttpResponse:
+    form = AcceptInvitationForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                services.invitation_accept(raw_token=token, password=form.cleaned_data["password"],
+                                           full_name=form.cleaned_data["full_name"])
+            except DomainError as exc:
+                for field, errors in exc.fields.items():
+                    for error in errors:
+                        form.add_error(field if field in form.fields else None, error)
+                if not exc.fields:
+                    form.add_error(None, str(exc.message))
+            else:
+                messages.success(request, _("Your password is set. Sign in to continue."))
+                return redirect("login")
+        status = 400
+    return render(request, "tenants/invitation_accept.html", {"form": form}, status=status)
+
+
+def public_home(request: HttpRequest) -> HttpResponse:
+    form = FindOrganisationForm(request.GET or None)
+    if request.GET and form.is_valid():
+        return HttpResponseRedirect(services.tenant_url(form.cleaned_data["slug"].lower()) + "/login/")
+    return render(request, "tenants/public_home.html", {"form": form},
+                  status=400 if request.GET and not form.is_valid() else 200)
