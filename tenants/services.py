@@ -345,3 +345,31 @@ def tenant_require_live(*, tenant: Tenant) -> None:
     if tenant.status == TenantStatus.SUSPENDED:
         raise DomainError("tenant_suspended", _("This organisation's account is suspended."),
                           status_code=403)
+
+
+def member_add(
+    *, tenant: Tenant, email: str, role: str, password: str, full_name: str = "",
+) -> TenantMembership:
+    """Add a member with a password set now (operator console, demo seed). An existing
+    account keeps its password and simply gains the membership."""
+    email = (email or "").strip().lower()
+    errors: dict[str, list[str]] = {}
+    try:
+        validate_email(email)
+    except ValidationError:
+        errors["email"] = [_("Enter a valid email address.")]
+    if role not in Role.values:
+        errors["role"] = [_("Choose one of: %(choices)s.") % {"choices": ", ".join(Role.values)}]
+    try:
+        validate_password(password, User(email=email))
+    except ValidationError as exc:
+        errors["password"] = list(exc.messages)
+    if errors:
+        raise ValidationFailed(errors)
+    if TenantMembership.objects.filter(tenant=tenant, user__email=email).exists():
+        raise Conflict(error_codes.ALREADY_MEMBER, _("This person is already a member."),
+                       fields={"email": [_("This person is already a member.")]})
+    with transaction.atomic():
+        membership, _raw = _membership_add(tenant=tenant, email=email, role=role,
+                                           full_name=full_name, password=password, invited_by=None)
+    return membership

@@ -13,3 +13,8 @@ from config.settings.base import *  # noqa: E402,F403
 
 DEBUG = True
 SCHEMA_POOL_TARGET_SIZE = 3
+
+# Static files are served from the app directories; collectstatic is for images.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
+STATIC_ROOT = None

@@ -18,3 +18,16 @@ STORAGES = {
     **STORAGES,  # noqa: F405
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+
+# A realistic 25-model tenant app (bench/synthetic) so tests of schema replay and
+# provisioning run on more than an empty schema.
+TENANT_APPS = [*TENANT_APPS, "bench.synthetic"]  # noqa: F405
+INSTALLED_APPS = [*INSTALLED_APPS, "bench.synthetic"]  # noqa: F405
+# Each test session uses its own queue so a developer's running worker never takes
+# the test's tasks (and the reverse).
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "suifang-test")
+
+# Static files are served from the app directories; collectstatic is for images.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
+STATIC_ROOT = None
