@@ -128,3 +128,22 @@ def smtp_server(settings) -> Iterator[_Collector]:  # type: ignore[no-untyped-de
         yield collector
     finally:
         controller.stop()
+
+
+@pytest.fixture(autouse=True)
+def english_outside_requests():  # type: ignore[no-untyped-def]
+    """Services called directly speak the active language; tests read English messages
+    unless they switch on purpose (requests pick their own language)."""
+    from django.utils import translation
+
+    with translation.override("en"):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():  # type: ignore[no-untyped-def]
+    """Rate-limit counters live in Redis; each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield

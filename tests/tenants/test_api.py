@@ -1,0 +1,225 @@
+"""REST API: endpoints, role checks, the error shape and bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from tenants.models import Invitation, TenantMembership, User
+from tests.conftest import PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+
+def _assert_error_shape(response, status: int, code: str | None = None) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "fields"}
+    assert body["error"]["message"]
+    if code:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
+def test_me_lists_the_users_memberships(api, world):
+    body = api(world.alpha, "both@example.org").get("/api/v1/me/").json()
+    assert body["user"]["email"] == "both@example.org"
+    assert body["current_role"] == "monitor"
+    assert {m["tenant_slug"] for m in body["memberships"]} == {"alpha", "beta"}
+    assert "password" not in str(body)
+
+
+def test_tenant_info(api, world, email_of):
+    body = api(world.alpha, email_of("viewer", "alpha")).get("/api/v1/tenant/").json()
+    assert body == {
+        "slug": "alpha", "name": "Alpha Org", "kind": "hospital", "status": "trial",
+        "time_zone": "Asia/Shanghai", "default_language": "zh-hans", "created": body["created"],
+    }
+
+
+def test_anonymous_gets_401_in_the_error_shape(api, world):
+    error = _assert_error_shape(api(world.alpha).get("/api/v1/me/"), 401, "not_authenticated")
+    assert error["fields"] == {}
+
+
+@pytest.mark.parametrize("role", ["coordinator", "monitor", "investigator", "data_manager",
+                                  "statistician", "viewer"])
+def test_only_tenant_admins_see_or_invite_members(api, world, email_of, role):
+    client = api(world.alpha, email_of(role, "alpha"))
+    _assert_error_shape(client.get("/api/v1/members/"), 403, "permission_denied")
+    response = client.post("/api/v1/members/", {"email": "x@example.org", "role": "viewer"}, format="json")
+    _assert_error_shape(response, 403)
+    assert not User.objects.filter(email="x@example.org").exists()
+
+
+def test_member_list_pages_and_filters(api, world, email_of):
+    client = api(world.alpha, email_of("tenant_admin", "alpha"))
+    first = client.get("/api/v1/members/?page_size=3").json()
+    assert first["count"] == 8 and len(first["results"]) == 3 and first["next"]
+    second = client.get(first["next"].replace("http://alpha.localhost", "")).json()
+    assert {r["id"] for r in first["results"]}.isdisjoint({r["id"] for r in second["results"]})
+    only = client.get("/api/v1/members/?role=coordinator").json()
+    assert [r["email"] for r in only["results"]] == [email_of("coordinator", "alpha")]
+    found = client.get("/api/v1/members/?search=STATISTICIAN").json()
+    assert [r["role"] for r in found["results"]] == ["statistician"]
+
+
+@pytest.mark.parametrize("query", ["role=pharmacist", "page=999", "page=abc", "page_size=-1"])
+def test_member_list_bad_query_gets_4xx_not_500(api, world, email_of, query):
+    response = api(world.alpha, email_of("tenant_admin", "alpha")).get(f"/api/v1/members/?{query}")
+    if query == "page_size=-1":
+        assert response.status_code == 200  # DRF falls back to the default page size
+    else:
+        _assert_error_shape(response, 400 if query.startswith("role") else 404)
+
+
+def test_invite_creates_a_pending_member_and_emails_a_working_link(
+        api, web, world, email_of, smtp_server, django_capture_on_commit_callbacks):
+    client = api(world.alpha, email_of("tenant_admin", "alpha"))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/api/v1/members/", {"email": "New.Nurse@Example.org", "role": "coordinator",
+                                                    "full_name": "李护士"}, format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["email"] == "new.nurse@example.org" and body["invitation_pending"] is True
+    assert len(smtp_server.messages) == 1
+    message = smtp_server.messages[0]
+    assert message["To"] == "new.nurse@example.org"
+    text = message.get_payload(decode=True).decode()
+    link = next(word for word in text.split() if "/invite/" in word)
+    assert link.startswith("http://alpha.localhost/invite/")
+
+    path = link.replace("http://alpha.localhost", "")
+    accept = web(world.alpha).post(path, {"full_name": "李护士", "password": "a-good-new-pass-1",
+                                          "password_again": "a-good-new-pass-1"})
+    assert accept.status_code == 302
+    login = web(world.alpha).post("/login/", {"email": "new.nurse@example.org", "password": "a-good-new-pass-1"})
+    assert login.status_code == 302
+    # The link works once.
+    again = web(world.alpha).post(path, {"password": "another-pass-123", "password_again": "another-pass-123"})
+    assert again.status_code == 400 and "invalid or has expired" in again.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"email": "not-an-email", "role": "viewer"}, "email"),
+        ({"email": "a@example.org", "role": "overlord"}, "role"),
+        ({"role": "viewer"}, "email"),
+        ({"email": "a@example.org"}, "role"),
+        ({"email": "a" * 250 + "@example.org", "role": "viewer"}, "email"),
+        ({"email": "a@example.org", "role": "viewer", "full_name": "n" * 151}, "full_name"),
+        ({"email": ["a@example.org"], "role": "viewer"}, "email"),
+    ],
+)
+def test_invite_bad_input_gets_field_errors_and_saves_nothing(api, world, email_of, payload, field):
+    before = TenantMembership.objects.count()
+    response = api(world.alpha, email_of("tenant_admin", "alpha")).post("/api/v1/members/", payload, format="json")
+    error = _assert_error_shape(response, 400, "invalid")
+    assert field in error["fields"]
+    assert TenantMembership.objects.count() == before
+
+
+def test_invite_malformed_json_is_a_400(api, world, email_of):
+    client = api(world.alpha, email_of("tenant_admin", "alpha"))
+    response = client.generic("POST", "/api/v1/members/", "{not json", content_type="application/json")
+    _assert_error_shape(response, 400, "parse_error")
+
+
+def test_inviting_an_existing_member_is_a_409(api, world, email_of):
+    client = api(world.alpha, email_of("tenant_admin", "alpha"))
+    response = client.post("/api/v1/members/", {"email": email_of("viewer", "alpha"), "role": "monitor"}, format="json")
+    error = _assert_error_shape(response, 409, "already_member")
+    assert "email" in error["fields"]
+    assert TenantMembership.objects.get(user__email=email_of("viewer", "alpha"), tenant=world.alpha).role == "viewer"
+
+
+def test_inviting_a_member_of_another_tenant_adds_a_membership_without_a_new_password(
+        api, world, email_of, smtp_server, django_capture_on_commit_callbacks):
+    client = api(world.alpha, email_of("tenant_admin", "alpha"))
+    email = email_of("statistician", "beta")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/api/v1/members/", {"email": email, "role": "statistician"}, format="json")
+    assert response.status_code == 201
+    assert response.json()["invitation_pending"] is False
+    assert not Invitation.objects.filter(membership__user__email=email).exists()
+    assert "existing Suifang account" in smtp_server.messages[0].get_payload(decode=True).decode()
+
+
+def test_change_role_and_deactivate(api, world, email_of):
+    client = api(world.alpha, email_of("tenant_admin", "alpha"))
+    membership = TenantMembership.objects.get(user__email=email_of("viewer", "alpha"), tenant=world.alpha)
+    response = client.patch(f"/api/v1/members/{membership.pk}/", {"role": "monitor"}, format="json")
+    assert response.status_code == 200 and response.json()["role"] == "monitor"
+    response = client.patch(f"/api/v1/members/{membership.pk}/", {"is_active": False}, format="json")
+    assert response.json()["is_active"] is False
+    _assert_error_shape(client.patch(f"/api/v1/members/{membership.pk}/", {}, format="json"), 400)
+    _assert_error_shape(client.patch(f"/api/v1/members/{membership.pk}/", {"role": "boss"}, format="json"), 400)
+
+
+def test_the_last_admin_cannot_be_demoted(api, world, email_of):
+    client = api(world.alpha, email_of("tenant_admin", "alpha"))
+    admin = TenantMembership.objects.get(user__email=email_of("tenant_admin", "alpha"), tenant=world.alpha)
+    error = _assert_error_shape(
+        client.patch(f"/api/v1/members/{admin.pk}/", {"role": "viewer"}, format="json"), 409, "last_admin")
+    assert "role" in error["fields"]
+    admin.refresh_from_db()
+    assert admin.role == "tenant_admin"
+
+
+def test_a_member_of_another_tenant_is_not_found(api, world, email_of):
+    client = api(world.alpha, email_of("tenant_admin", "alpha"))
+    foreign = TenantMembership.objects.get(user__email=email_of("viewer", "beta"))
+    _assert_error_shape(client.get(f"/api/v1/members/{foreign.pk}/"), 404)
+    _assert_error_shape(client.patch(f"/api/v1/members/{foreign.pk}/", {"role": "monitor"}, format="json"), 404)
+    foreign.refresh_from_db()
+    assert foreign.role == "viewer"
+
+
+def test_token_bad_input(api, world):
+    client = api(world.alpha)
+    _assert_error_shape(client.post("/api/v1/auth/token/", {}, format="json"), 400, "invalid")
+    error = _assert_error_shape(client.post("/api/v1/auth/token/", {"email": "x", "password": "y"}, format="json"), 400)
+    assert "email" in error["fields"]
+    _assert_error_shape(client.post("/api/v1/auth/token/", {"email": "both@example.org", "password": "wrong"},
+                                    format="json"), 400, "invalid_credentials")
+
+
+def test_garbage_token_header_is_a_401(api, world):
+    client = api(world.alpha)
+    for header in ("Token", "Token a b", "Token nonsense", "Bearer \u00ff"):
+        client.credentials(HTTP_AUTHORIZATION=header)
+        _assert_error_shape(client.get("/api/v1/me/"), 401)
+
+
+def test_revoked_token_stops_working(api, world, email_of):
+    client = api(world.alpha, email_of("coordinator", "alpha"))
+    assert client.delete("/api/v1/auth/token/current/").status_code == 204
+    _assert_error_shape(client.get("/api/v1/me/"), 401)
+
+
+def test_repeated_failed_logins_are_locked_out(api, world, settings):
+    client = api(world.alpha)
+    payload = {"email": "both@example.org", "password": "wrong-password"}
+    codes = [client.post("/api/v1/auth/token/", payload, format="json").status_code
+             for _ in range(settings.AXES_FAILURE_LIMIT + 1)]
+    assert codes[:settings.AXES_FAILURE_LIMIT - 1] == [400] * (settings.AXES_FAILURE_LIMIT - 1)
+    assert codes[-1] == 429
+    # Locked out even with the right password now.
+    right = client.post("/api/v1/auth/token/", {"email": "both@example.org", "password": PASSWORD}, format="json")
+    _assert_error_shape(right, 429, "locked_out")
+
+
+def test_openapi_schema_and_docs_are_served(web, world):
+    schema = web(world.alpha).get("/api/schema/")
+    assert schema.status_code == 200
+    text = schema.content.decode()
+    for path in ("/api/v1/me/", "/api/v1/tenant/", "/api/v1/members/", "/api/v1/auth/token/"):
+        assert path in text
+    docs = web(world.alpha).get("/api/docs/")
+    assert docs.status_code == 200
+    assert "cdn" not in docs.content.decode().lower()
+
+
+def test_unknown_api_path_is_a_json_404(api, world, email_of):
+    _assert_error_shape(api(world.alpha, email_of("viewer", "alpha")).get("/api/v1/nothing-here/"), 404)
