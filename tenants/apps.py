@@ -8,3 +8,4 @@ class TenantsConfig(AppConfig):
 
     def ready(self) -> None:
         from tenants import signals  # noqa: F401
+        from tenants.api import schema  # noqa: F401  (registers OpenAPI extensions)

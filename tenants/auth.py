@@ -32,7 +32,7 @@ class EmailBackend(ModelBackend):
     platform operators (staff) may. A non-member gets the same answer as a wrong
     password, so membership cannot be probed."""
 
-    def authenticate(  # type: ignore[override]
+    def authenticate(
         self, request: HttpRequest | None, username: str | None = None,
         password: str | None = None, email: str | None = None, **kwargs: Any,
     ) -> User | None:

@@ -28,13 +28,15 @@ from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 from django.core.management import call_command
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.operations.special import RunPython, SeparateDatabaseAndState
 
+from config.db import tenant_connection as connection
 from tenants.schema_pool import expected_migrations, quote_ident, record_statements
 
 log = structlog.get_logger(__name__)
@@ -75,8 +77,10 @@ def schemas_behind(*, schemas: list[str], expected: set[Key]) -> dict[str, froze
             [schemas],
         )
         with_table = {row[0] for row in cursor.fetchall()}
+        # Schema names come from the Tenant table and are quoted; identifiers cannot be
+        # bound as parameters.
         parts = [
-            f"SELECT {index}, m.app || '.' || m.name FROM {quote_ident(name)}.django_migrations m"
+            f"SELECT {index}, m.app || '.' || m.name FROM {quote_ident(name)}.django_migrations m"  # noqa: S608
             for index, name in enumerate(schemas) if name in with_table
         ]
         applied: dict[str, set[str]] = defaultdict(set)
@@ -183,7 +187,7 @@ def migrate_tenants(*, jobs: int = 4, replay: bool = True, migrate_public: bool 
             chunks = [rest[i::jobs] for i in range(jobs) if rest[i::jobs]]
             with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
                 failures: dict[str, str] = {}
-                for result in pool.map(lambda c: _replay_chunk(c, script), chunks):
+                for result in pool.map(partial(_replay_chunk, script=script), chunks):
                     failures.update(result)
             report.replayed += len(rest) - len(failures)
             for name, error in failures.items():

@@ -61,7 +61,7 @@ class TenantMembershipMiddleware:
                 if not user.is_staff:
                     request.user = AnonymousUser()
             else:
-                membership = membership_for(user=user, tenant=request.tenant)  # type: ignore[attr-defined,arg-type]
+                membership = membership_for(user=user, tenant=request.tenant)  # type: ignore[attr-defined]
                 if membership is None:
                     request.user = AnonymousUser()
                 request.membership = membership  # type: ignore[attr-defined]
@@ -90,7 +90,7 @@ class TenantLocaleMiddleware:
         if language not in supported:
             language = settings.LANGUAGE_CODE
         translation.activate(language)
-        request.LANGUAGE_CODE = language  # type: ignore[attr-defined]
+        request.LANGUAGE_CODE = language
         tz_name = getattr(tenant, "time_zone", "") or "UTC"
         try:
             timezone.activate(zoneinfo.ZoneInfo(tz_name))

@@ -36,17 +36,17 @@ class Language(models.TextChoices):
 
 
 class Tenant(TenantMixin):
-    name = models.CharField(_("name"), max_length=120)
-    slug = models.SlugField(_("slug"), max_length=40, unique=True)
-    kind = models.CharField(_("kind"), max_length=20, choices=TenantKind.choices)
-    status = models.CharField(
+    name: models.CharField[str, str] = models.CharField(_("name"), max_length=120)
+    slug: models.SlugField[str, str] = models.SlugField(_("slug"), max_length=40, unique=True)
+    kind: models.CharField[str, str] = models.CharField(_("kind"), max_length=20, choices=TenantKind.choices)
+    status: models.CharField[str, str] = models.CharField(
         _("status"), max_length=20, choices=TenantStatus.choices, default=TenantStatus.TRIAL
     )
-    time_zone = models.CharField(_("time zone"), max_length=64, default="Asia/Shanghai")
-    default_language = models.CharField(
+    time_zone: models.CharField[str, str] = models.CharField(_("time zone"), max_length=64, default="Asia/Shanghai")
+    default_language: models.CharField[str, str] = models.CharField(
         _("default language"), max_length=10, choices=Language.choices, default=Language.ZH_HANS
     )
-    created = models.DateTimeField(_("created"), default=timezone.now, editable=False)
+    created: models.DateTimeField[Any, Any] = models.DateTimeField(_("created"), default=timezone.now, editable=False)
 
     # Schemas come from the spare pool (tenants/schema_pool.py), never from
     # django-tenants' create_schema on save().
@@ -101,7 +101,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_staff = models.BooleanField(_("platform operator"), default=False)
     date_joined = models.DateTimeField(_("date joined"), default=timezone.now)
 
-    objects: ClassVar[UserManager] = UserManager()  # type: ignore[assignment]
+    objects: ClassVar[UserManager] = UserManager()
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
@@ -152,6 +152,9 @@ class ApiToken(models.Model):
     last_used = models.DateTimeField(null=True, blank=True)
     expires = models.DateTimeField(null=True, blank=True)
 
+    def __str__(self) -> str:
+        return f"token {self.pk} for {self.user} @ {self.tenant.slug}"
+
     @classmethod
     def new_key(cls) -> str:
         return cls.PREFIX + secrets.token_urlsafe(32)
@@ -159,9 +162,6 @@ class ApiToken(models.Model):
     @staticmethod
     def digest_of(raw: str) -> str:
         return _token_digest(raw)
-
-    def __str__(self) -> str:
-        return f"token {self.pk} for {self.user} @ {self.tenant.slug}"
 
 
 class Invitation(models.Model):
@@ -175,12 +175,12 @@ class Invitation(models.Model):
     expires = models.DateTimeField()
     accepted = models.DateTimeField(null=True, blank=True)
 
+    def __str__(self) -> str:
+        return f"invitation {self.pk}"
+
     @staticmethod
     def digest_of(raw: str) -> str:
         return _token_digest(raw)
-
-    def __str__(self) -> str:
-        return f"invitation {self.pk}"
 
 
 class SpareSchema(models.Model):

@@ -28,9 +28,10 @@ from typing import Any
 import structlog
 from django.conf import settings
 from django.core.management import call_command
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.migrations.loader import MigrationLoader
 
+from config.db import tenant_connection as connection
 from tenants.models import SchemaTemplate, SpareSchema
 
 log = structlog.get_logger(__name__)

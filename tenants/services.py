@@ -71,7 +71,7 @@ def _validate_tenant_input(
     if slug in settings.RESERVED_TENANT_SLUGS or slug.startswith(("pg", "spare", "tpl")):
         errors["slug"] = [_("“%(slug)s” is reserved; choose another address.") % {"slug": slug}]
     elif not SLUG_RE.match(slug):
-        errors["slug"] = [_("Use 3–40 lower-case letters, digits or single hyphens, "
+        errors["slug"] = [_("Use 3-40 lower-case letters, digits or single hyphens, "
                             "starting with a letter and not ending with a hyphen.")]
     elif Tenant.objects.filter(slug=slug).exists():
         errors["slug"] = [_("The address “%(slug)s” is already taken.") % {"slug": slug}]
@@ -373,3 +373,15 @@ def member_add(
         membership, _raw = _membership_add(tenant=tenant, email=email, role=role,
                                            full_name=full_name, password=password, invited_by=None)
     return membership
+
+
+def public_tenant_ensure() -> Tenant:
+    """Make sure the public site answers on the bare BASE_DOMAIN (deploy step)."""
+    tenant, _created = Tenant.objects.get_or_create(
+        schema_name="public",
+        defaults={"name": "Suifang", "slug": "public", "kind": TenantKind.OTHER,
+                  "status": TenantStatus.ACTIVE, "time_zone": "UTC"},
+    )
+    Domain.objects.get_or_create(domain=settings.BASE_DOMAIN,
+                                 defaults={"tenant": tenant, "is_primary": True})
+    return tenant

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from django.db import connection
+from django.core.cache import cache
 
 from config.celery import app
+from config.db import tenant_connection as connection
 from tenants import schema_pool
 
 log = structlog.get_logger(__name__)
@@ -42,5 +43,7 @@ def tenant_heartbeat() -> dict[str, Any]:
         "connection_schema": connection.schema_name,
         "tenant": getattr(tenant, "slug", None),
     }
+    # Operators read the last heartbeat per tenant to see that periodic jobs reach it.
+    cache.set(f"tenant-heartbeat:{connection.schema_name}", result, timeout=24 * 3600)
     log.info("tenant.heartbeat", **result)
     return result

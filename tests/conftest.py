@@ -101,7 +101,7 @@ class _Collector:
         self.messages: list[Message] = []
         self.lock = threading.Lock()
 
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
         with self.lock:
             self.messages.append(message_from_bytes(envelope.content))
         return "250 OK"
@@ -110,9 +110,9 @@ class _Collector:
 @pytest.fixture
 def smtp_server(settings) -> Iterator[_Collector]:  # type: ignore[no-untyped-def]
     """A real SMTP server (aiosmtpd) on a free local port; Django sends to it."""
-    from aiosmtpd.controller import Controller
-
     import socket
+
+    from aiosmtpd.controller import Controller
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -144,6 +144,9 @@ def english_outside_requests():  # type: ignore[no-untyped-def]
 def fresh_cache():  # type: ignore[no-untyped-def]
     """Rate-limit counters live in Redis; each test starts with none."""
     from django.core.cache import cache
+    from django.db import connection
 
     cache.clear()
+    # A request handled in an earlier test leaves the connection in its tenant's schema.
+    connection.set_schema_to_public()
     yield

@@ -14,8 +14,8 @@ import os
 
 os.environ.setdefault("LOG_LEVEL", "ERROR")
 
-from config.env import database_from_url  # noqa: E402
-from config.settings.test import *  # noqa: E402,F403
+from config.env import database_from_url
+from config.settings.test import *  # noqa: F403
 
 BENCH_DATABASE_URL = os.environ.get(
     "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/suifang_bench"

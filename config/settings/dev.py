@@ -9,7 +9,7 @@ os.environ.setdefault("LOG_FORMAT", "console")
 os.environ.setdefault("SITE_SCHEME", "http")
 os.environ.setdefault("SITE_PORT", "8000")
 
-from config.settings.base import *  # noqa: E402,F403
+from config.settings.base import *  # noqa: F403
 
 DEBUG = True
 SCHEMA_POOL_TARGET_SIZE = 3
@@ -17,4 +17,4 @@ SCHEMA_POOL_TARGET_SIZE = 3
 # Static files are served from the app directories; collectstatic is for images.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
-STATIC_ROOT = None
+STATIC_ROOT = None  # type: ignore[assignment]

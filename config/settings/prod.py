@@ -1,7 +1,6 @@
 """Production: everything from the environment; refuses to start without secrets."""
 
 from config.env import env_bool, env_int, env_str
-
 from config.settings.base import *  # noqa: F403
 
 SECRET_KEY = env_str("SECRET_KEY")

@@ -7,7 +7,7 @@ os.environ.setdefault("SECRET_KEY", "test-only-insecure-key-0123456789abcdefghij
 os.environ.setdefault("LOG_FORMAT", "console")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
-from config.settings.base import *  # noqa: E402,F403
+from config.settings.base import *  # noqa: F403
 
 # Argon2 with its production cost makes a suite of many logins slow; the hasher is
 # still argon2 (tests assert the prefix), only its cost is lowered.
@@ -30,4 +30,4 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "suifang
 # Static files are served from the app directories; collectstatic is for images.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
-STATIC_ROOT = None
+STATIC_ROOT = None  # type: ignore[assignment]

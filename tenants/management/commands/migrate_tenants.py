@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tenants import schema_pool
 from tenants.deploy_migrate import migrate_tenants
+from tenants.services import public_tenant_ensure
 
 
 class Command(BaseCommand):
@@ -25,6 +26,7 @@ class Command(BaseCommand):
         if opts["jobs"] < 1:
             raise CommandError("--jobs must be at least 1.")
         report = migrate_tenants(jobs=opts["jobs"], replay=not opts["no_replay"])
+        public_tenant_ensure()
         self.stdout.write(
             f"tenants={report.tenants_total} behind={report.behind} replayed={report.replayed} "
             f"migrated={report.migrated} failed={len(report.failed)} "

@@ -55,7 +55,7 @@ class Command(BaseCommand):
             if not TenantMembership.objects.filter(tenant=tenant, user__email="cra@cro.test").exists():
                 member_add(tenant=tenant, email="cra@cro.test", role=Role.MONITOR, password=password,
                            full_name="Multi-tenant Monitor")
-        self.stdout.write("Demo logins (password: %s)" % password)
+        self.stdout.write(f"Demo logins (password: {password})")
         for url, role, email in rows:
             self.stdout.write(f"  {url:<40} {role:<14} {email}")
         self.stdout.write(f"  {'(both tenants)':<40} {'monitor':<14} cra@cro.test")

@@ -1,0 +1,149 @@
+"""Web pages: sign-in, members, invitations, languages and time zones."""
+
+from __future__ import annotations
+
+import pytest
+
+from tenants.models import Tenant, TenantMembership
+from tests.conftest import PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+
+def _login(client, email: str) -> None:  # type: ignore[no-untyped-def]
+    response = client.post("/login/", {"email": email, "password": PASSWORD})
+    assert response.status_code == 302, response.content
+
+
+def test_coordinator_signs_in_and_sees_their_role(web, world, email_of):
+    client = web(world.alpha)
+    _login(client, email_of("coordinator", "alpha"))
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Alpha Org" in html
+    assert "Site coordinator" in html or "协调员" in html
+
+
+def test_failed_sign_in_keeps_the_email_and_says_why(web, world):
+    response = web(world.beta).post("/login/", {"email": "both@example.org", "password": "nope"})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert 'value="both@example.org"' in html
+    assert "incorrect" in html
+
+
+def test_sign_in_form_validates_fields(web, world):
+    response = web(world.beta).post("/login/", {"email": "not an email", "password": ""})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert 'value="not an email"' in html
+    assert html.count('class="error"') >= 2
+
+
+def test_next_parameter_cannot_redirect_off_site(web, world, email_of):
+    response = web(world.beta).post("/login/?next=https://evil.example/", {
+        "email": email_of("viewer", "beta"), "password": PASSWORD})
+    assert response.status_code == 302 and response["Location"] == "/"
+
+
+def test_sign_out_requires_post_and_ends_the_session(web, world, email_of):
+    client = web(world.beta)
+    _login(client, email_of("viewer", "beta"))
+    assert client.get("/logout/").status_code == 405
+    assert client.post("/logout/").status_code == 302
+    assert client.get("/").status_code == 302
+
+
+def test_members_page_is_for_tenant_admins_only(web, world, email_of):
+    client = web(world.beta)
+    _login(client, email_of("monitor", "beta"))
+    assert client.get("/members/").status_code == 403
+    admin = web(world.beta)
+    _login(admin, email_of("tenant_admin", "beta"))
+    page = admin.get("/members/?role=monitor")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert email_of("monitor", "beta") in html and email_of("viewer", "beta") not in html
+    assert "@alpha.example.org" not in admin.get("/members/").content.decode()
+
+
+def test_invite_form_keeps_input_on_error(web, world, email_of):
+    admin = web(world.beta)
+    _login(admin, email_of("tenant_admin", "beta"))
+    response = admin.post("/members/", {"email": email_of("viewer", "beta"), "full_name": "Kept Name",
+                                        "role": "monitor"})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "already a member" in html and 'value="Kept Name"' in html
+
+
+def test_invite_form_sends_an_invitation(web, world, email_of, smtp_server, django_capture_on_commit_callbacks):
+    admin = web(world.beta)
+    _login(admin, email_of("tenant_admin", "beta"))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin.post("/members/", {"email": "fresh@example.org", "role": "investigator"})
+    assert response.status_code == 302
+    assert TenantMembership.objects.get(user__email="fresh@example.org").role == "investigator"
+    assert smtp_server.messages and smtp_server.messages[0]["To"] == "fresh@example.org"
+
+
+def test_invitation_page_rejects_a_bad_token_and_mismatched_passwords(web, world):
+    client = web(world.beta)
+    response = client.post("/invite/not-a-token/", {"password": "a-good-new-pass-1",
+                                                     "password_again": "a-good-new-pass-1"})
+    assert response.status_code == 400 and "invalid or has expired" in response.content.decode()
+    response = client.post("/invite/not-a-token/", {"password": "a-good-new-pass-1", "password_again": "other"})
+    assert response.status_code == 400 and "differ" in response.content.decode()
+
+
+def test_pages_follow_the_tenant_language_and_the_users_choice(web, world, email_of):
+    # beta's default language is English, alpha's is Simplified Chinese.
+    assert web(world.beta).get("/login/")["Content-Language"] == "en"
+    zh = web(world.alpha).get("/login/")
+    assert zh["Content-Language"] == "zh-hans"
+    assert "登录" in zh.content.decode()
+    client = web(world.alpha)
+    client.post("/i18n/setlang/", {"language": "en", "next": "/login/"})
+    assert client.get("/login/")["Content-Language"] == "en"
+
+
+def test_dates_are_shown_in_the_tenants_time_zone(web, world, email_of):
+    import datetime as dt
+
+    Tenant.objects.filter(pk=world.beta.pk).update(created=dt.datetime(2026, 1, 1, 23, 30, tzinfo=dt.UTC))
+    client = web(world.beta)  # Europe/Berlin: UTC+1 in January
+    _login(client, email_of("viewer", "beta"))
+    assert "2026-01-02 00:30 CET" in client.get("/").content.decode()
+
+
+def test_suspended_tenant_is_closed(web, world):
+    Tenant.objects.filter(pk=world.beta.pk).update(status="suspended")
+    response = web(world.beta).get("/login/")
+    assert response.status_code == 403
+    assert "suspended" in response.content.decode()
+
+
+def test_public_site_and_operator_console(web, world):
+    client = web(None)
+    assert client.get("/").status_code == 200
+    found = client.get("/?slug=alpha")
+    assert found.status_code == 302 and found["Location"].startswith("https://alpha.localhost")
+    assert client.get("/?slug=../../etc").status_code == 400
+    # A tenant member is not an operator.
+    response = client.post("/admin/login/", {"username": "both@example.org", "password": PASSWORD})
+    assert response.status_code == 200 and "/admin/login/" in response.request["PATH_INFO"]
+
+
+def test_operator_can_use_the_console(web, world):
+    from tenants.models import User
+
+    User.objects.create_superuser(email="op@example.org", password=PASSWORD)
+    client = web(None)
+    response = client.post("/admin/login/?next=/admin/", {"username": "op@example.org", "password": PASSWORD})
+    assert response.status_code == 302
+    assert client.get("/admin/").status_code == 200
+    # That session means nothing on a tenant host.
+    tenant_client = web(world.alpha)
+    tenant_client.cookies = client.cookies
+    assert tenant_client.get("/").status_code == 302

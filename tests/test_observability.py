@@ -1,0 +1,134 @@
+"""Logs carry tenant and request id and no PHI; Sentry gets no PII and is tagged."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import structlog
+
+from config.logging import build_logging_config
+from config.observability import init_sentry, scrub_event
+
+pytestmark = pytest.mark.django_db
+
+
+def test_request_id_is_echoed_or_generated(web, world):
+    response = web(world.alpha, HTTP_X_REQUEST_ID="abc-123").get("/login/")
+    assert response["X-Request-ID"] == "abc-123"
+    generated = web(world.alpha, HTTP_X_REQUEST_ID="bad id with spaces").get("/login/")
+    assert generated["X-Request-ID"] != "bad id with spaces" and len(generated["X-Request-ID"]) == 32
+
+
+def test_log_lines_are_json_with_tenant_and_request_id_and_no_phi(web, world, capsys):
+    import logging.config
+
+    logging.config.dictConfig(build_logging_config(fmt="json", level="INFO"))
+    try:
+        logger = structlog.get_logger("test")
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id="r1", tenant="alpha")
+        logger.info("subject.called", phone="13812345678", national_id="110101199003077777", attempt=2)
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        record = json.loads(line)
+        assert record["request_id"] == "r1" and record["tenant"] == "alpha" and record["attempt"] == 2
+        assert "13812345678" not in line and "110101199003077777" not in line
+    finally:
+        structlog.contextvars.clear_contextvars()
+        logging.config.dictConfig(build_logging_config(fmt="console", level="WARNING"))
+
+
+def test_middleware_binds_tenant_to_the_log_context(web, world, monkeypatch):
+    captured: dict = {}
+    from tenants import views
+
+    original = views.login_view
+
+    def spy(request):  # type: ignore[no-untyped-def]
+        captured.update(structlog.contextvars.get_contextvars())
+        return original(request)
+
+    monkeypatch.setattr(views, "login_view", spy)
+    from django.urls import clear_url_caches
+
+    clear_url_caches()
+    # Resolve through a fresh URLconf import so the spy is used.
+    import importlib
+
+    import config.urls_tenant
+
+    importlib.reload(config.urls_tenant)
+    try:
+        web(world.alpha, HTTP_X_REQUEST_ID="req-9").get("/login/")
+    finally:
+        monkeypatch.undo()
+        importlib.reload(config.urls_tenant)
+        clear_url_caches()
+    assert captured["tenant"] == "alpha" and captured["request_id"] == "req-9"
+
+
+def test_sentry_is_off_without_a_dsn():
+    assert init_sentry(dsn="", environment="test") is False
+
+
+def test_sentry_event_scrubbing_drops_bodies_cookies_and_user():
+    event = {
+        "request": {"data": {"name": "张三"}, "cookies": {"sessionid": "x"}, "query_string": "phone=1",
+                    "headers": {"Authorization": "Token sf_x", "User-Agent": "ua"}},
+        "user": {"email": "a@b.c"},
+    }
+    cleaned = scrub_event(event, {})
+    assert "data" not in cleaned["request"] and "cookies" not in cleaned["request"]
+    assert "query_string" not in cleaned["request"] and "user" not in cleaned
+    assert cleaned["request"]["headers"]["Authorization"] == "[redacted]"
+    assert cleaned["request"]["headers"]["User-Agent"] == "ua"
+
+
+def test_sentry_sends_no_pii_and_tags_the_tenant(web, world, monkeypatch, settings):
+    """Initialise the real SDK with a transport that records envelopes instead of
+    sending them (Sentry is a paid external service), then raise inside a request."""
+    import sentry_sdk
+    from sentry_sdk.transport import Transport
+
+    sent: list = []
+
+    class Recording(Transport):
+        def capture_envelope(self, envelope):  # type: ignore[no-untyped-def]
+            sent.append(envelope)
+
+    sentry_sdk.init(dsn="https://key@o0.ingest.sentry.io/1", transport=Recording, send_default_pii=False,
+                    before_send=scrub_event, max_request_body_size="never")
+    settings.SENTRY_ENABLED = True
+    from tenants import views
+
+    def boom(request):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom for patient 13812345678")
+
+    monkeypatch.setattr(views, "home", boom)
+    import importlib
+
+    from django.urls import clear_url_caches
+
+    import config.urls_tenant
+
+    importlib.reload(config.urls_tenant)
+    clear_url_caches()
+    try:
+        client = web(world.alpha)
+        client.raise_request_exception = False
+        response = client.get("/?phone=13812345678")
+        assert response.status_code == 500
+        sentry_sdk.flush()
+    finally:
+        monkeypatch.undo()
+        importlib.reload(config.urls_tenant)
+        clear_url_caches()
+        sentry_sdk.init(dsn=None)
+    events = [item.payload.json for env in sent for item in env.items if item.type == "event"]
+    assert events, "no event captured"
+    event = events[-1]
+    assert event["tags"]["tenant"] == "alpha"
+    assert "user" not in event
+    assert "query_string" not in event.get("request", {})
+    logging.getLogger(__name__).debug("captured %d events", len(events))
