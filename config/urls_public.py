@@ -2,10 +2,11 @@
 
 from django.contrib import admin
 from django.urls import include, path
+from django.utils.translation import gettext_lazy as _
 
 from tenants import views
 
-admin.site.site_header = "Suifang operator console"
+admin.site.site_header = _("Suifang operator console")
 
 urlpatterns = [
     path("", views.public_home, name="public-home"),

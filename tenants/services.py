@@ -86,7 +86,7 @@ def _validate_tenant_input(
             raise zoneinfo.ZoneInfoNotFoundError
         zoneinfo.ZoneInfo(time_zone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        errors["time_zone"] = [_("“%(tz)s” is not a known time zone, e.g. Asia/Shanghai.") % {"tz": time_zone}]
+        errors["time_zone"] = [_("“%(tz)s” is not a known time zone; use a name such as Asia/Shanghai.") % {"tz": time_zone}]
     try:
         validate_email(admin_email)
     except ValidationError:
@@ -331,7 +331,7 @@ def invitation_accept(*, raw_token: str, password: str, full_name: str = "") -> 
 def token_issue(*, user: User, tenant: Tenant, label: str = "") -> tuple[ApiToken, str]:
     """Issue an API token valid only on `tenant`'s host. The raw key is returned once."""
     if len(label) > 80:
-        raise ValidationFailed({"label": [_("The label may have at most 80 characters.")]})
+        raise ValidationFailed({"name": [_("The name may have at most 80 characters.")]})
     raw = ApiToken.new_key()
     token = ApiToken.objects.create(user=user, tenant=tenant, digest=ApiToken.digest_of(raw), label=label)
     return token, raw

@@ -74,7 +74,7 @@ class TokenRequestSerializer(serializers.Serializer):
     email = serializers.EmailField(max_length=254)
     password = serializers.CharField(max_length=1024, trim_whitespace=False, style={"input_type": "password"})
     name = serializers.CharField(max_length=80, required=False, allow_blank=True, default="",
-                                 help_text="a label to recognise the token by")
+                                 help_text=_("a name to recognise the token by"))
 
 
 class TokenResponseSerializer(serializers.Serializer):

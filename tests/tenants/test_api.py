@@ -96,7 +96,9 @@ def test_invite_creates_a_pending_member_and_emails_a_working_link(
     login = web(world.alpha).post("/login/", {"email": "new.nurse@example.org", "password": "a-good-new-pass-1"})
     assert login.status_code == 302
     # The link works once.
-    again = web(world.alpha).post(path, {"password": "another-pass-123", "password_again": "another-pass-123"})
+    english = web(world.alpha)
+    english.cookies["django_language"] = "en"
+    again = english.post(path, {"password": "another-pass-123", "password_again": "another-pass-123"})
     assert again.status_code == 400 and "invalid or has expired" in again.content.decode()
 
 
@@ -143,7 +145,10 @@ def test_inviting_a_member_of_another_tenant_adds_a_membership_without_a_new_pas
     assert response.status_code == 201
     assert response.json()["invitation_pending"] is False
     assert not Invitation.objects.filter(membership__user__email=email).exists()
-    assert "existing Suifang account" in smtp_server.messages[0].get_payload(decode=True).decode()
+    # Written in the tenant's language (alpha: Simplified Chinese) with a sign-in link.
+    notice = smtp_server.messages[0].get_payload(decode=True).decode()
+    assert "http://alpha.localhost/login/" in notice and "Alpha Org" in notice
+    assert "登录" in notice
 
 
 def test_change_role_and_deactivate(api, world, email_of):

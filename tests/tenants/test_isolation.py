@@ -60,7 +60,9 @@ def test_session_from_tenant_a_is_anonymous_on_tenant_b(web, world):
 
 def test_non_member_cannot_log_in_or_get_a_token(web, api, world, email_of):
     coordinator_of_beta = email_of("coordinator", "beta")
-    response = web(world.alpha).post("/login/", {"email": coordinator_of_beta, "password": PASSWORD})
+    client = web(world.alpha)
+    client.cookies["django_language"] = "en"
+    response = client.post("/login/", {"email": coordinator_of_beta, "password": PASSWORD})
     assert response.status_code == 400
     assert "incorrect" in response.content.decode()
     token = api(world.alpha).post("/api/v1/auth/token/",
