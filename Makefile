@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint typecheck contracts migrations-check check-deploy schema-check clean
 
-$(STAMP): requirements/base.txt requirements/dev.txt
+$(STAMP): requirements/base.txt requirements/dev.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/dev.txt
@@ -95,3 +95,7 @@ helm-lint: $(HELM) $(KV)
 messages: install
 	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py makemessages -l zh_Hans --ignore=.venv --ignore=bench --ignore=tests --ignore=tools --ignore=node_modules --ignore=.data
 	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py compilemessages -l zh_Hans --ignore=.venv --ignore=bench --ignore=tests --ignore=tools --ignore=.data
+
+# Re-pin every transitive dependency after changing requirements/*.txt.
+constraints: install
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e' > requirements/constraints.txt

@@ -5,7 +5,9 @@ run every task in `public`."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from celery.signals import task_prerun
 from tenant_schemas_celery.app import CeleryApp
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
@@ -13,4 +15,23 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 app = CeleryApp("suifang")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@task_prerun.connect(dispatch_uid="suifang_bind_task_log_context")
+def bind_task_log_context(task_id: str | None = None, task: Any = None, **_kwargs: Any) -> None:
+    """Tasks log, and report to Sentry, with their tenant like requests do. Connected
+    after tenant-schemas-celery's own prerun handler, so the schema is already set."""
+    import structlog
+    from django.db import connection
+
+    schema = getattr(connection, "schema_name", "public")
+    tenant = getattr(getattr(connection, "tenant", None), "slug", None) or schema
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=getattr(task, "name", None), tenant=tenant)
+    from django.conf import settings
+
+    if getattr(settings, "SENTRY_ENABLED", False):
+        from config.observability import tag_tenant
+
+        tag_tenant(tenant)
 

@@ -133,9 +133,12 @@ def template_sql(*, fingerprint: str | None = None) -> str:
     if existing is not None:
         return str(existing.statements["sql"])
     script = _capture_template(fingerprint)
+    migrations = sorted(f"{app}.{name}" for app, name in expected_migrations())
     try:
         with transaction.atomic():
-            SchemaTemplate.objects.create(fingerprint=fingerprint, statements={"sql": script})
+            SchemaTemplate.objects.create(
+                fingerprint=fingerprint, statements={"sql": script, "migrations": migrations}
+            )
     except IntegrityError:
         # Another process captured the same state first; theirs is equivalent.
         pass
@@ -181,7 +184,7 @@ def pool_refill(*, target_size: int | None = None) -> int:
     number of spares created."""
     target = settings.SCHEMA_POOL_TARGET_SIZE if target_size is None else target_size
     fingerprint = migration_fingerprint_cached()
-    for stale in SpareSchema.objects.exclude(fingerprint=fingerprint):
+    for stale in _spares_older_than_this_code(fingerprint=fingerprint):
         pool_drop_spare(spare=stale)
     script = template_sql(fingerprint=fingerprint)
     created = 0
@@ -194,6 +197,21 @@ def pool_refill(*, target_size: int | None = None) -> int:
     if created:
         log.info("schema_pool.refilled", created=created, target=target)
     return created
+
+
+def _spares_older_than_this_code(*, fingerprint: str) -> list[SpareSchema]:
+    """Spares built for another migration state that this code supersedes.
+
+    During a rolling deploy old and new processes run side by side; the old beat must
+    not drop the spares the new code just built. A spare whose template knows
+    migrations this code does not have is left for the newer code."""
+    ours = {f"{app}.{name}" for app, name in expected_migrations()}
+    others = SpareSchema.objects.exclude(fingerprint=fingerprint)
+    known = {
+        t.fingerprint: set(t.statements.get("migrations", []))
+        for t in SchemaTemplate.objects.filter(fingerprint__in={s.fingerprint for s in others})
+    }
+    return [spare for spare in others if known.get(spare.fingerprint, set()) <= ours]
 
 
 def pool_drop_spare(*, spare: SpareSchema) -> None:

@@ -86,7 +86,9 @@ def _validate_tenant_input(
             raise zoneinfo.ZoneInfoNotFoundError
         zoneinfo.ZoneInfo(time_zone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        errors["time_zone"] = [_("“%(tz)s” is not a known time zone; use a name such as Asia/Shanghai.") % {"tz": time_zone}]
+        errors["time_zone"] = [
+            _("“%(tz)s” is not a known time zone; use a name such as Asia/Shanghai.") % {"tz": time_zone}
+        ]
     try:
         validate_email(admin_email)
     except ValidationError:

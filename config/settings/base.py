@@ -151,8 +151,9 @@ TIME_ZONE = "UTC"  # stored in UTC; shown in the tenant's zone (TenantLocaleMidd
 STATIC_URL = "/static/"
 STATIC_ROOT = BASE_DIR / ".data" / "staticfiles"
 STORAGES = {
+    # MEDIA_ROOT must be writable; in containers point it at a volume, or use S3.
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
-                "OPTIONS": {"location": str(BASE_DIR / ".data" / "media")}},
+                "OPTIONS": {"location": env_str("MEDIA_ROOT", str(BASE_DIR / ".data" / "media"))}},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 

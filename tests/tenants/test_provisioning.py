@@ -191,3 +191,25 @@ def test_replayed_schema_matches_a_migrated_schema():
     migrated, replayed = shape("cmp_migrated"), shape("cmp_replayed")
     assert len(migrated["columns"]) > 200 and len(migrated["indexes"]) > 50
     assert replayed == migrated
+
+
+def test_pool_refill_drops_older_spares_but_keeps_spares_of_newer_code():
+    """During a rolling deploy the old beat must not throw away the new code's spares."""
+    from tenants.models import SchemaTemplate
+
+    schema_pool.pool_refill(target_size=1)
+    ours = sorted(f"{app}.{name}" for app, name in schema_pool.expected_migrations())
+    SchemaTemplate.objects.create(fingerprint="older", statements={"sql": "", "migrations": ours[:-1]})
+    SchemaTemplate.objects.create(fingerprint="newer", statements={"sql": "", "migrations": [*ours, "x.0099_next"]})
+    for name, fingerprint in (("spare_older", "older"), ("spare_newer", "newer")):
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE SCHEMA "{name}"')
+        SpareSchema.objects.create(schema_name=name, fingerprint=fingerprint)
+
+    schema_pool.pool_refill(target_size=1)
+
+    assert not SpareSchema.objects.filter(fingerprint="older").exists() and not _schema_exists("spare_older")
+    assert SpareSchema.objects.filter(fingerprint="newer").exists() and _schema_exists("spare_newer")
+    # And this code never hands the newer spare out.
+    tenant = _create()
+    assert _schema_exists(tenant.schema_name) and _schema_exists("spare_newer")
