@@ -147,3 +147,26 @@ def test_operator_can_use_the_console(web, world):
     tenant_client = web(world.alpha)
     tenant_client.cookies = client.cookies
     assert tenant_client.get("/").status_code == 302
+
+
+def test_operator_creates_a_tenant_in_the_console_and_sees_field_errors(web, world):
+    from tenants.models import User
+
+    User.objects.create_superuser(email="op2@example.org", password=PASSWORD)
+    client = web(None)
+    client.cookies["django_language"] = "en"
+    client.post("/admin/login/", {"username": "op2@example.org", "password": PASSWORD})
+    assert client.get("/admin/tenants/tenant/").status_code == 200
+    bad = client.post("/admin/tenants/tenant/add/", {
+        "name": "Kept Name", "slug": "www", "kind": "hospital", "status": "trial", "time_zone": "Nowhere/City",
+        "default_language": "en", "admin_email": "boss@epsilon.example.org"})
+    assert bad.status_code == 400
+    html = bad.content.decode()
+    assert "reserved" in html and "not a known time zone" in html and 'value="Kept Name"' in html
+    assert not Tenant.objects.filter(slug="www").exists()
+    good = client.post("/admin/tenants/tenant/add/", {
+        "name": "Epsilon", "slug": "epsilon", "kind": "hospital", "status": "trial",
+        "time_zone": "Asia/Shanghai", "default_language": "en", "admin_email": "boss@epsilon.example.org"})
+    assert good.status_code == 302
+    tenant = Tenant.objects.get(slug="epsilon")
+    assert TenantMembership.objects.get(tenant=tenant).role == "tenant_admin"
