@@ -14,6 +14,7 @@ from django.utils.translation import gettext_lazy as _
 
 from config.errors import DomainError
 from tenants import services
+from tenants.forms import add_domain_errors
 from tenants.models import (
     ApiToken,
     Domain,
@@ -76,9 +77,7 @@ class TenantAdmin(admin.ModelAdmin):
             try:
                 tenant = services.tenant_create(**form.cleaned_data)
             except DomainError as exc:
-                for field, errors in exc.fields.items():
-                    for error in errors:
-                        form.add_error(field if field in form.fields else None, error)
+                add_domain_errors(form, exc)
             else:
                 messages.success(request, _("Created %(name)s; the admin was emailed an invitation.")
                                  % {"name": tenant.name})

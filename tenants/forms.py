@@ -3,7 +3,17 @@ from __future__ import annotations
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from config.errors import DomainError
 from tenants.roles import Role
+
+
+def add_domain_errors(form: forms.Form, error: DomainError) -> None:
+    """Show a service's DomainError next to the fields it names (or above the form)."""
+    for field, messages in error.fields.items():
+        for message in messages:
+            form.add_error(field if field in form.fields else None, message)
+    if not error.fields:
+        form.add_error(None, str(error.message))
 
 
 class LoginForm(forms.Form):

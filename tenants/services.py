@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import secrets
 import zoneinfo
+from collections.abc import Callable
 from datetime import timedelta
 
 import structlog
@@ -188,36 +189,57 @@ def _membership_add(
     return membership, raw_token
 
 
-def _send_invitation_on_commit(
-    *, membership: TenantMembership, raw_token: str, accept_url_base: str | None
+def _email_member_on_commit(
+    *, membership: TenantMembership, compose: Callable[[], tuple[str, str]], failure_event: str
 ) -> None:
+    """Send one email to a member, in their language, once the transaction commits.
+    A mail failure never undoes the committed change; the email can be sent again."""
     tenant = membership.tenant
-    base = (accept_url_base or tenant_url(tenant.slug)).rstrip("/")
-    link = f"{base}/invite/{raw_token}/"
     language = membership.user.preferred_language or tenant.default_language
     recipient = membership.user.email
 
     def send() -> None:
         with override(language):
-            subject = _("You are invited to %(org)s on Suifang") % {"org": tenant.name}
-            body = _(
-                "You have been invited to join %(org)s on Suifang as %(role)s.\n\n"
-                "Set your password here (the link is valid for 7 days):\n%(link)s\n"
-            ) % {"org": tenant.name, "role": membership.get_role_display(), "link": link}
+            subject, body = compose()
         try:
             send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [recipient])
         except Exception:
-            # The invitation is kept; an admin can resend it.
-            log.warning("invitation.email_failed", tenant=tenant.slug, exc_info=True)
+            log.warning(failure_event, tenant=tenant.slug, exc_info=True)
 
     transaction.on_commit(send)
 
 
-def member_invite(
-    *, tenant: Tenant, email: str, role: str, invited_by: User, full_name: str = "",
-    accept_url_base: str | None = None,
-) -> TenantMembership:
-    email = (email or "").strip().lower()
+def _send_invitation_on_commit(
+    *, membership: TenantMembership, raw_token: str, accept_url_base: str | None
+) -> None:
+    tenant = membership.tenant
+    link = f"{(accept_url_base or tenant_url(tenant.slug)).rstrip('/')}/invite/{raw_token}/"
+
+    def compose() -> tuple[str, str]:
+        subject = _("You are invited to %(org)s on Suifang") % {"org": tenant.name}
+        body = _(
+            "You have been invited to join %(org)s on Suifang as %(role)s.\n\n"
+            "Set your password here (the link is valid for 7 days):\n%(link)s\n"
+        ) % {"org": tenant.name, "role": membership.get_role_display(), "link": link}
+        return subject, body
+
+    _email_member_on_commit(membership=membership, compose=compose, failure_event="invitation.email_failed")
+
+
+def _send_added_notice_on_commit(*, membership: TenantMembership, accept_url_base: str | None) -> None:
+    tenant = membership.tenant
+    link = f"{(accept_url_base or tenant_url(tenant.slug)).rstrip('/')}/login/"
+
+    def compose() -> tuple[str, str]:
+        subject = _("You now have access to %(org)s on Suifang") % {"org": tenant.name}
+        body = _("You can sign in to %(org)s with your existing Suifang account at %(link)s\n") % {
+            "org": tenant.name, "link": link}
+        return subject, body
+
+    _email_member_on_commit(membership=membership, compose=compose, failure_event="member.notice_email_failed")
+
+
+def _validate_member_fields(*, email: str, role: str, full_name: str) -> dict[str, list[str]]:
     errors: dict[str, list[str]] = {}
     try:
         validate_email(email)
@@ -227,13 +249,26 @@ def member_invite(
         errors["role"] = [_("Choose one of: %(choices)s.") % {"choices": ", ".join(Role.values)}]
     if len(full_name) > 150:
         errors["full_name"] = [_("The name may have at most 150 characters.")]
-    if errors:
-        raise ValidationFailed(errors)
+    return errors
+
+
+def _refuse_existing_member(*, tenant: Tenant, email: str) -> None:
     if TenantMembership.objects.filter(tenant=tenant, user__email=email).exists():
         raise Conflict(
             error_codes.ALREADY_MEMBER, _("This person is already a member."),
             fields={"email": [_("%(email)s is already a member of this organisation.") % {"email": email}]},
         )
+
+
+def member_invite(
+    *, tenant: Tenant, email: str, role: str, invited_by: User, full_name: str = "",
+    accept_url_base: str | None = None,
+) -> TenantMembership:
+    email = (email or "").strip().lower()
+    errors = _validate_member_fields(email=email, role=role, full_name=full_name)
+    if errors:
+        raise ValidationFailed(errors)
+    _refuse_existing_member(tenant=tenant, email=email)
     try:
         with transaction.atomic():
             membership, raw_token = _membership_add(
@@ -250,25 +285,6 @@ def member_invite(
                        fields={"email": [_("This person is already a member.")]}) from exc
     log.info("member.invited", tenant=tenant.slug, role=role, membership_id=membership.pk)
     return membership
-
-
-def _send_added_notice_on_commit(*, membership: TenantMembership, accept_url_base: str | None) -> None:
-    tenant = membership.tenant
-    base = (accept_url_base or tenant_url(tenant.slug)).rstrip("/")
-    language = membership.user.preferred_language or tenant.default_language
-    recipient = membership.user.email
-
-    def send() -> None:
-        with override(language):
-            subject = _("You now have access to %(org)s on Suifang") % {"org": tenant.name}
-            body = _("You can sign in to %(org)s with your existing Suifang account at %(link)s\n") % {
-                "org": tenant.name, "link": f"{base}/login/"}
-        try:
-            send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [recipient])
-        except Exception:
-            log.warning("member.notice_email_failed", tenant=tenant.slug, exc_info=True)
-
-    transaction.on_commit(send)
 
 
 def member_update(
@@ -355,22 +371,14 @@ def member_add(
     """Add a member with a password set now (operator console, demo seed). An existing
     account keeps its password and simply gains the membership."""
     email = (email or "").strip().lower()
-    errors: dict[str, list[str]] = {}
-    try:
-        validate_email(email)
-    except ValidationError:
-        errors["email"] = [_("Enter a valid email address.")]
-    if role not in Role.values:
-        errors["role"] = [_("Choose one of: %(choices)s.") % {"choices": ", ".join(Role.values)}]
+    errors = _validate_member_fields(email=email, role=role, full_name=full_name)
     try:
         validate_password(password, User(email=email))
     except ValidationError as exc:
         errors["password"] = list(exc.messages)
     if errors:
         raise ValidationFailed(errors)
-    if TenantMembership.objects.filter(tenant=tenant, user__email=email).exists():
-        raise Conflict(error_codes.ALREADY_MEMBER, _("This person is already a member."),
-                       fields={"email": [_("This person is already a member.")]})
+    _refuse_existing_member(tenant=tenant, email=email)
     with transaction.atomic():
         membership, _raw = _membership_add(tenant=tenant, email=email, role=role,
                                            full_name=full_name, password=password, invited_by=None)

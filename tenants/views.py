@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 
 from config.errors import DomainError
 from tenants import selectors, services
-from tenants.forms import AcceptInvitationForm, FindOrganisationForm, InviteForm, LoginForm
+from tenants.forms import AcceptInvitationForm, FindOrganisationForm, InviteForm, LoginForm, add_domain_errors
 from tenants.roles import Role
 
 
@@ -66,11 +66,7 @@ def members_view(request: HttpRequest) -> HttpResponse:
                 services.member_invite(tenant=request.tenant, invited_by=request.user,  # type: ignore[attr-defined,arg-type]
                                        accept_url_base=request.build_absolute_uri("/"), **form.cleaned_data)
             except DomainError as exc:
-                for field, errors in exc.fields.items():
-                    for error in errors:
-                        form.add_error(field if field in form.fields else None, error)
-                if not exc.fields:
-                    form.add_error(None, str(exc.message))
+                add_domain_errors(form, exc)
             else:
                 messages.success(request, _("Invitation sent to %(email)s.") % {"email": form.cleaned_data["email"]})
                 return redirect("members")
@@ -95,11 +91,7 @@ def invitation_accept_view(request: HttpRequest, token: str) -> HttpResponse:
                 services.invitation_accept(raw_token=token, password=form.cleaned_data["password"],
                                            full_name=form.cleaned_data["full_name"])
             except DomainError as exc:
-                for field, errors in exc.fields.items():
-                    for error in errors:
-                        form.add_error(field if field in form.fields else None, error)
-                if not exc.fields:
-                    form.add_error(None, str(exc.message))
+                add_domain_errors(form, exc)
             else:
                 messages.success(request, _("Your password is set. Sign in to continue."))
                 return redirect("login")
