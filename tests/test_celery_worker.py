@@ -30,6 +30,25 @@ def database_url(settings_dict: dict) -> str:
     return f"postgresql://{user}:{password}@{host}:{port}/{name}"
 
 
+def wait_for_other_sessions_to_end(django_db_blocker, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    """A stopped subprocess's PostgreSQL backend lingers for a moment; dropping the test
+    database at session end fails while it does."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    with django_db_blocker.unblock():
+        try:
+            with connection.cursor() as cursor:
+                while time.monotonic() < deadline:
+                    cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                   "AND pid <> pg_backend_pid()")
+                    if cursor.fetchone()[0] == 0:
+                        return
+                    time.sleep(0.1)
+        finally:
+            connection.close()  # this module-level connection must not outlive the fixture
+
+
 @pytest.fixture(scope="module")
 def worker_queue(world, django_db_blocker):  # type: ignore[no-untyped-def]
     queue = f"test-{uuid.uuid4().hex[:10]}"
@@ -48,6 +67,7 @@ def worker_queue(world, django_db_blocker):  # type: ignore[no-untyped-def]
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        wait_for_other_sessions_to_end(django_db_blocker)
 
 
 @pytest.mark.django_db

@@ -13,7 +13,7 @@ import pytest
 from django.db import connection
 
 from tests.conftest import PASSWORD
-from tests.test_celery_worker import database_url
+from tests.test_celery_worker import database_url, wait_for_other_sessions_to_end
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -48,6 +48,7 @@ def server(world, django_db_blocker):  # type: ignore[no-untyped-def]
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        wait_for_other_sessions_to_end(django_db_blocker)
 
 
 @pytest.fixture(scope="module")
