@@ -97,8 +97,8 @@ def test_sentry_sends_no_pii_and_tags_the_tenant(web, world, monkeypatch, settin
         def capture_envelope(self, envelope):  # type: ignore[no-untyped-def]
             sent.append(envelope)
 
-    sentry_sdk.init(dsn="https://key@o0.ingest.sentry.io/1", transport=Recording, send_default_pii=False,
-                    before_send=scrub_event, max_request_body_size="never")
+    # The production configuration, with only the transport swapped.
+    assert init_sentry(dsn="https://key@o0.ingest.sentry.io/1", environment="test", transport=Recording)
     settings.SENTRY_ENABLED = True
     from tenants import views
 
