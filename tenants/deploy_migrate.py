@@ -178,17 +178,32 @@ def migrate_tenants(*, jobs: int = 4, replay: bool = True, migrate_public: bool 
 
     for members in groups.values():
         first, rest = members[0], members[1:]
-        replayable = replay and bool(rest) and _plan_is_replayable(first)
+        try:
+            replayable = replay and bool(rest) and _plan_is_replayable(first)
+            if replayable:
+                with record_statements() as recorded:
+                    _migrate_one(first)
+        except Exception as exc:
+            # The group's first schema failed: report it and migrate the others one by
+            # one, so a single broken schema never stops the rest of the deploy.
+            connection.set_schema_to_public()
+            report.failed[first] = f"{type(exc).__name__}: {exc}"
+            failed = _migrate_for_real(rest, jobs=jobs)
+            report.migrated += len(rest) - len(failed)
+            report.failed.update(failed)
+            continue
         if replayable:
-            with record_statements() as recorded:
-                _migrate_one(first)
             report.migrated += 1
             script = ";\n".join(recorded) + ";\n" if recorded else ""
-            chunks = [rest[i::jobs] for i in range(jobs) if rest[i::jobs]]
-            with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
-                failures: dict[str, str] = {}
-                for result in pool.map(partial(_replay_chunk, script=script), chunks):
-                    failures.update(result)
+            failures: dict[str, str] = {}
+            if jobs <= 1:
+                # In this thread and connection (also what tests use).
+                failures = {name: err for name in rest if (err := _replay_into(name, script)) is not None}
+            else:
+                chunks = [rest[i::jobs] for i in range(jobs) if rest[i::jobs]]
+                with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+                    for result in pool.map(partial(_replay_chunk, script=script), chunks):
+                        failures.update(result)
             report.replayed += len(rest) - len(failures)
             for name, error in failures.items():
                 log.warning("migrate.replay_failed", schema=name, error=error[:200])

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -48,10 +50,17 @@ def quote_ident(name: str) -> str:
 
 
 def migration_fingerprint() -> str:
-    """A digest of every migration on disk: equal digests mean equal tenant schemas."""
+    """A digest of every migration on disk, names and source: equal digests mean equal
+    tenant schemas. The source counts too, so a migration edited under the same name
+    (it happens before a release) never reuses a template recorded from the old text."""
     loader = MigrationLoader(None, ignore_no_migrations=True)
-    names = sorted(f"{app}.{name}" for app, name in loader.graph.nodes)
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+    digest = hashlib.sha256()
+    for key in sorted(loader.graph.nodes):
+        digest.update(f"{key[0]}.{key[1]}\n".encode())
+        source_file = getattr(sys.modules.get(type(loader.graph.nodes[key]).__module__), "__file__", None)
+        if source_file:
+            digest.update(Path(source_file).read_bytes())
+    return digest.hexdigest()
 
 
 def expected_migrations() -> set[tuple[str, str]]:
