@@ -197,26 +197,13 @@ def nothing_to_apply(size: int, args: argparse.Namespace) -> dict[str, Any]:
 
 # --- phase 2: one new migration (child process, BENCH_MIGRATIONS=next) ------------------------
 
-def _replay(schema: str, script: str) -> str | None:
-    from django.db import transaction
-
-    from config.db import tenant_connection as connection
-
-    try:
-        connection.set_schema_to_public()
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(f'SET LOCAL search_path TO "{schema}", public')
-            cursor.execute(script)
-        return None
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-
-
 def _replay_chunk(chunk: list[str], script: str) -> list[str]:
     from django.db import connections
 
+    from tenants.deploy_migrate import _replay_into
+
     try:
-        return [f"{name}: {err}" for name in chunk if (err := _replay(name, script))]
+        return [f"{name}: {err}" for name in chunk if (err := _replay_into(name, script))]
     finally:
         connections.close_all()
 

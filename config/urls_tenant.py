@@ -10,6 +10,8 @@ urlpatterns = [
     path("login/", views.login_view, name="login"),
     path("logout/", views.logout_view, name="logout"),
     path("members/", views.members_view, name="members"),
+    path("members/<int:membership_id>/resend-invitation/", views.member_resend_invitation_view,
+         name="member-resend-invitation"),
     path("invite/<str:token>/", views.invitation_accept_view, name="invitation-accept"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("api/v1/", include("tenants.api.urls")),

@@ -319,6 +319,21 @@ def member_update(
     return locked
 
 
+def invitation_resend(*, membership: TenantMembership, accept_url_base: str | None = None) -> None:
+    """Issue a fresh link (the old one stops working) and email it again."""
+    invitation = Invitation.objects.filter(membership=membership, accepted__isnull=True).first()
+    if invitation is None:
+        raise Conflict(error_codes.INVITATION_INVALID,
+                       _("This member has no pending invitation; they can already sign in."))
+    raw_token = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        invitation.digest = Invitation.digest_of(raw_token)
+        invitation.expires = timezone.now() + INVITATION_LIFETIME
+        invitation.save(update_fields=["digest", "expires"])
+        _send_invitation_on_commit(membership=membership, raw_token=raw_token, accept_url_base=accept_url_base)
+    log.info("invitation.resent", tenant=membership.tenant.slug, membership_id=membership.pk)
+
+
 def invitation_accept(*, raw_token: str, password: str, full_name: str = "") -> TenantMembership:
     invitation = (
         Invitation.objects.select_related("membership__user", "membership__tenant")

@@ -8,7 +8,7 @@ from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
@@ -80,6 +80,24 @@ def members_view(request: HttpRequest) -> HttpResponse:
     return render(request, "tenants/members.html",
                   {"form": form, "page": page, "roles": Role.choices, "role": role, "q": search},
                   status=status)
+
+
+@login_required
+@require_POST
+def member_resend_invitation_view(request: HttpRequest, membership_id: int) -> HttpResponse:
+    membership = request.membership  # type: ignore[attr-defined]
+    if membership is None or membership.role != Role.TENANT_ADMIN:
+        raise PermissionDenied
+    target = selectors.member_get(tenant=request.tenant, membership_id=membership_id)  # type: ignore[attr-defined]
+    if target is None:
+        raise Http404
+    try:
+        services.invitation_resend(membership=target, accept_url_base=request.build_absolute_uri("/"))
+    except DomainError as exc:
+        messages.error(request, str(exc.message))
+    else:
+        messages.success(request, _("A new invitation link was sent to %(email)s.") % {"email": target.user.email})
+    return redirect("members")
 
 
 def invitation_accept_view(request: HttpRequest, token: str) -> HttpResponse:

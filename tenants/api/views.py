@@ -112,6 +112,18 @@ class MemberDetailView(APIView):
         return Response(MemberSerializer(self._get(request, updated.pk)).data)
 
 
+class MemberInvitationResendView(APIView):
+    permission_classes = [IsTenantAdmin]
+
+    @extend_schema(request=None, responses={202: None}, summary="Email a pending member a fresh invitation link")
+    def post(self, request: Request, membership_id: int) -> Response:
+        membership = selectors.member_get(tenant=request._request.tenant, membership_id=membership_id)  # type: ignore[attr-defined]
+        if membership is None:
+            raise NotFound("not_found", _("No such member in this organisation."))
+        services.invitation_resend(membership=membership, accept_url_base=request.build_absolute_uri("/"))
+        return Response(status=status.HTTP_202_ACCEPTED)
+
+
 class TokenView(APIView):
     """Exchange email + password for a token bound to this host's tenant."""
 

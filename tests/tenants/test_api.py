@@ -228,3 +228,33 @@ def test_openapi_schema_and_docs_are_served(web, world):
 
 def test_unknown_api_path_is_a_json_404(api, world, email_of):
     _assert_error_shape(api(world.alpha, email_of("viewer", "alpha")).get("/api/v1/nothing-here/"), 404)
+
+
+def test_resending_an_invitation_replaces_the_link(api, web, world, email_of, smtp_server,
+                                                   django_capture_on_commit_callbacks):
+    client = api(world.beta, email_of("tenant_admin", "beta"))
+    with django_capture_on_commit_callbacks(execute=True):
+        created = client.post("/api/v1/members/", {"email": "late@example.org", "role": "viewer"}, format="json")
+    first_link = next(w for w in smtp_server.messages[0].get_payload(decode=True).decode().split() if "/invite/" in w)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/api/v1/members/{created.json()['id']}/resend-invitation/")
+    assert response.status_code == 202
+    second_link = next(w for w in smtp_server.messages[1].get_payload(decode=True).decode().split() if "/invite/" in w)
+    assert first_link != second_link
+    page = web(world.beta)
+    old = page.post(first_link.replace("http://beta.localhost", ""),
+                    {"password": "a-good-new-pass-1", "password_again": "a-good-new-pass-1"})
+    assert old.status_code == 400
+    new = page.post(second_link.replace("http://beta.localhost", ""),
+                    {"password": "a-good-new-pass-1", "password_again": "a-good-new-pass-1"})
+    assert new.status_code == 302
+
+
+def test_resend_is_refused_for_members_without_a_pending_invitation_and_across_tenants(api, world, email_of):
+    client = api(world.beta, email_of("tenant_admin", "beta"))
+    own = TenantMembership.objects.get(user__email=email_of("viewer", "beta"))
+    _assert_error_shape(client.post(f"/api/v1/members/{own.pk}/resend-invitation/"), 409, "invitation_invalid")
+    foreign = TenantMembership.objects.get(user__email=email_of("viewer", "alpha"))
+    _assert_error_shape(client.post(f"/api/v1/members/{foreign.pk}/resend-invitation/"), 404)
+    viewer = api(world.beta, email_of("viewer", "beta"))
+    _assert_error_shape(viewer.post(f"/api/v1/members/{own.pk}/resend-invitation/"), 403)

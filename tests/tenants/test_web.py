@@ -170,3 +170,19 @@ def test_operator_creates_a_tenant_in_the_console_and_sees_field_errors(web, wor
     assert good.status_code == 302
     tenant = Tenant.objects.get(slug="epsilon")
     assert TenantMembership.objects.get(tenant=tenant).role == "tenant_admin"
+
+
+def test_members_page_resends_a_pending_invitation(web, world, email_of, smtp_server,
+                                                  django_capture_on_commit_callbacks):
+    admin = web(world.beta)
+    _login(admin, email_of("tenant_admin", "beta"))
+    with django_capture_on_commit_callbacks(execute=True):
+        admin.post("/members/", {"email": "pending@example.org", "role": "viewer"})
+    membership = TenantMembership.objects.get(user__email="pending@example.org")
+    assert f"/members/{membership.pk}/resend-invitation/" in admin.get("/members/").content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin.post(f"/members/{membership.pk}/resend-invitation/")
+    assert response.status_code == 302
+    assert len(smtp_server.messages) == 2
+    foreign = TenantMembership.objects.get(user__email=email_of("viewer", "alpha"))
+    assert admin.post(f"/members/{foreign.pk}/resend-invitation/").status_code == 404
