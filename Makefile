@@ -36,6 +36,8 @@ migrations-check: install
 
 check-deploy: install
 	SECRET_KEY=$$(head -c 64 /dev/urandom | base64 | tr -d '\n/+=' | head -c 60) \
+	PII_ENCRYPTION_KEYS=$$(head -c 32 /dev/urandom | base64 | tr "+/" "-_") \
+	PII_HASH_KEY=$$(head -c 32 /dev/urandom | base64 | tr "+/" "-_") \
 	DJANGO_SETTINGS_MODULE=config.settings.prod $(PY) manage.py check --deploy --fail-level WARNING
 
 clean:

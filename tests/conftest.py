@@ -150,3 +150,23 @@ def fresh_cache():  # type: ignore[no-untyped-def]
     # A request handled in an earlier test leaves the connection in its tenant's schema.
     connection.set_schema_to_public()
     yield
+
+
+@pytest.fixture
+def in_tenant():  # type: ignore[no-untyped-def]
+    """in_tenant(tenant): run the rest of the test in that tenant's schema (as a request
+    on its host would), and come back to public afterwards."""
+    from django.db import connection
+
+    def enter(tenant: Tenant) -> None:
+        connection.set_tenant(tenant)
+
+    yield enter
+    connection.set_schema_to_public()
+
+
+@pytest.fixture(autouse=True)
+def media_in_tmp(settings, tmp_path):  # type: ignore[no-untyped-def]
+    """Uploaded files go to a per-test folder, never into the checkout."""
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path / "media")}}}

@@ -234,3 +234,10 @@ SENTRY_ENABLED = init_sentry(dsn=SENTRY_DSN, environment=env_str("SENTRY_ENVIRON
 LOGIN_URL_PATH = "/login/"
 LOGIN_REDIRECT_URL_PATH = "/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+
+# --- PII keys (studies/pii.py) ---------------------------------------------------------
+# AES-256-GCM keys: comma-separated urlsafe base64, 32 bytes each. The first encrypts, all
+# decrypt. Rotation: put a new key in front, re-encrypt, then remove the old key.
+PII_ENCRYPTION_KEYS = env_str("PII_ENCRYPTION_KEYS", "")
+# HMAC-SHA256 key for keyed hashes (duplicate national IDs); separate from the above.
+PII_HASH_KEY = env_str("PII_HASH_KEY", "")

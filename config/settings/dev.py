@@ -18,3 +18,8 @@ SCHEMA_POOL_TARGET_SIZE = 3
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 STATIC_ROOT = None  # type: ignore[assignment]
+
+# Fixed PII keys so demo data survives restarts. INSECURE, public, dev only: they decode to
+# "dev-only-insecure-pii-key-000001" and "dev-only-insecure-pii-hash-key-1".
+PII_ENCRYPTION_KEYS = PII_ENCRYPTION_KEYS or "ZGV2LW9ubHktaW5zZWN1cmUtcGlpLWtleS0wMDAwMDE="  # noqa: F405
+PII_HASH_KEY = PII_HASH_KEY or "ZGV2LW9ubHktaW5zZWN1cmUtcGlpLWhhc2gta2V5LTE="  # noqa: F405

@@ -30,3 +30,38 @@ if env_str("AWS_STORAGE_BUCKET_NAME", ""):
     AWS_DEFAULT_ACL = None
     AWS_QUERYSTRING_AUTH = True
     AWS_QUERYSTRING_EXPIRE = 300
+
+# --- PII keys: refuse to start without valid ones (the format studies/pii.py reads) ------
+import base64  # noqa: E402
+import binascii  # noqa: E402
+import re  # noqa: E402
+
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+
+
+def _pii_keys(name: str, raw: str) -> list[bytes]:
+    texts = [part.strip() for part in raw.split(",") if part.strip()]
+    if not texts:
+        raise ImproperlyConfigured(f"{name} is required (urlsafe-base64 32-byte keys).")
+    keys = []
+    for text in texts:
+        try:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+={0,2}", text):
+                raise ValueError
+            key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            raise ImproperlyConfigured(f"{name}: a key is not urlsafe base64.") from None
+        if len(key) != 32:
+            raise ImproperlyConfigured(f"{name}: each key must decode to 32 bytes (one has {len(key)}).")
+        if b"insecure" in key:
+            raise ImproperlyConfigured(f"{name}: the public dev/test key must not be used in production.")
+        keys.append(key)
+    return keys
+
+
+_pii_encryption_keys = _pii_keys("PII_ENCRYPTION_KEYS", PII_ENCRYPTION_KEYS)  # noqa: F405
+_pii_hash_key = _pii_keys("PII_HASH_KEY", PII_HASH_KEY)  # noqa: F405
+if len(_pii_hash_key) != 1:
+    raise ImproperlyConfigured("PII_HASH_KEY must be a single key.")
+if _pii_hash_key[0] in _pii_encryption_keys:
+    raise ImproperlyConfigured("PII_HASH_KEY must differ from every PII_ENCRYPTION_KEYS key.")

@@ -31,3 +31,8 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "suifang
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 STATIC_ROOT = None  # type: ignore[assignment]
+
+# Fixed PII keys for the suite. INSECURE, public, tests only: they decode to
+# "test-only-insecure-pii-key-00001" and "test-only-insecure-pii-hash-key1".
+PII_ENCRYPTION_KEYS = PII_ENCRYPTION_KEYS or "dGVzdC1vbmx5LWluc2VjdXJlLXBpaS1rZXktMDAwMDE="  # noqa: F405
+PII_HASH_KEY = PII_HASH_KEY or "dGVzdC1vbmx5LWluc2VjdXJlLXBpaS1oYXNoLWtleTE="  # noqa: F405

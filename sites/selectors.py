@@ -1,0 +1,41 @@
+"""Reads of the sites app. Site scoping lives here: every clinical selector filters by
+`site_ids_visible` so a coordinator, investigator or monitor only ever sees the sites
+they are assigned to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+
+from sites.models import Site, SiteStaff
+
+# Tenant roles that see every site; the others see their assigned sites only.
+ALL_SITES_ROLES = frozenset({"tenant_admin", "data_manager", "statistician", "viewer"})
+
+
+def site_ids_visible(*, membership: Any) -> frozenset[int] | None:
+    """None means every site; otherwise the ids of the sites this member is assigned to."""
+    if membership is None:
+        return frozenset()
+    if membership.role in ALL_SITES_ROLES:
+        return None
+    return frozenset(SiteStaff.objects.filter(user_id=membership.user_id).values_list("site_id", flat=True))
+
+
+def sites_visible(*, membership: Any) -> QuerySet[Site]:
+    ids = site_ids_visible(membership=membership)
+    sites = Site.objects.all()
+    return sites if ids is None else sites.filter(pk__in=ids)
+
+
+def site_get(*, membership: Any, site_id: int) -> Site | None:
+    return sites_visible(membership=membership).filter(pk=site_id).first()
+
+
+def site_staff(*, site: Site) -> QuerySet[SiteStaff]:
+    return site.staff.select_related("user").order_by("-is_primary", "role", "user__email")
+
+
+def primary_coordinator_id(*, site_id: int) -> int | None:
+    return SiteStaff.objects.filter(site_id=site_id, is_primary=True).values_list("user_id", flat=True).first()

@@ -1,0 +1,382 @@
+"""Writes of the follow-up engine: studies, schedules, enrolment and task planning.
+
+Dates of visits are calendar dates at the subject's site (its time zone decides what
+"today" is); instants (created, completed) are stored in UTC."""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import structlog
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from config.errors import Conflict, ValidationFailed
+from sites.models import Site, SiteStatus
+from sites.selectors import primary_coordinator_id
+from studies import error_codes
+from studies.models import (
+    DONE_TASK_STATUSES,
+    Arm,
+    FollowUpTask,
+    ScheduleStatus,
+    ScheduleVersion,
+    Study,
+    StudyStatus,
+    StudyType,
+    Subject,
+    SubjectSequence,
+    SubjectStatus,
+    TaskStatus,
+)
+from studies.pii import normalize_national_id, pii_keyed_hash
+from studies.schedule import Occurrence, ScheduleError, event_spec_from_dict, plan_occurrences, validate_schedule
+
+log = structlog.get_logger(__name__)
+
+CODE_RE = re.compile(r"^[A-Z0-9][A-Z0-9_-]{0,29}$")
+PATTERN_TOKEN_RE = re.compile(r"\{(SITE|STUDY|SEQ(?::0?[1-9])?)\}")
+
+
+# --- studies and schedules --------------------------------------------------------------
+
+def _validate_pattern(pattern: str) -> list[str]:
+    leftovers = PATTERN_TOKEN_RE.sub("", pattern)
+    problems = []
+    if "{SEQ" not in pattern:
+        problems.append(_("The pattern must contain {SEQ} (for example {SEQ:04})."))
+    if "{" in leftovers or "}" in leftovers:
+        problems.append(_("Only {SITE}, {STUDY} and {SEQ} or {SEQ:0n} may appear in braces."))
+    if len(pattern) > 60 or not re.fullmatch(r"[A-Za-z0-9{}:_\-]*", pattern):
+        problems.append(_("Use at most 60 letters, digits, hyphens or underscores around the placeholders."))
+    return problems
+
+
+def subject_code_format(*, pattern: str, study_code: str, site_code: str, sequence: int) -> str:
+    def replace(match: re.Match[str]) -> str:
+        placeholder = match.group(1)
+        if placeholder == "SITE":
+            return site_code
+        if placeholder == "STUDY":
+            return study_code
+        width = int(placeholder.split(":")[1]) if ":" in placeholder else 1
+        return str(sequence).zfill(width)
+
+    return PATTERN_TOKEN_RE.sub(replace, pattern)
+
+
+def study_create(
+    *, code: str, title: str, study_type: str, target_enrolment: int,
+    subject_id_pattern: str = "{SITE}-{SEQ:04}", arms: Sequence[tuple[str, str]] = (),
+) -> Study:
+    code = (code or "").strip().upper()
+    errors: dict[str, list[str]] = {}
+    if not CODE_RE.match(code):
+        errors["code"] = [_("Use 1-30 capital letters, digits, hyphens or underscores.")]
+    elif Study.objects.filter(code=code).exists():
+        errors["code"] = [_("A study with code %(code)s already exists.") % {"code": code}]
+    title = (title or "").strip()
+    if not title or len(title) > 300:
+        errors["title"] = [_("Enter a title of at most 300 characters.")]
+    if study_type not in StudyType.values:
+        errors["study_type"] = [_("Choose one of: %(choices)s.") % {"choices": ", ".join(StudyType.values)}]
+    if isinstance(target_enrolment, bool) or not isinstance(target_enrolment, int) or not 0 < target_enrolment <= 10**7:
+        errors["target_enrolment"] = [_("Enter a whole number between 1 and 10,000,000.")]
+    pattern_problems = _validate_pattern(subject_id_pattern or "")
+    if pattern_problems:
+        errors["subject_id_pattern"] = pattern_problems
+    seen: set[str] = set()
+    for index, (arm_code, arm_name) in enumerate(arms):
+        if not CODE_RE.match(arm_code or "") or arm_code in seen or not (arm_name or "").strip():
+            errors[f"arms.{index}"] = [_("Each arm needs a unique code and a name.")]
+        seen.add(arm_code)
+    if errors:
+        raise ValidationFailed(errors)
+    try:
+        with transaction.atomic():
+            study = Study.objects.create(code=code, title=title, study_type=study_type,
+                                         target_enrolment=target_enrolment, subject_id_pattern=subject_id_pattern)
+            Arm.objects.bulk_create([Arm(study=study, code=c, name=n.strip()) for c, n in arms])
+    except IntegrityError as exc:
+        raise ValidationFailed({"code": [_("A study with code %(code)s already exists.") % {"code": code}]}) from exc
+    return study
+
+
+def schedule_draft_save(
+    *, study: Study, events: list[dict[str, Any]], arm: Arm | None = None, note: str = ""
+) -> ScheduleVersion:
+    """Create or replace the draft schedule of a study (or of one arm). Validated in full:
+    a draft that cannot be published is refused now, with field-level messages."""
+    if arm is not None and arm.study_id != study.pk:
+        raise ValidationFailed({"arm": [_("This arm belongs to another study.")]})
+    if not isinstance(events, list) or not events:
+        raise ValidationFailed({"events": [_("Add at least one event.")]})
+    if len(note) > 500:
+        raise ValidationFailed({"note": [_("At most 500 characters.")]})
+    specs = []
+    errors: dict[str, list[str]] = {}
+    for index, raw in enumerate(events):
+        try:
+            specs.append(event_spec_from_dict(raw))
+        except ScheduleError as exc:
+            errors.update({f"events.{index}.{k}" if not k.startswith("events.") else k: v
+                           for k, v in exc.fields.items()})
+    if not errors:
+        errors.update(validate_schedule(specs))
+    if errors:
+        raise ValidationFailed(errors)
+    with transaction.atomic():
+        # Lock the study row: drafts of one study are saved one at a time.
+        Study.objects.select_for_update().filter(pk=study.pk).first()
+        versions = ScheduleVersion.objects.filter(study=study, arm=arm).order_by("-number")
+        draft = versions.filter(status=ScheduleStatus.DRAFT).first()
+        if draft is None:
+            latest = versions.order_by("-number").first()
+            draft = ScheduleVersion(study=study, arm=arm, number=(latest.number + 1) if latest else 1)
+        draft.events = events
+        draft.note = note
+        draft.save()
+    return draft
+
+
+def schedule_for_subject(*, subject: Subject) -> ScheduleVersion | None:
+    """The newest published schedule of the subject's arm, else of the whole study."""
+    published = ScheduleVersion.objects.filter(study_id=subject.study_id, status=ScheduleStatus.PUBLISHED)
+    if subject.arm_id is not None:
+        own = published.filter(arm_id=subject.arm_id).order_by("-number").first()
+        if own is not None:
+            return own
+    return published.filter(arm__isnull=True).order_by("-number").first()
+
+
+def site_today(site: Site) -> date:
+    return timezone.now().astimezone(zoneinfo.ZoneInfo(site.time_zone)).date()
+
+
+def task_status_on(*, window_open: date, target: date, window_close: date, today: date) -> str:
+    if today < window_open:
+        return TaskStatus.UPCOMING
+    if today <= target:
+        return TaskStatus.OPEN
+    if today <= window_close:
+        return TaskStatus.OVERDUE
+    return TaskStatus.MISSED
+
+
+def _planned(subject: Subject, version: ScheduleVersion, actual_dates: dict[str, date]) -> list[Occurrence]:
+    specs = [event_spec_from_dict(raw) for raw in version.events]
+    return plan_occurrences(events=specs, enrolment_date=subject.enrolment_date, index_date=subject.index_date,
+                            actual_dates=actual_dates)
+
+
+def _modes(version: ScheduleVersion) -> dict[str, str]:
+    return {raw["code"]: raw.get("mode", "any") for raw in version.events}
+
+
+def _actual_dates(subject: Subject) -> dict[str, date]:
+    """First completed occurrence of each event: what "previous event's actual date" anchors use."""
+    dates: dict[str, date] = {}
+    for event_code, completed_on in (FollowUpTask.objects.filter(subject=subject, status=TaskStatus.COMPLETED,
+                                                                  sequence=1, completed_on__isnull=False)
+                                     .values_list("event_code", "completed_on")):
+        if completed_on is not None:
+            dates[event_code] = completed_on
+    return dates
+
+
+@dataclass
+class ReplanPlan:
+    """What re-planning would do. Done tasks never appear here: they are never touched."""
+
+    create: list[FollowUpTask] = field(default_factory=list)
+    update: list[FollowUpTask] = field(default_factory=list)
+    cancel: list[FollowUpTask] = field(default_factory=list)
+    # Unchanged tasks that only move to the new schedule version (not shown as changes).
+    relink: list[FollowUpTask] = field(default_factory=list)
+
+    def summary(self) -> dict[str, int]:
+        return {"create": len(self.create), "update": len(self.update), "cancel": len(self.cancel)}
+
+
+def _replan_subject(*, subject: Subject, version: ScheduleVersion, today: date, assignee_id: int | None,
+                    plan: ReplanPlan) -> None:
+    existing = {(t.event_code, t.sequence): t for t in subject.tasks.filter(unscheduled=False)}
+    planned = _planned(subject, version, _actual_dates(subject))
+    modes = _modes(version)
+    planned_keys = set()
+    for occ in planned:
+        key = (occ.event_code, occ.sequence)
+        planned_keys.add(key)
+        status = task_status_on(window_open=occ.window_open, target=occ.target, window_close=occ.window_close,
+                                today=today)
+        task = existing.get(key)
+        if task is None:
+            plan.create.append(FollowUpTask(
+                subject=subject, schedule_version=version, event_code=occ.event_code, sequence=occ.sequence,
+                mode=modes.get(occ.event_code, "any"), target_date=occ.target, window_open=occ.window_open,
+                window_close=occ.window_close, provisional=occ.provisional, status=status, assignee_id=assignee_id,
+            ))
+        elif task.status not in DONE_TASK_STATUSES:
+            changed = (task.target_date, task.window_open, task.window_close, task.provisional, task.mode,
+                       task.status) != (occ.target, occ.window_open, occ.window_close, occ.provisional,
+                                        modes.get(occ.event_code, "any"), status)
+            if changed:
+                task.target_date, task.window_open, task.window_close = occ.target, occ.window_open, occ.window_close
+                task.provisional, task.status = occ.provisional, status
+                task.mode, task.schedule_version = modes.get(occ.event_code, "any"), version
+                plan.update.append(task)
+            elif task.schedule_version_id != version.pk:
+                task.schedule_version = version
+                plan.relink.append(task)
+    for key, task in existing.items():
+        if key not in planned_keys and task.status not in DONE_TASK_STATUSES:
+            task.status = TaskStatus.CANCELLED
+            plan.cancel.append(task)
+
+
+def tasks_replan_preview(*, version: ScheduleVersion, subjects: Iterable[Subject] | None = None) -> ReplanPlan:
+    """What publishing `version` would change for existing subjects (nothing is saved)."""
+    plan = ReplanPlan()
+    targets = subjects if subjects is not None else _subjects_following(version)
+    for subject in targets:
+        _replan_subject(subject=subject, version=version, today=site_today(subject.site),
+                        assignee_id=primary_coordinator_id(site_id=subject.site_id), plan=plan)
+    return plan
+
+
+def _subjects_following(version: ScheduleVersion) -> Iterable[Subject]:
+    live = Subject.objects.select_related("site").filter(
+        study_id=version.study_id, status__in=[SubjectStatus.ENROLLED, SubjectStatus.SCREENING])
+    if version.arm_id is not None:
+        return live.filter(arm_id=version.arm_id)
+    arms_with_own = ScheduleVersion.objects.filter(study_id=version.study_id, status=ScheduleStatus.PUBLISHED,
+                                                   arm__isnull=False).values_list("arm_id", flat=True)
+    return live.exclude(arm_id__in=arms_with_own)
+
+
+def _apply(plan: ReplanPlan) -> None:
+    FollowUpTask.objects.bulk_create(plan.create, batch_size=5000)
+    FollowUpTask.objects.bulk_update(
+        plan.update, ["target_date", "window_open", "window_close", "provisional", "status", "mode",
+                      "schedule_version"], batch_size=5000)
+    FollowUpTask.objects.bulk_update(plan.cancel, ["status"], batch_size=5000)
+    FollowUpTask.objects.bulk_update(plan.relink, ["schedule_version"], batch_size=5000)
+
+
+def schedule_publish(*, version: ScheduleVersion) -> ReplanPlan:
+    """Publish a draft and re-plan the not-yet-done tasks of the subjects who follow it,
+    in one transaction. Done tasks (completed, missed, cancelled) are never touched."""
+    with transaction.atomic():
+        locked = ScheduleVersion.objects.select_for_update().get(pk=version.pk)
+        if locked.status == ScheduleStatus.PUBLISHED:
+            raise Conflict(error_codes.SCHEDULE_PUBLISHED, _("This schedule version is already published."))
+        locked.status = ScheduleStatus.PUBLISHED
+        locked.published_at = timezone.now()
+        locked.save(update_fields=["status", "published_at"])
+        plan = tasks_replan_preview(version=locked)
+        _apply(plan)
+    log.info("schedule.published", study_id=locked.study_id, version=locked.number, **plan.summary())
+    return plan
+
+
+def study_activate(*, study: Study) -> Study:
+    with transaction.atomic():
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        if locked.status != StudyStatus.DRAFT:
+            raise Conflict(error_codes.BAD_TRANSITION, _("Only a draft study can be activated."))
+        if not ScheduleVersion.objects.filter(study=locked, status=ScheduleStatus.PUBLISHED).exists():
+            raise Conflict(error_codes.NO_SCHEDULE, _("Publish a visit schedule before activating the study."))
+        locked.status = StudyStatus.ACTIVE
+        locked.save(update_fields=["status"])
+    return locked
+
+
+# --- enrolment ----------------------------------------------------------------------------
+
+def subject_enrol(
+    *, study: Study, site: Site, consent_date: date, enrolment_date: date | None = None,
+    index_date: date | None = None, arm: Arm | None = None, language: str = "zh-hans",
+    name: str = "", phone: str = "", email: str = "", national_id: str = "", birth_date: str = "",
+    address: str = "",
+) -> Subject:
+    """Enrol a subject: a gapless subject ID, encrypted identifying data, and one
+    follow-up task per scheduled occurrence, all in one transaction."""
+    today = site_today(site)
+    enrolled_on: date = enrolment_date or today
+    errors: dict[str, list[str]] = {}
+    if consent_date > today:
+        errors["consent_date"] = [_("The consent date is in the future.")]
+    if enrolled_on < consent_date:
+        errors["enrolment_date"] = [_("Enrolment cannot precede consent.")]
+    if enrolled_on > today:
+        errors["enrolment_date"] = [_("The enrolment date is in the future.")]
+    if arm is not None and arm.study_id != study.pk:
+        errors["arm"] = [_("This arm belongs to another study.")]
+    if language not in ("zh-hans", "en"):
+        errors["language"] = [_("Choose zh-hans or en.")]
+    for field_name, value, limit in (("name", name, 150), ("phone", phone, 30), ("email", email, 254),
+                                     ("address", address, 500), ("national_id", national_id, 40)):
+        if len(value or "") > limit:
+            errors[field_name] = [_("At most %(max)d characters.") % {"max": limit}]
+    if phone and not re.fullmatch(r"\+?[0-9 \-]{5,30}", phone):
+        errors["phone"] = [_("Enter digits only, optionally with +, spaces or hyphens.")]
+    if birth_date:
+        try:
+            if date.fromisoformat(birth_date) > today:
+                errors["birth_date"] = [_("The birth date is in the future.")]
+        except ValueError:
+            errors["birth_date"] = [_("Use the form YYYY-MM-DD.")]
+    national_hash = None
+    if national_id:
+        normalized = normalize_national_id(national_id)
+        if not re.fullmatch(r"[0-9A-Z]{6,40}", normalized):
+            errors["national_id"] = [_("Enter a valid national ID number.")]
+        else:
+            national_hash = pii_keyed_hash(normalized, purpose="subject.national_id")
+            if Subject.objects.filter(national_id_hash=national_hash).exists():
+                errors["national_id"] = [_("A subject with this national ID is already enrolled in this "
+                                           "organisation.")]
+    if errors:
+        raise ValidationFailed(errors)
+    if study.status != StudyStatus.ACTIVE:
+        raise Conflict(error_codes.STUDY_NOT_ACTIVE, _("Subjects can only be enrolled in an active study."))
+    if site.status != SiteStatus.ACTIVE:
+        raise Conflict(error_codes.SITE_NOT_ACTIVE, _("Only an active site can enrol subjects."),
+                       fields={"site": [_("This site is not active.")]})
+    try:
+        with transaction.atomic():
+            sequence, _created = SubjectSequence.objects.get_or_create(study=study, site=site)
+            sequence = SubjectSequence.objects.select_for_update().get(pk=sequence.pk)
+            sequence.last_value += 1
+            sequence.save(update_fields=["last_value"])
+            subject = Subject.objects.create(
+                study=study, site=site, arm=arm, status=SubjectStatus.ENROLLED,
+                subject_code=subject_code_format(pattern=study.subject_id_pattern, study_code=study.code,
+                                                 site_code=site.code, sequence=sequence.last_value),
+                consent_date=consent_date, enrolment_date=enrolled_on, index_date=index_date,
+                language=language, name=name or None, phone=phone or None, email=email or None,
+                national_id=national_id or None, birth_date=birth_date or None, address=address or None,
+                national_id_hash=national_hash,
+            )
+            version = schedule_for_subject(subject=subject)
+            if version is None:
+                raise Conflict(error_codes.NO_SCHEDULE, _("This study has no published schedule for this arm."))
+            plan = ReplanPlan()
+            _replan_subject(subject=subject, version=version, today=today,
+                            assignee_id=primary_coordinator_id(site_id=site.pk), plan=plan)
+            _apply(plan)
+    except IntegrityError as exc:
+        if "subject_national_id_uniq" in str(exc):
+            raise ValidationFailed({"national_id": [
+                _("A subject with this national ID is already enrolled in this organisation.")]}) from exc
+        raise
+    log.info("subject.enrolled", subject_id=subject.pk, study_id=study.pk, site_id=site.pk, tasks=len(plan.create))
+    return subject
+
+
