@@ -7,6 +7,7 @@ caller passes them by mistake.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import structlog
@@ -17,10 +18,20 @@ SENSITIVE_KEYS = frozenset(
 )
 
 
+# Invitation links carry a secret in their path (e.g. "Not Found: /invite/<token>/").
+_INVITE_PATH = re.compile(r"/invite/(?!accept/)[^/\s\"']+")
+
+
+def redact_path_secrets(text: str) -> str:
+    return _INVITE_PATH.sub("/invite/[redacted]", text)
+
+
 def redact_sensitive(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     for key in list(event_dict):
         if key.lower() in SENSITIVE_KEYS:
             event_dict[key] = "[redacted]"
+        elif isinstance(event_dict[key], str) and "/invite/" in event_dict[key]:
+            event_dict[key] = redact_path_secrets(event_dict[key])
     return event_dict
 
 

@@ -15,6 +15,10 @@ def scrub_event(event: dict[str, Any], _hint: dict[str, Any]) -> dict[str, Any]:
         if header.lower() in {"authorization", "cookie", "x-csrftoken"}:
             headers[header] = "[redacted]"
     event.pop("user", None)
+    from config.logging import redact_path_secrets
+
+    if isinstance(request.get("url"), str):
+        request["url"] = redact_path_secrets(request["url"])
     return event
 
 

@@ -12,7 +12,8 @@ urlpatterns = [
     path("members/", views.members_view, name="members"),
     path("members/<int:membership_id>/resend-invitation/", views.member_resend_invitation_view,
          name="member-resend-invitation"),
-    path("invite/<str:token>/", views.invitation_accept_view, name="invitation-accept"),
+    path("invite/accept/", views.invitation_accept_view, name="invitation-accept"),
+    path("invite/<str:token>/", views.invitation_link_view, name="invitation-link"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("api/v1/", include("tenants.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
@@ -20,6 +21,7 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
 ]
 
+handler400 = "config.views.bad_request"
 handler404 = "config.views.not_found"
 handler500 = "config.views.server_error"
 handler403 = "config.views.forbidden"

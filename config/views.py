@@ -8,6 +8,16 @@ from django.shortcuts import render
 from config.api.errors import api_not_found, api_server_error, error_body
 
 
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    from django.http import HttpResponseBadRequest, JsonResponse
+    from django.utils.translation import gettext as _
+
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body("bad_request", _("The request could not be read (too large or malformed).")),
+                            status=400)
+    return HttpResponseBadRequest(_("The request could not be read (too large or malformed)."))
+
+
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if request.path.startswith("/api/"):
         return api_not_found(request, exception)

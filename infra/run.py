@@ -29,7 +29,7 @@ def main() -> int:
     manage("seed_demo")
     beat_schedule = str(ROOT / ".data" / "celerybeat-schedule")
     procs = {
-        "web": subprocess.Popen([python, "manage.py", "runserver", f"0.0.0.0:{PORT}", "--noreload"],
+        "web": subprocess.Popen([python, "manage.py", "runserver", f"127.0.0.1:{PORT}", "--noreload"],
                                 cwd=ROOT, env=env),
         "worker": subprocess.Popen([python, "-m", "celery", "-A", "config", "worker", "-l", "INFO",
                                     "--concurrency", "2", "-n", "run@%h"], cwd=ROOT, env=env),

@@ -52,8 +52,26 @@ class TenantCreateForm(forms.Form):
     admin_full_name = forms.CharField(label=_("First admin's name"), max_length=150, required=False)
 
 
+class TenantChangeForm(forms.ModelForm):
+    class Meta:
+        model = Tenant
+        fields = ["name", "kind", "status", "time_zone", "default_language"]
+
+    def clean_time_zone(self) -> str:
+        import zoneinfo
+
+        value = self.cleaned_data["time_zone"]
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise forms.ValidationError(_("“%(tz)s” is not a known time zone; use a name such as Asia/Shanghai.")
+                                        % {"tz": value}) from exc
+        return str(value)
+
+
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
+    form = TenantChangeForm
     list_display = ["name", "slug", "kind", "status", "time_zone", "created"]
     list_filter = ["kind", "status"]
     search_fields = ["name", "slug"]

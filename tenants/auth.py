@@ -53,6 +53,21 @@ class EmailBackend(ModelBackend):
         return user
 
 
+def client_ip(request: HttpRequest) -> str:
+    """The client's address: REMOTE_ADDR, or with NUM_PROXIES trusted proxies in front,
+    the address that the outermost trusted proxy saw (same rule as DRF's throttling)."""
+    from django.conf import settings
+
+    configured: Any = settings.REST_FRAMEWORK.get("NUM_PROXIES") or 0
+    trusted = int(configured)
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if trusted and forwarded:
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        if hops:
+            return hops[-min(trusted, len(hops))]
+    return str(request.META.get("REMOTE_ADDR", ""))
+
+
 def axes_username(request: HttpRequest, credentials: dict[str, Any] | None) -> str:
     credentials = credentials or {}
     value = (credentials.get("email") or credentials.get("username")

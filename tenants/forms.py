@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
@@ -30,15 +32,25 @@ class InviteForm(forms.Form):
 
 
 class AcceptInvitationForm(forms.Form):
+    """A new account chooses a password; an existing account confirms its current one."""
+
     full_name = forms.CharField(label=_("Full name"), max_length=150, required=False)
     password = forms.CharField(label=_("New password"), max_length=1024, strip=False,
                                widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
     password_again = forms.CharField(label=_("New password again"), max_length=1024, strip=False,
                                      widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
 
+    def __init__(self, *args: Any, existing_account: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.existing_account = existing_account
+        if existing_account:
+            del self.fields["password_again"]
+            self.fields["password"].label = _("Your current Suifang password")
+            self.fields["password"].widget.attrs["autocomplete"] = "current-password"
+
     def clean(self) -> dict:
         data = super().clean() or {}
-        if data.get("password") and data.get("password") != data.get("password_again"):
+        if not self.existing_account and data.get("password") and data.get("password") != data.get("password_again"):
             self.add_error("password_again", _("The two passwords differ."))
         return data
 

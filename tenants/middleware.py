@@ -8,7 +8,7 @@ from collections.abc import Callable
 import structlog
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseNotFound
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseNotFound, JsonResponse
 from django.utils import timezone, translation
 from django_tenants.middleware.main import TenantMainMiddleware
 
@@ -35,6 +35,10 @@ class TenantHostMiddleware(TenantMainMiddleware):
             if settings.SENTRY_ENABLED:
                 tag_tenant(tenant.slug)
             if tenant.status == TenantStatus.SUSPENDED:
+                if request.path.startswith("/api/"):
+                    message = translation.gettext("This organisation's account is suspended.")
+                    return JsonResponse({"error": {"code": "tenant_suspended", "message": message, "fields": {}}},
+                                        status=403)
                 return HttpResponseForbidden(
                     translation.gettext("This organisation's account is suspended."),
                     content_type="text/plain; charset=utf-8",
@@ -81,9 +85,10 @@ class TenantLocaleMiddleware:
         tenant = getattr(request, "tenant", None)
         supported = {code for code, _name in settings.LANGUAGES}
         user = request.user
+        # An explicit switch (the cookie) wins over the saved preference.
         language = (
-            (getattr(user, "preferred_language", "") if user.is_authenticated else "")
-            or request.COOKIES.get(settings.LANGUAGE_COOKIE_NAME, "")
+            request.COOKIES.get(settings.LANGUAGE_COOKIE_NAME, "")
+            or (getattr(user, "preferred_language", "") if user.is_authenticated else "")
             or getattr(tenant, "default_language", "")
             or translation.get_language_from_request(request, check_path=False)
         )
@@ -94,7 +99,7 @@ class TenantLocaleMiddleware:
         tz_name = getattr(tenant, "time_zone", "") or "UTC"
         try:
             timezone.activate(zoneinfo.ZoneInfo(tz_name))
-        except zoneinfo.ZoneInfoNotFoundError:
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             timezone.activate(zoneinfo.ZoneInfo("UTC"))
         try:
             response = self.get_response(request)

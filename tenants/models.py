@@ -118,6 +118,10 @@ class TenantMembership(models.Model):
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(_("role"), max_length=20, choices=Role.choices)
+    # The name this tenant knows the member by. The global User.full_name is never shown
+    # to other tenants: it may have been written by another organisation.
+    display_name = models.CharField(_("display name"), max_length=150, blank=True)
+    # False while an invitation is pending, or after deactivation.
     is_active = models.BooleanField(_("active"), default=True)
     created = models.DateTimeField(default=timezone.now, editable=False)
     invited_by = models.ForeignKey(

@@ -45,8 +45,9 @@ def members_of_tenant(
     qs = TenantMembership.objects.select_related("user", "invitation").filter(tenant=tenant)
     if role:
         qs = qs.filter(role=role)
+    search = (search or "").replace("\x00", "").strip()
     if search:
-        qs = qs.filter(user__email__icontains=search) | qs.filter(user__full_name__icontains=search)
+        qs = qs.filter(user__email__icontains=search) | qs.filter(display_name__icontains=search)
     if not include_inactive:
         qs = qs.filter(is_active=True)
     return qs.order_by("user__email", "pk")

@@ -34,7 +34,7 @@ from tenants.models import (
     User,
 )
 from tenants.roles import Role
-from tenants.schema_pool import TENANT_SCHEMA_PREFIX, schema_build, spare_claim
+from tenants.schema_pool import TENANT_SCHEMA_PREFIX, schema_build, schema_exists, spare_claim
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +74,8 @@ def _validate_tenant_input(
     elif not SLUG_RE.match(slug):
         errors["slug"] = [_("Use 3-40 lower-case letters, digits or single hyphens, "
                             "starting with a letter and not ending with a hyphen.")]
-    elif Tenant.objects.filter(slug=slug).exists():
+    elif Tenant.objects.filter(slug=slug).exists() or schema_exists(tenant_schema_name(slug)):
+        # A schema left behind by hand (no tenant row) blocks the address too.
         errors["slug"] = [_("The address “%(slug)s” is already taken.") % {"slug": slug}]
     if kind not in TenantKind.values:
         errors["kind"] = [_("Choose one of: %(choices)s.") % {"choices": ", ".join(TenantKind.values)}]
@@ -143,18 +144,23 @@ def tenant_create(
             tenant.save()
             Domain.objects.create(domain=tenant_domain(slug), tenant=tenant, is_primary=True)
             membership, raw_invitation = _membership_add(
-                tenant=tenant, email=admin_email, role=Role.TENANT_ADMIN,
-                full_name=admin_full_name, password=admin_password, invited_by=None,
+                tenant=tenant, email=admin_email, role=Role.TENANT_ADMIN, full_name=admin_full_name,
+                password=admin_password, invited_by=None, direct=admin_password is not None,
             )
             if raw_invitation:
                 _send_invitation_on_commit(membership=membership, raw_token=raw_invitation,
                                            accept_url_base=accept_url_base)
             transaction.on_commit(_request_pool_refill)
     except IntegrityError as exc:
-        # Two sign-ups raced for the same slug; the loser gets the same message.
-        raise ValidationFailed(
-            {"slug": [_("The address “%(slug)s” is already taken.") % {"slug": slug}]}
-        ) from exc
+        constraint = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", "") or ""
+        if "slug" in constraint or "schema_name" in constraint or "domain" in constraint:
+            # Two sign-ups raced for the same address; the loser gets the same message.
+            raise ValidationFailed(
+                {"slug": [_("The address “%(slug)s” is already taken.") % {"slug": slug}]}
+            ) from exc
+        # Another write raced with this one (e.g. the same new admin email): nothing was
+        # saved, and trying again will work.
+        raise Conflict("busy", _("Another change was saved at the same moment; please try again.")) from exc
     log.info("tenant.created", tenant=slug, kind=kind)
     return tenant
 
@@ -171,16 +177,21 @@ def _request_pool_refill() -> None:
 
 def _membership_add(
     *, tenant: Tenant, email: str, role: str, full_name: str, password: str | None,
-    invited_by: User | None,
+    invited_by: User | None, direct: bool = False,
 ) -> tuple[TenantMembership, str | None]:
+    """Add a membership. `direct` (operator console, demo seed, a sign-up that sets the
+    admin's password) makes it active at once. Otherwise it stays inactive behind an
+    invitation that the person accepts: a new account by setting a password, an existing
+    account by signing in. Either way the inviter learns nothing about the account."""
     user = User.objects.filter(email=email).first()
     if user is None:
-        user = User.objects.create_user(email=email, password=password, full_name=full_name)
+        user = User.objects.create_user(email=email, password=password if direct else None, full_name=full_name)
+    active = direct and user.has_usable_password()
     membership = TenantMembership.objects.create(
-        user=user, tenant=tenant, role=role, invited_by=invited_by
+        user=user, tenant=tenant, role=role, invited_by=invited_by, display_name=full_name, is_active=active,
     )
     raw_token: str | None = None
-    if not user.has_usable_password():
+    if not active:
         raw_token = secrets.token_urlsafe(32)
         Invitation.objects.create(
             membership=membership, digest=Invitation.digest_of(raw_token),
@@ -219,24 +230,12 @@ def _send_invitation_on_commit(
         subject = _("You are invited to %(org)s on Suifang") % {"org": tenant.name}
         body = _(
             "You have been invited to join %(org)s on Suifang as %(role)s.\n\n"
-            "Set your password here (the link is valid for 7 days):\n%(link)s\n"
+            "Accept here (the link is valid for 7 days). If you already use Suifang, you will "
+            "sign in with your existing password; otherwise you will choose one:\n%(link)s\n"
         ) % {"org": tenant.name, "role": membership.get_role_display(), "link": link}
         return subject, body
 
     _email_member_on_commit(membership=membership, compose=compose, failure_event="invitation.email_failed")
-
-
-def _send_added_notice_on_commit(*, membership: TenantMembership, accept_url_base: str | None) -> None:
-    tenant = membership.tenant
-    link = f"{(accept_url_base or tenant_url(tenant.slug)).rstrip('/')}/login/"
-
-    def compose() -> tuple[str, str]:
-        subject = _("You now have access to %(org)s on Suifang") % {"org": tenant.name}
-        body = _("You can sign in to %(org)s with your existing Suifang account at %(link)s\n") % {
-            "org": tenant.name, "link": link}
-        return subject, body
-
-    _email_member_on_commit(membership=membership, compose=compose, failure_event="member.notice_email_failed")
 
 
 def _validate_member_fields(*, email: str, role: str, full_name: str) -> dict[str, list[str]]:
@@ -275,11 +274,8 @@ def member_invite(
                 tenant=tenant, email=email, role=role, full_name=full_name, password=None,
                 invited_by=invited_by,
             )
-            if raw_token:
-                _send_invitation_on_commit(membership=membership, raw_token=raw_token,
-                                           accept_url_base=accept_url_base)
-            else:
-                _send_added_notice_on_commit(membership=membership, accept_url_base=accept_url_base)
+            assert raw_token is not None  # an invited membership is always pending
+            _send_invitation_on_commit(membership=membership, raw_token=raw_token, accept_url_base=accept_url_base)
     except IntegrityError as exc:
         raise Conflict(error_codes.ALREADY_MEMBER, _("This person is already a member."),
                        fields={"email": [_("This person is already a member.")]}) from exc
@@ -295,20 +291,26 @@ def member_update(
     if role is not None and role not in Role.values:
         raise ValidationFailed({"role": [_("Choose one of: %(choices)s.") % {"choices": ", ".join(Role.values)}]})
     with transaction.atomic():
+        # Serialise every membership change of one tenant on its row: two admins demoting
+        # each other at once must not both see "another admin is left".
+        Tenant.objects.select_for_update().filter(pk=membership.tenant_id).first()
         locked = TenantMembership.objects.select_for_update().get(pk=membership.pk)
         losing_admin = locked.role == Role.TENANT_ADMIN and locked.is_active and (
             (role is not None and role != Role.TENANT_ADMIN) or is_active is False
         )
         if losing_admin:
-            admins = TenantMembership.objects.select_for_update().filter(
-                tenant_id=locked.tenant_id, role=Role.TENANT_ADMIN, is_active=True
-            )
+            admins = TenantMembership.objects.filter(tenant_id=locked.tenant_id, role=Role.TENANT_ADMIN, is_active=True)
             if admins.count() <= 1:
                 raise Conflict(
                     error_codes.LAST_ADMIN,
                     _("An organisation needs at least one active sponsor (tenant admin)."),
                     fields={"role": [_("This is the last active tenant admin.")]},
                 )
+        if is_active and not locked.is_active and Invitation.objects.filter(
+                membership=locked, accepted__isnull=True).exists():
+            raise Conflict(error_codes.INVITATION_PENDING,
+                           _("This person has not accepted the invitation yet."),
+                           fields={"is_active": [_("Only the invited person can activate this membership.")]})
         if role is not None:
             locked.role = role
         if is_active is not None:
@@ -334,31 +336,62 @@ def invitation_resend(*, membership: TenantMembership, accept_url_base: str | No
     log.info("invitation.resent", tenant=membership.tenant.slug, membership_id=membership.pk)
 
 
-def invitation_accept(*, raw_token: str, password: str, full_name: str = "") -> TenantMembership:
+def invitation_pending(*, raw_token: str, tenant: Tenant) -> Invitation | None:
+    """The open invitation behind a link, if it is valid on this tenant's host."""
     invitation = (
         Invitation.objects.select_related("membership__user", "membership__tenant")
-        .filter(digest=Invitation.digest_of(raw_token or ""), accepted__isnull=True)
+        .filter(digest=Invitation.digest_of(raw_token or ""), accepted__isnull=True,
+                membership__tenant=tenant)
         .first()
     )
     if invitation is None or invitation.expires < timezone.now():
+        return None
+    return invitation
+
+
+def invitation_accept(
+    *, raw_token: str, tenant: Tenant, password: str, password_again: str | None = None, full_name: str = "",
+) -> TenantMembership:
+    """Accept an invitation on its tenant's host. A new account chooses its password
+    (`password` and `password_again`); an existing account proves itself with its
+    current password, which is never changed here."""
+    invitation = invitation_pending(raw_token=raw_token, tenant=tenant)
+    if invitation is None:
         raise NotFound(error_codes.INVITATION_INVALID,
                        _("This invitation link is invalid or has expired. Ask your administrator "
                          "to invite you again."))
     user = invitation.membership.user
-    try:
-        validate_password(password, user)
-    except ValidationError as exc:
-        raise ValidationFailed({"password": list(exc.messages)}) from exc
     if len(full_name) > 150:
         raise ValidationFailed({"full_name": [_("The name may have at most 150 characters.")]})
+    existing_account = user.has_usable_password()
+    if existing_account:
+        if not user.check_password(password):
+            raise ValidationFailed({"password": [_("This is not the password of %(email)s.") % {"email": user.email}]})
+    else:
+        if password_again is not None and password != password_again:
+            raise ValidationFailed({"password_again": [_("The two passwords differ.")]})
+        try:
+            validate_password(password, user)
+        except ValidationError as exc:
+            raise ValidationFailed({"password": list(exc.messages)}) from exc
     with transaction.atomic():
-        user.set_password(password)
+        locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
+        if locked.accepted is not None:
+            raise NotFound(error_codes.INVITATION_INVALID, _("This invitation has already been accepted."))
+        if not existing_account:
+            user.set_password(password)
+            if full_name:
+                user.full_name = full_name
+            user.save(update_fields=["password", "full_name"])
+        membership = invitation.membership
+        membership.is_active = True
         if full_name:
-            user.full_name = full_name
-        user.save(update_fields=["password", "full_name"])
-        invitation.accepted = timezone.now()
-        invitation.save(update_fields=["accepted"])
-    return invitation.membership
+            membership.display_name = full_name
+        membership.save(update_fields=["is_active", "display_name"])
+        locked.accepted = timezone.now()
+        locked.save(update_fields=["accepted"])
+    log.info("invitation.accepted", tenant=tenant.slug, membership_id=membership.pk)
+    return membership
 
 
 def token_issue(*, user: User, tenant: Tenant, label: str = "") -> tuple[ApiToken, str]:
@@ -395,8 +428,8 @@ def member_add(
         raise ValidationFailed(errors)
     _refuse_existing_member(tenant=tenant, email=email)
     with transaction.atomic():
-        membership, _raw = _membership_add(tenant=tenant, email=email, role=role,
-                                           full_name=full_name, password=password, invited_by=None)
+        membership, _raw = _membership_add(tenant=tenant, email=email, role=role, full_name=full_name,
+                                           password=password, invited_by=None, direct=True)
     return membership
 
 

@@ -100,21 +100,43 @@ def member_resend_invitation_view(request: HttpRequest, membership_id: int) -> H
     return redirect("members")
 
 
-def invitation_accept_view(request: HttpRequest, token: str) -> HttpResponse:
-    form = AcceptInvitationForm(request.POST or None)
+INVITATION_SESSION_KEY = "suifang_invitation"
+
+
+def invitation_link_view(request: HttpRequest, token: str) -> HttpResponse:
+    """The emailed link. The token moves into the session at once and the browser goes
+    on to a URL without it, so it never appears in logs, Referer headers or history."""
+    request.session[INVITATION_SESSION_KEY] = token
+    return redirect("invitation-accept")
+
+
+def invitation_accept_view(request: HttpRequest) -> HttpResponse:
+    token = request.session.get(INVITATION_SESSION_KEY, "")
+    invitation = services.invitation_pending(raw_token=token, tenant=request.tenant)  # type: ignore[attr-defined]
+    if invitation is None:
+        return render(request, "tenants/invitation_accept.html", {"invalid": True}, status=404)
+    existing_account = invitation.membership.user.has_usable_password()
+    form = AcceptInvitationForm(request.POST or None, existing_account=existing_account)
     status = 200
     if request.method == "POST":
         if form.is_valid():
             try:
-                services.invitation_accept(raw_token=token, password=form.cleaned_data["password"],
-                                           full_name=form.cleaned_data["full_name"])
+                services.invitation_accept(
+                    raw_token=token, tenant=request.tenant,  # type: ignore[attr-defined]
+                    password=form.cleaned_data["password"], full_name=form.cleaned_data["full_name"],
+                    password_again=None if existing_account else form.cleaned_data["password_again"],
+                )
             except DomainError as exc:
                 add_domain_errors(form, exc)
             else:
-                messages.success(request, _("Your password is set. Sign in to continue."))
+                request.session.pop(INVITATION_SESSION_KEY, None)
+                messages.success(request, _("You have joined %(org)s. Sign in to continue.")
+                                 % {"org": invitation.membership.tenant.name})
                 return redirect("login")
         status = 400
-    return render(request, "tenants/invitation_accept.html", {"form": form}, status=status)
+    return render(request, "tenants/invitation_accept.html",
+                  {"form": form, "existing_account": existing_account, "email": invitation.membership.user.email,
+                   "organisation": invitation.membership.tenant.name}, status=status)
 
 
 def public_home(request: HttpRequest) -> HttpResponse:

@@ -42,7 +42,8 @@ class TenantSerializer(serializers.ModelSerializer):
 
 class MemberSerializer(serializers.ModelSerializer):
     email = serializers.EmailField(source="user.email")
-    full_name = serializers.CharField(source="user.full_name")
+    # The name this tenant gave the member, never the global account name.
+    full_name = serializers.CharField(source="display_name")
     invitation_pending = serializers.SerializerMethodField()
 
     class Meta:

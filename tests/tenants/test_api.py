@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tenants.models import Invitation, TenantMembership, User
+from tenants.models import TenantMembership, User
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -90,16 +90,23 @@ def test_invite_creates_a_pending_member_and_emails_a_working_link(
     assert link.startswith("http://alpha.localhost/invite/")
 
     path = link.replace("http://alpha.localhost", "")
-    accept = web(world.alpha).post(path, {"full_name": "李护士", "password": "a-good-new-pass-1",
-                                          "password_again": "a-good-new-pass-1"})
+    # Pending until accepted: no sign-in yet.
+    assert not TenantMembership.objects.get(user__email="new.nurse@example.org").is_active
+    page = web(world.alpha)
+    opened = page.get(path)
+    # The token leaves the URL at once (logs, Referer, history never see it again).
+    assert opened.status_code == 302 and opened["Location"] == "/invite/accept/"
+    accept = page.post("/invite/accept/", {"full_name": "李护士", "password": "a-good-new-pass-1",
+                                           "password_again": "a-good-new-pass-1"})
     assert accept.status_code == 302
     login = web(world.alpha).post("/login/", {"email": "new.nurse@example.org", "password": "a-good-new-pass-1"})
     assert login.status_code == 302
     # The link works once.
     english = web(world.alpha)
     english.cookies["django_language"] = "en"
-    again = english.post(path, {"password": "another-pass-123", "password_again": "another-pass-123"})
-    assert again.status_code == 400 and "invalid or has expired" in again.content.decode()
+    english.get(path)
+    again = english.post("/invite/accept/", {"password": "another-pass-123", "password_again": "another-pass-123"})
+    assert again.status_code == 404 and "invalid or has expired" in again.content.decode()
 
 
 @pytest.mark.parametrize(
@@ -136,19 +143,53 @@ def test_inviting_an_existing_member_is_a_409(api, world, email_of):
     assert TenantMembership.objects.get(user__email=email_of("viewer", "alpha"), tenant=world.alpha).role == "viewer"
 
 
-def test_inviting_a_member_of_another_tenant_adds_a_membership_without_a_new_password(
-        api, world, email_of, smtp_server, django_capture_on_commit_callbacks):
-    client = api(world.alpha, email_of("tenant_admin", "alpha"))
+def test_inviting_an_existing_account_reveals_nothing_and_needs_their_own_sign_in(
+        api, web, world, email_of, smtp_server, django_capture_on_commit_callbacks):
+    from tenants.models import User
+
     email = email_of("statistician", "beta")
+    User.objects.filter(email=email).update(full_name="Name set by beta")
+    client = api(world.alpha, email_of("tenant_admin", "alpha"))
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post("/api/v1/members/", {"email": email, "role": "statistician"}, format="json")
-    assert response.status_code == 201
-    assert response.json()["invitation_pending"] is False
-    assert not Invitation.objects.filter(membership__user__email=email).exists()
-    # Written in the tenant's language (alpha: Simplified Chinese) with a sign-in link.
-    notice = smtp_server.messages[0].get_payload(decode=True).decode()
-    assert "http://alpha.localhost/login/" in notice and "Alpha Org" in notice
-    assert "登录" in notice
+        known = client.post("/api/v1/members/", {"email": email, "role": "statistician", "full_name": "Stats"},
+                            format="json").json()
+        unknown = client.post("/api/v1/members/", {"email": "nobody-yet@example.org", "role": "statistician",
+                                                   "full_name": "Stats"}, format="json").json()
+    # The inviter cannot tell an existing account from a new one, nor read its global name.
+    assert {k: v for k, v in known.items() if k not in ("id", "email", "created")} == {
+        k: v for k, v in unknown.items() if k not in ("id", "email", "created")}
+    assert known["full_name"] == "Stats" and known["invitation_pending"] is True
+    membership = TenantMembership.objects.get(user__email=email, tenant=world.alpha)
+    assert not membership.is_active
+    # The invited person accepts by signing in with their existing password, which stays.
+    link = next(w for w in smtp_server.messages[0].get_payload(decode=True).decode().split() if "/invite/" in w)
+    page = web(world.alpha)
+    page.get(link.replace("http://alpha.localhost", ""))
+    wrong = page.post("/invite/accept/", {"password": "not-their-password"})
+    assert wrong.status_code == 400
+    assert page.post("/invite/accept/", {"password": PASSWORD}).status_code == 302
+    membership.refresh_from_db()
+    assert membership.is_active and User.objects.get(email=email).check_password(PASSWORD)
+
+
+def test_an_invitation_link_only_works_on_its_own_tenants_host(
+        api, web, world, email_of, smtp_server, django_capture_on_commit_callbacks):
+    client = api(world.alpha, email_of("tenant_admin", "alpha"))
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/api/v1/members/", {"email": "hopper@example.org", "role": "viewer"}, format="json")
+    link = next(w for w in smtp_server.messages[0].get_payload(decode=True).decode().split() if "/invite/" in w)
+    on_beta = web(world.beta)
+    on_beta.get(link.replace("http://alpha.localhost", ""))
+    response = on_beta.post("/invite/accept/", {"password": "a-good-new-pass-1", "password_again": "a-good-new-pass-1"})
+    assert response.status_code == 404
+    assert not TenantMembership.objects.get(user__email="hopper@example.org").is_active
+
+
+def test_a_pending_membership_cannot_be_activated_by_the_admin(api, world, email_of):
+    client = api(world.alpha, email_of("tenant_admin", "alpha"))
+    created = client.post("/api/v1/members/", {"email": "wait@example.org", "role": "viewer"}, format="json").json()
+    response = client.patch(f"/api/v1/members/{created['id']}/", {"is_active": True}, format="json")
+    _assert_error_shape(response, 409, "invitation_pending")
 
 
 def test_change_role_and_deactivate(api, world, email_of):
@@ -242,19 +283,54 @@ def test_resending_an_invitation_replaces_the_link(api, web, world, email_of, sm
     second_link = next(w for w in smtp_server.messages[1].get_payload(decode=True).decode().split() if "/invite/" in w)
     assert first_link != second_link
     page = web(world.beta)
-    old = page.post(first_link.replace("http://beta.localhost", ""),
-                    {"password": "a-good-new-pass-1", "password_again": "a-good-new-pass-1"})
-    assert old.status_code == 400
-    new = page.post(second_link.replace("http://beta.localhost", ""),
-                    {"password": "a-good-new-pass-1", "password_again": "a-good-new-pass-1"})
+    page.get(first_link.replace("http://beta.localhost", ""))
+    old = page.post("/invite/accept/", {"password": "a-good-new-pass-1", "password_again": "a-good-new-pass-1"})
+    assert old.status_code == 404
+    page.get(second_link.replace("http://beta.localhost", ""))
+    new = page.post("/invite/accept/", {"password": "a-good-new-pass-1", "password_again": "a-good-new-pass-1"})
     assert new.status_code == 302
 
 
 def test_resend_is_refused_for_members_without_a_pending_invitation_and_across_tenants(api, world, email_of):
     client = api(world.beta, email_of("tenant_admin", "beta"))
-    own = TenantMembership.objects.get(user__email=email_of("viewer", "beta"))
+    own = TenantMembership.objects.get(user__email=email_of("viewer", "beta"), tenant=world.beta)
     _assert_error_shape(client.post(f"/api/v1/members/{own.pk}/resend-invitation/"), 409, "invitation_invalid")
-    foreign = TenantMembership.objects.get(user__email=email_of("viewer", "alpha"))
+    foreign = TenantMembership.objects.get(user__email=email_of("viewer", "alpha"), tenant=world.alpha)
     _assert_error_shape(client.post(f"/api/v1/members/{foreign.pk}/resend-invitation/"), 404)
     viewer = api(world.beta, email_of("viewer", "beta"))
     _assert_error_shape(viewer.post(f"/api/v1/members/{own.pk}/resend-invitation/"), 403)
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(api, world):
+    response = api(world.alpha).generic("POST", "/api/v1/auth/token/", "[" * 50000, content_type="application/json")
+    _assert_error_shape(response, 400, "parse_error")
+
+
+def test_nul_characters_in_search_are_harmless(api, world, email_of, web):
+    client = api(world.alpha, email_of("tenant_admin", "alpha"))
+    assert client.get("/api/v1/members/?search=%00").status_code == 200
+    page = web(world.alpha)
+    page.post("/login/", {"email": email_of("tenant_admin", "alpha"), "password": PASSWORD})
+    assert page.get("/members/?q=%00").status_code == 200
+
+
+def test_forged_forwarded_for_does_not_escape_the_token_rate_limit(api, world):
+    client = api(world.alpha)
+    codes = [client.post("/api/v1/auth/token/", {"email": f"spray{i}@example.org", "password": "x"}, format="json",
+                         HTTP_X_FORWARDED_FOR=f"10.0.0.{i}").status_code for i in range(22)]
+    assert codes[-1] == 429
+
+
+def test_oversized_api_body_gets_the_json_error_shape(api, world, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    response = api(world.alpha).generic("POST", "/api/v1/auth/token/", '{"email": "' + "a" * 5000 + '"}',
+                                        content_type="application/json")
+    assert response.status_code in (400, 413)
+    assert response.json()["error"]["code"]
+
+
+def test_suspended_tenant_answers_the_api_in_the_error_shape(api, world):
+    from tenants.models import Tenant
+
+    Tenant.objects.filter(pk=world.beta.pk).update(status="suspended")
+    _assert_error_shape(api(world.beta).get("/api/v1/me/"), 403, "tenant_suspended")

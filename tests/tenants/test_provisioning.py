@@ -213,3 +213,11 @@ def test_pool_refill_drops_older_spares_but_keeps_spares_of_newer_code():
     # And this code never hands the newer spare out.
     tenant = _create()
     assert _schema_exists(tenant.schema_name) and _schema_exists("spare_newer")
+
+
+def test_a_leftover_schema_blocks_its_address_with_a_clear_message():
+    with connection.cursor() as cursor:
+        cursor.execute('CREATE SCHEMA "t_ghost"')
+    with pytest.raises(ValidationFailed) as refused:
+        _create(slug="ghost")
+    assert "already taken" in refused.value.fields["slug"][0]

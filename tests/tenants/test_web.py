@@ -88,13 +88,22 @@ def test_invite_form_sends_an_invitation(web, world, email_of, smtp_server, djan
     assert smtp_server.messages and smtp_server.messages[0]["To"] == "fresh@example.org"
 
 
-def test_invitation_page_rejects_a_bad_token_and_mismatched_passwords(web, world):
+def test_invitation_page_rejects_a_bad_token_and_mismatched_passwords(
+        web, world, email_of, smtp_server, django_capture_on_commit_callbacks):
     client = web(world.beta)
-    response = client.post("/invite/not-a-token/", {"password": "a-good-new-pass-1",
-                                                     "password_again": "a-good-new-pass-1"})
-    assert response.status_code == 400 and "invalid or has expired" in response.content.decode()
-    response = client.post("/invite/not-a-token/", {"password": "a-good-new-pass-1", "password_again": "other"})
-    assert response.status_code == 400 and "differ" in response.content.decode()
+    assert client.get("/invite/not-a-token/").status_code == 302
+    response = client.post("/invite/accept/", {"password": "a-good-new-pass-1", "password_again": "a-good-new-pass-1"})
+    assert response.status_code == 404 and "invalid or has expired" in response.content.decode()
+    admin = web(world.beta)
+    _login(admin, email_of("tenant_admin", "beta"))
+    with django_capture_on_commit_callbacks(execute=True):
+        admin.post("/members/", {"email": "typo@example.org", "role": "viewer"})
+    link = next(w for w in smtp_server.messages[0].get_payload(decode=True).decode().split() if "/invite/" in w)
+    client.get(link.replace("http://beta.localhost", ""))
+    response = client.post("/invite/accept/", {"full_name": "Kept", "password": "a-good-new-pass-1",
+                                               "password_again": "other"})
+    html = response.content.decode()
+    assert response.status_code == 400 and "differ" in html and 'value="Kept"' in html
 
 
 def test_pages_follow_the_tenant_language_and_the_users_choice(web, world, email_of):
@@ -186,3 +195,24 @@ def test_members_page_resends_a_pending_invitation(web, world, email_of, smtp_se
     assert len(smtp_server.messages) == 2
     foreign = TenantMembership.objects.get(user__email=email_of("viewer", "alpha"))
     assert admin.post(f"/members/{foreign.pk}/resend-invitation/").status_code == 404
+
+
+def test_a_broken_tenant_time_zone_never_breaks_its_pages(web, world):
+    Tenant.objects.filter(pk=world.beta.pk).update(time_zone="Europe/Berlin/")
+    assert web(world.beta).get("/login/").status_code == 200
+
+
+def test_console_refuses_an_unknown_time_zone(web, world):
+    from tenants.models import User
+
+    User.objects.create_superuser(email="op3@example.org", password=PASSWORD)
+    client = web(None)
+    client.cookies["django_language"] = "en"
+    client.post("/admin/login/", {"username": "op3@example.org", "password": PASSWORD})
+    response = client.post(f"/admin/tenants/tenant/{world.beta.pk}/change/", {
+        "name": "Beta Org", "kind": "device_company", "status": "trial", "time_zone": "Europe/Berlin/",
+        "default_language": "en", "domains-TOTAL_FORMS": "0", "domains-INITIAL_FORMS": "0",
+        "memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0"})
+    assert response.status_code == 200 and "not a known time zone" in response.content.decode()
+    world.beta.refresh_from_db()
+    assert world.beta.time_zone == "Europe/Berlin"
