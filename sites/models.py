@@ -7,12 +7,13 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 
 class SiteStatus(models.TextChoices):
     INVITED = "invited", _("Invited")
     ONBOARDING = "onboarding", _("Onboarding")
-    ACTIVE = "active", _("Active")
+    ACTIVE = "active", pgettext_lazy("site status", "Active")
     CLOSED = "closed", _("Closed")
 
 

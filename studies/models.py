@@ -8,6 +8,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from studies.pii import EncryptedTextField
 
@@ -21,7 +22,7 @@ class StudyType(models.TextChoices):
 
 class StudyStatus(models.TextChoices):
     DRAFT = "draft", _("Draft")
-    ACTIVE = "active", _("Active")
+    ACTIVE = "active", pgettext_lazy("study status", "Active")
     CLOSED = "closed", _("Closed")
 
 
@@ -36,12 +37,12 @@ class Study(models.Model):
     # Lost-to-follow-up rule: this many consecutive missed visits (0 = off) ...
     lost_after_missed = models.PositiveSmallIntegerField(_("lost after consecutive missed visits"), default=3)
     # ... or this many failed contact attempts in a row (0 = off).
-    lost_after_failed_attempts = models.PositiveSmallIntegerField(_("lost after failed contact attempts"), default=0)
+    lost_after_failed_attempts = models.PositiveSmallIntegerField(_("lost after consecutive failed contact attempts"), default=0)
     created = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
         ordering = ["code"]
-        verbose_name_plural = "studies"
+        verbose_name_plural = _("studies")
 
     def __str__(self) -> str:
         return self.code
@@ -112,7 +113,7 @@ class Subject(models.Model):
     language = models.CharField(_("language"), max_length=10, default="zh-hans")
     reminders_opt_out = models.BooleanField(_("opted out of reminders"), default=False)
     # Identifying data: AES-GCM encrypted at rest (studies/pii.py), shown masked by role.
-    name = EncryptedTextField(_("name"), pii_purpose="subject.name", blank=True, null=True)
+    name = EncryptedTextField(_("full name"), pii_purpose="subject.name", blank=True, null=True)
     phone = EncryptedTextField(_("phone"), pii_purpose="subject.phone", blank=True, null=True)
     email = EncryptedTextField(_("email"), pii_purpose="subject.email", blank=True, null=True)
     national_id = EncryptedTextField(_("national ID"), pii_purpose="subject.national_id", blank=True, null=True)
@@ -165,7 +166,7 @@ DONE_TASK_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.MISSED, TaskSta
 class VisitMode(models.TextChoices):
     CLINIC = "clinic", _("Clinic")
     PHONE = "phone", _("Phone")
-    HOME = "home", _("Home")
+    HOME = "home", pgettext_lazy("visit mode", "Home")
     EPRO = "epro", _("ePRO")
     ANY = "any", _("Any")
 

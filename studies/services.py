@@ -315,7 +315,7 @@ def subject_enrol(
     if enrolled_on < consent_date:
         errors["enrolment_date"] = [_("Enrolment cannot precede consent.")]
     if enrolled_on > today:
-        errors["enrolment_date"] = [_("The enrolment date is in the future.")]
+        errors.setdefault("enrolment_date", []).append(_("The enrolment date is in the future."))
     if arm is not None and arm.study_id != study.pk:
         errors["arm"] = [_("This arm belongs to another study.")]
     if language not in ("zh-hans", "en"):
