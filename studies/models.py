@@ -37,7 +37,9 @@ class Study(models.Model):
     # Lost-to-follow-up rule: this many consecutive missed visits (0 = off) ...
     lost_after_missed = models.PositiveSmallIntegerField(_("lost after consecutive missed visits"), default=3)
     # ... or this many failed contact attempts in a row (0 = off).
-    lost_after_failed_attempts = models.PositiveSmallIntegerField(_("lost after consecutive failed contact attempts"), default=0)
+    lost_after_failed_attempts = models.PositiveSmallIntegerField(
+        _("lost after consecutive failed contact attempts"), default=0
+    )
     created = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
