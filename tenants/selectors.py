@@ -57,6 +57,13 @@ def member_get(*, tenant: Tenant, membership_id: int) -> TenantMembership | None
     return members_of_tenant(tenant=tenant).filter(pk=membership_id).first()
 
 
+def member_user(*, tenant: Tenant, user_id: int) -> User | None:
+    """An active member's account, looked up only among this tenant's members."""
+    membership = TenantMembership.objects.select_related("user").filter(
+        tenant=tenant, user_id=user_id, is_active=True).first()
+    return membership.user if membership else None
+
+
 def token_for_key(*, raw_key: str) -> ApiToken | None:
     return (
         ApiToken.objects.select_related("user", "tenant")

@@ -187,7 +187,7 @@ REST_FRAMEWORK = {
         "tenants.api.authentication.TenantTokenAuthentication",
         "tenants.api.authentication.TenantSessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["tenants.api.permissions.IsTenantMember"],
+    "DEFAULT_PERMISSION_CLASSES": ["config.api.permissions.IsTenantMember"],
     "DEFAULT_PAGINATION_CLASS": "config.api.pagination.Pagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "config.api.errors.exception_handler",
@@ -215,7 +215,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"LanguageEnum": "tenants.models.Language"},
+    "ENUM_NAME_OVERRIDES": {
+        "LanguageEnum": "tenants.models.Language",
+        "TenantRoleEnum": "tenants.roles.Role",
+        "SiteRoleEnum": "sites.models.SiteRole",
+    },
 }
 
 # --- email -----------------------------------------------------------------------------

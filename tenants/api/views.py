@@ -12,9 +12,9 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
+from config.api.permissions import IsTenantAdmin, IsTenantMember, request_membership
 from config.errors import DomainError, NotFound
 from tenants import selectors, services
-from tenants.api.permissions import IsTenantAdmin, IsTenantMember, request_membership
 from tenants.api.serializers import (
     MemberInviteSerializer,
     MemberSerializer,
