@@ -9,7 +9,7 @@ import re
 import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -24,6 +24,8 @@ from studies import error_codes
 from studies.models import (
     DONE_TASK_STATUSES,
     Arm,
+    ContactAttempt,
+    ContactOutcome,
     FollowUpTask,
     ScheduleStatus,
     ScheduleVersion,
@@ -380,3 +382,79 @@ def subject_enrol(
     return subject
 
 
+
+
+# --- working the follow-up --------------------------------------------------------------
+
+FAILED_OUTCOMES = frozenset({"no_answer", "wrong_number", "call_back_later"})
+
+
+def contact_attempt_record(*, task: FollowUpTask, user_id: int, outcome: str, note: str = "",
+                           at: datetime | None = None) -> ContactAttempt:
+    """Record one phone contact attempt. Enough failed attempts in a row (the study's
+    rule) mark the subject lost to follow-up and cancel their open tasks."""
+    errors: dict[str, list[str]] = {}
+    if outcome not in ContactOutcome.values:
+        errors["outcome"] = [_("Choose one of: %(choices)s.") % {"choices": ", ".join(ContactOutcome.values)}]
+    if len(note or "") > 2000:
+        errors["note"] = [_("At most %(max)d characters.") % {"max": 2000}]
+    when = at or timezone.now()
+    if when > timezone.now() + timedelta(minutes=5):
+        errors["at"] = [_("The attempt cannot be in the future.")]
+    if errors:
+        raise ValidationFailed(errors)
+    if task.status in DONE_TASK_STATUSES:
+        raise Conflict(error_codes.BAD_TRANSITION, _("This follow-up is already closed."))
+    with transaction.atomic():
+        attempt = ContactAttempt.objects.create(task=task, outcome=outcome, note=note or None, by_id=user_id, at=when)
+        subject = Subject.objects.select_for_update().select_related("study").get(pk=task.subject_id)
+        limit = subject.study.lost_after_failed_attempts
+        if limit and outcome in FAILED_OUTCOMES and subject.status == SubjectStatus.ENROLLED:
+            recent = list(ContactAttempt.objects.filter(task__subject=subject).order_by("-at", "-pk")
+                          .values_list("outcome", flat=True)[:limit])
+            if len(recent) == limit and all(o in FAILED_OUTCOMES for o in recent):
+                _mark_lost(subject)
+    return attempt
+
+
+def _mark_lost(subject: Subject) -> None:
+    subject.status = SubjectStatus.LOST
+    subject.save(update_fields=["status"])
+    FollowUpTask.objects.filter(subject=subject).exclude(status__in=DONE_TASK_STATUSES).update(
+        status=TaskStatus.CANCELLED)
+    log.info("subject.lost_to_follow_up", subject_id=subject.pk)
+
+
+def tasks_refresh_statuses(*, today_by_time_zone: dict[str, date] | None = None) -> dict[str, int]:
+    """Move not-done tasks along upcoming → open → overdue → missed by each site's
+    "today", then apply the consecutive-missed-visits rule. Set-based UPDATEs: one pass
+    over a million tasks is a handful of statements. Run by beat in every tenant."""
+    counts = {"open": 0, "overdue": 0, "missed": 0, "lost": 0}
+    zones = set(Site.objects.values_list("time_zone", flat=True))
+    for zone in zones:
+        today = (today_by_time_zone or {}).get(zone) or timezone.now().astimezone(zoneinfo.ZoneInfo(zone)).date()
+        live = FollowUpTask.objects.filter(subject__site__time_zone=zone)
+        counts["missed"] += live.filter(status__in=[TaskStatus.UPCOMING, TaskStatus.OPEN, TaskStatus.OVERDUE],
+                                        window_close__lt=today).update(status=TaskStatus.MISSED)
+        counts["overdue"] += live.filter(status__in=[TaskStatus.UPCOMING, TaskStatus.OPEN],
+                                         target_date__lt=today).update(status=TaskStatus.OVERDUE)
+        counts["open"] += live.filter(status=TaskStatus.UPCOMING, window_open__lte=today).update(
+            status=TaskStatus.OPEN)
+    if counts["missed"]:
+        counts["lost"] = _apply_missed_rule()
+    return counts
+
+
+def _apply_missed_rule() -> int:
+    lost = 0
+    for study in Study.objects.filter(lost_after_missed__gt=0):
+        limit = study.lost_after_missed
+        for subject in Subject.objects.filter(study=study, status=SubjectStatus.ENROLLED,
+                                              tasks__status=TaskStatus.MISSED).distinct():
+            closed = list(subject.tasks.filter(status__in=[TaskStatus.COMPLETED, TaskStatus.MISSED])
+                          .order_by("-target_date").values_list("status", flat=True)[:limit])
+            if len(closed) == limit and all(s == TaskStatus.MISSED for s in closed):
+                with transaction.atomic():
+                    _mark_lost(Subject.objects.select_for_update().get(pk=subject.pk))
+                lost += 1
+    return lost

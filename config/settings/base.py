@@ -173,6 +173,7 @@ CELERY_BEAT_SCHEDULER = "config.beat.SuifangBeatScheduler"
 CELERY_BEAT_SCHEDULE = {
     # No `tenant_schemas` key: the scheduler sends one copy per live tenant.
     "tenant-heartbeat": {"task": "tenants.tasks.tenant_heartbeat", "schedule": 300.0},
+    "follow-up-statuses": {"task": "studies.tasks.tasks_refresh_statuses", "schedule": 900.0},
     # Runs once, in public.
     "schema-pool-refill": {
         "task": "tenants.tasks.schema_pool_refill",

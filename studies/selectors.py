@@ -1,0 +1,85 @@
+"""Reads of the follow-up engine. Every subject and task read is filtered by the
+member's sites (sites.selectors.site_ids_visible); identifying data is shown by role."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Case, IntegerField, QuerySet, Value, When
+
+from sites.selectors import site_ids_visible
+from studies.models import FollowUpTask, Study, Subject, TaskStatus
+from studies.pii import mask_address, mask_birth_date, mask_name, mask_national_id, mask_phone
+
+PII_FIELDS = ("name", "phone", "email", "national_id", "birth_date", "address")
+_MASKS = {"name": mask_name, "phone": mask_phone, "national_id": mask_national_id, "birth_date": mask_birth_date,
+          "address": mask_address, "email": mask_name}
+# Roles that work with patients at their sites and so may see how to reach them.
+CONTACT_ROLES = frozenset({"coordinator", "investigator"})
+# Roles that never see identifying data, not even masked.
+NO_PII_ROLES = frozenset({"statistician", "viewer"})
+
+
+def studies_visible(*, membership: Any) -> QuerySet[Study]:
+    return Study.objects.prefetch_related("arms").order_by("code")
+
+
+def study_get(*, membership: Any, study_id: int) -> Study | None:
+    return studies_visible(membership=membership).filter(pk=study_id).first()
+
+
+def subjects_visible(*, membership: Any) -> QuerySet[Subject]:
+    ids = site_ids_visible(membership=membership)
+    subjects = Subject.objects.select_related("site", "study", "arm")
+    return subjects if ids is None else subjects.filter(site_id__in=ids)
+
+
+def subject_get(*, membership: Any, subject_id: int) -> Subject | None:
+    return subjects_visible(membership=membership).filter(pk=subject_id).first()
+
+
+def subject_identifiers(*, membership: Any, subject: Subject) -> dict[str, str | None]:
+    """Identifying data as this member may see it: in clear for the coordinator or
+    investigator of the subject's site (they phone the patient), masked for the other
+    clinical roles, absent for statisticians and viewers."""
+    if membership.role in NO_PII_ROLES:
+        return {}
+    at_their_site = membership.role in CONTACT_ROLES and subject.site_id in (
+        site_ids_visible(membership=membership) or frozenset())
+    shown: dict[str, str | None] = {}
+    for field in PII_FIELDS:
+        value = getattr(subject, field)
+        clear = at_their_site and field in ("name", "phone")
+        shown[field] = value if clear or value is None else _MASKS[field](value)
+    return shown
+
+
+URGENCY = Case(
+    When(status=TaskStatus.OVERDUE, then=Value(0)),
+    When(status=TaskStatus.OPEN, then=Value(1)),
+    default=Value(2),
+    output_field=IntegerField(),
+)
+
+
+def worklist(
+    *, membership: Any, user_id: int, site_id: int | None = None, study_id: int | None = None,
+    event_code: str | None = None, mode: str | None = None, bucket: str | None = None,
+) -> QuerySet[FollowUpTask]:
+    """My follow-up tasks: overdue first (closing soonest first), then open, then upcoming."""
+    statuses = {"overdue": [TaskStatus.OVERDUE], "open": [TaskStatus.OPEN], "upcoming": [TaskStatus.UPCOMING]}.get(
+        bucket or "", [TaskStatus.OVERDUE, TaskStatus.OPEN, TaskStatus.UPCOMING])
+    tasks = FollowUpTask.objects.select_related("subject", "subject__site", "subject__study").filter(
+        assignee_id=user_id, status__in=statuses)
+    ids = site_ids_visible(membership=membership)
+    if ids is not None:
+        tasks = tasks.filter(subject__site_id__in=ids)
+    if site_id:
+        tasks = tasks.filter(subject__site_id=site_id)
+    if study_id:
+        tasks = tasks.filter(subject__study_id=study_id)
+    if event_code:
+        tasks = tasks.filter(event_code=event_code)
+    if mode:
+        tasks = tasks.filter(mode=mode)
+    return tasks.annotate(urgency=URGENCY).order_by("urgency", "window_close", "target_date", "pk")
