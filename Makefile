@@ -26,7 +26,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 typecheck: install
-	$(VENV)/bin/mypy config tenants sites studies ecrf exports billing infra
+	$(VENV)/bin/mypy config tenants sites studies notifications ecrf exports billing infra
 
 contracts: install
 	$(VENV)/bin/lint-imports

@@ -10,3 +10,10 @@ from studies import services
 def tasks_refresh_statuses() -> dict[str, int]:
     # Runs in every tenant (beat fan-out), in that tenant's schema.
     return services.tasks_refresh_statuses()
+
+
+@app.task(name="studies.tasks.reminders_scan")
+def reminders_scan() -> int:
+    from studies.reminders import reminders_scan as scan
+
+    return scan()

@@ -56,6 +56,7 @@ SHARED_APPS = [
 TENANT_APPS = [
     "sites",
     "studies",
+    "notifications",
     "ecrf",
     "exports",
 ]
@@ -174,6 +175,8 @@ CELERY_BEAT_SCHEDULE = {
     # No `tenant_schemas` key: the scheduler sends one copy per live tenant.
     "tenant-heartbeat": {"task": "tenants.tasks.tenant_heartbeat", "schedule": 300.0},
     "follow-up-statuses": {"task": "studies.tasks.tasks_refresh_statuses", "schedule": 900.0},
+    "reminder-scan": {"task": "studies.tasks.reminders_scan", "schedule": 900.0},
+    "outbox-dispatch": {"task": "notifications.tasks.outbox_dispatch", "schedule": 60.0},
     # Runs once, in public.
     "schema-pool-refill": {
         "task": "tenants.tasks.schema_pool_refill",
