@@ -234,3 +234,22 @@ class ContactAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_id} {self.outcome}"
+
+
+class SubjectImportRow(models.Model):
+    """One row of a bulk import that became a subject, by the row's stable key (external
+    reference, keyed hash of the national ID, or hash of the row): re-uploading the same
+    file, or one that repeats rows, imports them only once."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="+")
+    row_key = models.CharField(max_length=64)
+    subject = models.ForeignKey(Subject, on_delete=models.CASCADE, related_name="+")
+    # SHA-256 of the file the row came from (the import fingerprint).
+    file_sha256 = models.CharField(max_length=64)
+    created = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["study", "row_key"], name="subject_import_row_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.study_id}:{self.row_key[:12]}"
