@@ -57,6 +57,10 @@ def member_get(*, tenant: Tenant, membership_id: int) -> TenantMembership | None
     return members_of_tenant(tenant=tenant).filter(pk=membership_id).first()
 
 
+def membership_by_id(*, membership_id: int) -> TenantMembership | None:
+    return TenantMembership.objects.select_related("user", "tenant").filter(pk=membership_id, is_active=True).first()
+
+
 def member_user(*, tenant: Tenant, user_id: int) -> User | None:
     """An active member's account, looked up only among this tenant's members."""
     membership = TenantMembership.objects.select_related("user").filter(
