@@ -154,3 +154,26 @@ def test_bad_schedules_are_refused_per_field(study_site, events, field):
     with pytest.raises(ValidationFailed) as refused:
         services.schedule_draft_save(study=study, events=events)
     assert field in refused.value.fields, refused.value.fields
+
+
+def test_key_rotation_reencrypts_every_value_and_the_old_key_can_go(study_site, settings):
+    import base64
+
+    from django.core.management import call_command
+
+    from studies.pii import pii_decrypt
+
+    study, site, _ = study_site
+    subject = services.subject_enrol(study=study, site=site, consent_date=dt.date(2026, 1, 10), name="李雷",
+                                     phone="13900001111")
+    old_keys = settings.PII_ENCRYPTION_KEYS
+    new_key = base64.urlsafe_b64encode(b"n" * 32).decode()
+    settings.PII_ENCRYPTION_KEYS = f"{new_key},{old_keys}"
+    call_command("pii_rotate", "--tenant", "alpha", stdout=open("/dev/null", "w"))  # noqa: SIM115
+    settings.PII_ENCRYPTION_KEYS = new_key  # the old key is gone now
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name, phone FROM studies_subject WHERE id = %s", [subject.pk])
+        name_token, phone_token = cursor.fetchone()
+    assert pii_decrypt(name_token, purpose="subject.name") == "李雷"
+    assert pii_decrypt(phone_token, purpose="subject.phone") == "13900001111"
+    assert Subject.objects.get(pk=subject.pk).phone == "13900001111"
