@@ -458,3 +458,28 @@ def _apply_missed_rule() -> int:
                     _mark_lost(Subject.objects.select_for_update().get(pk=subject.pk))
                 lost += 1
     return lost
+
+
+def task_complete(*, task: FollowUpTask, completed_on: date) -> FollowUpTask:
+    """Record a follow-up as done (for example a phone follow-up reached the patient).
+    Events anchored on this one's actual date are re-planned; done tasks stay as they are."""
+    subject = task.subject
+    today = site_today(subject.site)
+    if completed_on > today:
+        raise ValidationFailed({"completed_on": [_("The date is in the future.")]})
+    if completed_on < subject.enrolment_date:
+        raise ValidationFailed({"completed_on": [_("The date is before the subject's enrolment.")]})
+    with transaction.atomic():
+        locked = FollowUpTask.objects.select_for_update().get(pk=task.pk)
+        if locked.status in DONE_TASK_STATUSES:
+            raise Conflict(error_codes.BAD_TRANSITION, _("This follow-up is already closed."))
+        locked.status = TaskStatus.COMPLETED
+        locked.completed_on = completed_on
+        locked.save(update_fields=["status", "completed_on", "updated"])
+        version = schedule_for_subject(subject=subject)
+        if version is not None:
+            plan = ReplanPlan()
+            _replan_subject(subject=subject, version=version, today=today,
+                            assignee_id=locked.assignee_id, plan=plan)
+            _apply(plan)
+    return locked

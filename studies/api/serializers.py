@@ -112,6 +112,10 @@ class ContactAttemptInputSerializer(serializers.Serializer):
     at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
 
+class TaskCompleteSerializer(serializers.Serializer):
+    completed_on = serializers.DateField()
+
+
 class WorklistQuerySerializer(serializers.Serializer):
     site = serializers.IntegerField(min_value=1, required=False)
     study = serializers.IntegerField(min_value=1, required=False)

@@ -15,4 +15,5 @@ urlpatterns = [
     path("subjects/<int:subject_id>/", views.SubjectDetailView.as_view(), name="api-subject"),
     path("worklist/", views.WorklistView.as_view(), name="api-worklist"),
     path("tasks/<int:task_id>/attempts/", views.ContactAttemptView.as_view(), name="api-task-attempts"),
+    path("tasks/<int:task_id>/complete/", views.TaskCompleteView.as_view(), name="api-task-complete"),
 ]

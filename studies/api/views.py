@@ -25,6 +25,7 @@ from studies.api.serializers import (
     StudyCreateSerializer,
     StudySerializer,
     SubjectSerializer,
+    TaskCompleteSerializer,
     TaskSerializer,
     WorklistQuerySerializer,
 )
@@ -215,6 +216,20 @@ class WorklistView(generics.ListAPIView):
     @extend_schema(parameters=[WorklistQuerySerializer], summary="My follow-up tasks, most urgent first")
     def get(self, request: Request, *args: object, **kwargs: object) -> Response:
         return self.list(request)
+
+
+class TaskCompleteView(APIView):
+    permission_classes = [IsTenantMember]
+
+    @extend_schema(request=TaskCompleteSerializer, responses=TaskSerializer, summary="Mark a follow-up done")
+    def post(self, request: Request, task_id: int) -> Response:
+        if request_membership(request).role not in ENROLLING_ROLES:
+            raise PermissionDenied("permission_denied", _("Your role does not allow this."))
+        task = ContactAttemptView()._task(request, task_id)
+        serializer = TaskCompleteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        done = services.task_complete(task=task, completed_on=serializer.validated_data["completed_on"])
+        return Response(TaskSerializer(done).data)
 
 
 class ContactAttemptView(APIView):

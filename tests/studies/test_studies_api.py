@@ -202,3 +202,29 @@ def test_schedule_preview_and_design_are_for_the_sponsor(api, world, email_of, t
     assert preview["summary"] == {"create": 0, "update": 0, "cancel": 1}
     bad = admin.post(f"/api/v1/studies/{trial['study']}/schedule/", {"events": [{"code": "x"}]}, format="json")
     assert _assert_error_shape(bad, 400)["fields"]
+
+
+def test_completing_a_follow_up_replans_events_anchored_on_it(api, world, email_of, trial, in_tenant):
+    admin = trial["admin"]
+    schedule = [event("D7", 7, before=3, after=3),
+                event("CALL", 14, anchor="event", anchor_event="D7", before=2, after=2)]
+    admin.post(f"/api/v1/studies/{trial['study']}/schedule/", {"events": schedule}, format="json")
+    admin.post(f"/api/v1/studies/{trial['study']}/schedule/publish/")
+    coordinator = api(world.alpha, email_of("coordinator", "alpha"))
+    enrolled_on = TODAY - dt.timedelta(days=8)
+    subject = _enrol(coordinator, trial, consent_date=enrolled_on.isoformat(),
+                     enrolment_date=enrolled_on.isoformat()).json()
+    tasks = {t["event_code"]: t for t in coordinator.get(f"/api/v1/subjects/{subject['id']}/").json()["tasks"]}
+    assert tasks["CALL"]["provisional"] is True
+    assert tasks["CALL"]["target_date"] == (enrolled_on + dt.timedelta(days=21)).isoformat()
+    done_on = TODAY - dt.timedelta(days=1)
+    url = f"/api/v1/tasks/{tasks['D7']['id']}/complete/"
+    _assert_error_shape(coordinator.post(url, {"completed_on": (TODAY + dt.timedelta(days=1)).isoformat()},
+                                         format="json"), 400)
+    assert coordinator.post(url, {"completed_on": done_on.isoformat()}, format="json").json()["status"] == "completed"
+    _assert_error_shape(coordinator.post(url, {"completed_on": done_on.isoformat()}, format="json"), 409)
+    tasks = {t["event_code"]: t for t in coordinator.get(f"/api/v1/subjects/{subject['id']}/").json()["tasks"]}
+    assert tasks["CALL"]["provisional"] is False
+    assert tasks["CALL"]["target_date"] == (done_on + dt.timedelta(days=14)).isoformat()
+    _assert_error_shape(api(world.alpha, email_of("viewer", "alpha")).post(url, {"completed_on": "2026-01-01"},
+                                                                           format="json"), 403)
