@@ -3,6 +3,7 @@
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from studies import views as study_views
 from tenants import views
 
 urlpatterns = [
@@ -10,6 +11,8 @@ urlpatterns = [
     path("login/", views.login_view, name="login"),
     path("logout/", views.logout_view, name="logout"),
     path("members/", views.members_view, name="members"),
+    path("worklist/", study_views.worklist_view, name="worklist"),
+    path("tasks/<int:task_id>/attempts/", study_views.contact_attempt_view, name="contact-attempt"),
     path("members/<int:membership_id>/resend-invitation/", views.member_resend_invitation_view,
          name="member-resend-invitation"),
     path("invite/accept/", views.invitation_accept_view, name="invitation-accept"),
