@@ -34,15 +34,14 @@ from sites.selectors import site_ids_visible
 from studies import error_codes, services
 from studies.models import Arm, Study, StudyStatus, Subject, SubjectImportRow
 from studies.pii import normalize_national_id, pii_keyed_hash
-from tenants.roles import Role
+from studies.selectors import ENROLLING_ROLES
 
 log = structlog.get_logger(__name__)
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_ROWS = 50_000
 PROGRESS_EVERY = 500
-# The roles that may enrol (as studies.api.views.ENROLLING_ROLES).
-IMPORTING_ROLES = frozenset({Role.TENANT_ADMIN, Role.COORDINATOR, Role.INVESTIGATOR})
+IMPORTING_ROLES = ENROLLING_ROLES
 
 FIELDS = ("site", "arm", "consent_date", "enrolment_date", "index_date", "language", "name", "phone", "email",
           "national_id", "birth_date", "address", "external_ref")

@@ -16,6 +16,8 @@ _MASKS = {"name": mask_name, "phone": mask_phone, "national_id": mask_national_i
           "address": mask_address, "email": mask_name}
 # Roles that work with patients at their sites and so may see how to reach them.
 CONTACT_ROLES = frozenset({"coordinator", "investigator"})
+# Roles that enrol subjects and work their follow-ups (calls, completion, imports).
+ENROLLING_ROLES = frozenset({"tenant_admin", "coordinator", "investigator"})
 # Roles that never see identifying data, not even masked.
 NO_PII_ROLES = frozenset({"statistician", "viewer"})
 
@@ -52,6 +54,15 @@ def subject_identifiers(*, membership: Any, subject: Subject) -> dict[str, str |
         clear = at_their_site and field in ("name", "phone")
         shown[field] = value if clear or value is None else _MASKS[field](value)
     return shown
+
+
+def task_get(*, membership: Any, task_id: int) -> FollowUpTask | None:
+    """A follow-up task, only if it belongs to one of the member's sites."""
+    tasks = FollowUpTask.objects.select_related("subject", "subject__site")
+    ids = site_ids_visible(membership=membership)
+    if ids is not None:
+        tasks = tasks.filter(subject__site_id__in=ids)
+    return tasks.filter(pk=task_id).first()
 
 
 URGENCY = Case(

@@ -16,11 +16,10 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from config.errors import DomainError
-from sites import selectors as site_selectors
 from studies import selectors, services
 from studies.models import ContactOutcome, FollowUpTask, VisitMode
 
-ENROLLING_ROLES = frozenset({"tenant_admin", "coordinator", "investigator"})
+ENROLLING_ROLES = selectors.ENROLLING_ROLES
 
 
 class WorklistFilterForm(forms.Form):
@@ -67,11 +66,7 @@ def _task_for(request: HttpRequest, task_id: int) -> FollowUpTask:
     membership = _membership(request)
     if membership.role not in ENROLLING_ROLES:
         raise PermissionDenied
-    visible = site_selectors.site_ids_visible(membership=membership)
-    tasks = FollowUpTask.objects.select_related("subject", "subject__site")
-    if visible is not None:
-        tasks = tasks.filter(subject__site_id__in=visible)
-    task = tasks.filter(pk=task_id).first()
+    task = selectors.task_get(membership=membership, task_id=task_id)
     if task is None:
         raise Http404
     return task

@@ -34,7 +34,7 @@ from tenants.roles import Role
 
 IsStudyDesigner = role_required(Role.TENANT_ADMIN)
 # Who may enrol: the coordinators and investigators of the site, and the sponsor.
-ENROLLING_ROLES = frozenset({Role.TENANT_ADMIN, Role.COORDINATOR, Role.INVESTIGATOR})
+ENROLLING_ROLES = selectors.ENROLLING_ROLES
 
 
 def _study_or_404(request: Request, study_id: int) -> Study:
@@ -218,6 +218,13 @@ class WorklistView(generics.ListAPIView):
         return self.list(request)
 
 
+def _task_or_404(request: Request, task_id: int) -> FollowUpTask:
+    task = selectors.task_get(membership=request_membership(request), task_id=task_id)
+    if task is None:
+        raise NotFound("not_found", _("No such task, or not at one of your sites."))
+    return task
+
+
 class TaskCompleteView(APIView):
     permission_classes = [IsTenantMember]
 
@@ -225,7 +232,7 @@ class TaskCompleteView(APIView):
     def post(self, request: Request, task_id: int) -> Response:
         if request_membership(request).role not in ENROLLING_ROLES:
             raise PermissionDenied("permission_denied", _("Your role does not allow this."))
-        task = ContactAttemptView()._task(request, task_id)
+        task = _task_or_404(request, task_id)
         serializer = TaskCompleteSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         done = services.task_complete(task=task, completed_on=serializer.validated_data["completed_on"])
@@ -235,26 +242,16 @@ class TaskCompleteView(APIView):
 class ContactAttemptView(APIView):
     permission_classes = [IsTenantMember]
 
-    def _task(self, request: Request, task_id: int) -> FollowUpTask:
-        visible = site_selectors.site_ids_visible(membership=request_membership(request))
-        tasks = FollowUpTask.objects.select_related("subject")
-        if visible is not None:
-            tasks = tasks.filter(subject__site_id__in=visible)
-        task = tasks.filter(pk=task_id).first()
-        if task is None:
-            raise NotFound("not_found", _("No such task, or not at one of your sites."))
-        return task
-
     @extend_schema(responses=ContactAttemptSerializer(many=True), summary="Contact attempts of a task")
     def get(self, request: Request, task_id: int) -> Response:
-        return Response(ContactAttemptSerializer(self._task(request, task_id).attempts.all(), many=True).data)
+        return Response(ContactAttemptSerializer(_task_or_404(request, task_id).attempts.all(), many=True).data)
 
     @extend_schema(request=ContactAttemptInputSerializer, responses={201: ContactAttemptSerializer},
                    summary="Record a phone contact attempt")
     def post(self, request: Request, task_id: int) -> Response:
         if request_membership(request).role not in ENROLLING_ROLES:
             raise PermissionDenied("permission_denied", _("Your role does not allow recording contacts."))
-        task = self._task(request, task_id)
+        task = _task_or_404(request, task_id)
         serializer = ContactAttemptInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         attempt = services.contact_attempt_record(task=task, user_id=int(request.user.pk or 0),
