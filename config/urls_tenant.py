@@ -12,6 +12,7 @@ urlpatterns = [
     path("logout/", views.logout_view, name="logout"),
     path("members/", views.members_view, name="members"),
     path("worklist/", study_views.worklist_view, name="worklist"),
+    path("subjects/<int:subject_id>/", study_views.subject_view, name="subject"),
     path("tasks/<int:task_id>/attempts/", study_views.contact_attempt_view, name="contact-attempt"),
     path("members/<int:membership_id>/resend-invitation/", views.member_resend_invitation_view,
          name="member-resend-invitation"),

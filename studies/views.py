@@ -87,3 +87,17 @@ def contact_attempt_view(request: HttpRequest, task_id: int) -> HttpResponse:
     else:
         messages.success(request, _("Call to %(subject)s recorded.") % {"subject": task.subject.subject_code})
     return redirect("worklist")
+
+
+@login_required
+def subject_view(request: HttpRequest, subject_id: int) -> HttpResponse:
+    """A subject's schedule as a timeline, coloured by window status."""
+    membership = _membership(request)
+    subject = selectors.subject_get(membership=membership, subject_id=subject_id)
+    if subject is None:
+        raise Http404
+    tasks = subject.tasks.order_by("target_date", "event_code", "sequence")
+    return render(request, "studies/subject.html", {
+        "subject": subject, "tasks": tasks,
+        "identifiers": selectors.subject_identifiers(membership=membership, subject=subject),
+    })

@@ -78,6 +78,13 @@ def test_coordinator_records_a_call_from_the_worklist_on_a_phone(browser, server
         row.locator("button[type=submit]").click()
     # alpha speaks Simplified Chinese by default: check the message names the subject.
     assert committed_subject.subject_code in page.locator(".messages").inner_text()
+    # On to the subject's timeline, and back.
+    with page.expect_navigation():
+        page.click(f"table a:has-text('{committed_subject.subject_code}')")
+    assert page.locator("ol.timeline li.status-open, ol.timeline li.status-upcoming").count() == 1
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    with page.expect_navigation():
+        page.click("section.card a[href='/worklist/']")
     context.close()
     with django_db_blocker.unblock():
         connection.set_tenant(world.alpha)

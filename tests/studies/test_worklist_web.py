@@ -48,3 +48,21 @@ def test_viewers_see_no_phone_and_cannot_record(web, world, email_of, trial):  #
     _login(page, email_of("viewer", "alpha"))
     assert "Record call" not in page.get("/worklist/").content.decode()
     assert page.post("/tasks/1/attempts/", {"outcome": "reached"}).status_code == 403
+
+
+def test_subject_page_shows_the_timeline_and_respects_scoping(api, web, world, email_of, trial):  # noqa: F811
+    subject = _enrol(api(world.alpha, email_of("coordinator", "alpha")), trial).json()
+    page = web(world.alpha)
+    page.cookies["django_language"] = "en"
+    _login(page, email_of("coordinator", "alpha"))
+    html = page.get(f"/subjects/{subject['id']}/").content.decode()
+    assert html.count('class="status-upcoming"') == 3 and "D7" in html and "D90" in html
+    assert "tel:13812345678" in html and "Back to my worklist" in html
+    assert f'/subjects/{subject["id"]}/' in page.get("/worklist/").content.decode()
+    other = web(world.alpha)
+    _login(other, email_of("investigator", "alpha"))  # works at S2 only
+    assert other.get(f"/subjects/{subject['id']}/").status_code == 404
+    monitor = web(world.alpha)
+    _login(monitor, email_of("monitor", "alpha"))
+    masked = monitor.get(f"/subjects/{subject['id']}/").content.decode()
+    assert "138****5678" in masked and "13812345678" not in masked
