@@ -20,7 +20,13 @@ def site_ids_visible(*, membership: Any) -> frozenset[int] | None:
         return frozenset()
     if membership.role in ALL_SITES_ROLES:
         return None
-    return frozenset(SiteStaff.objects.filter(user_id=membership.user_id).values_list("site_id", flat=True))
+    # Memoised on the membership, which lives for one request or task: pages and
+    # serializers ask once per row, and that must not be one query per row.
+    cached: frozenset[int] | None = getattr(membership, "_visible_site_ids", None)
+    if cached is None:
+        cached = frozenset(SiteStaff.objects.filter(user_id=membership.user_id).values_list("site_id", flat=True))
+        membership._visible_site_ids = cached
+    return cached
 
 
 def sites_visible(*, membership: Any) -> QuerySet[Site]:

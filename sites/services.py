@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import zoneinfo
 from datetime import date
 from typing import Any
 
@@ -14,6 +13,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from config.errors import Conflict, ValidationFailed
+from config.validation import time_zone_problem
 from sites import error_codes
 from sites.models import Site, SiteRole, SiteStaff, SiteStatus
 from tenants.selectors import membership_for
@@ -32,17 +32,6 @@ def _text(errors: dict[str, list[str]], field: str, value: str, *, max_length: i
     elif len(value) > max_length:
         errors[field] = [_("At most %(max)d characters.") % {"max": max_length}]
     return value
-
-
-def _validate_time_zone(errors: dict[str, list[str]], value: str) -> None:
-    try:
-        if not value:
-            raise zoneinfo.ZoneInfoNotFoundError
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        errors["time_zone"] = [
-            _("“%(tz)s” is not a known time zone; use a name such as Asia/Shanghai.") % {"tz": value}
-        ]
 
 
 def site_create(
@@ -64,7 +53,8 @@ def site_create(
     valid_number = isinstance(target_enrolment, int) and not isinstance(target_enrolment, bool)
     if not valid_number or not 0 < target_enrolment <= 1_000_000:
         errors["target_enrolment"] = [_("Enter a whole number between 1 and 1,000,000.")]
-    _validate_time_zone(errors, time_zone)
+    if problem := time_zone_problem(time_zone):
+        errors["time_zone"] = [problem]
     if errors:
         raise ValidationFailed(errors)
     try:

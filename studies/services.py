@@ -246,9 +246,13 @@ def tasks_replan_preview(*, version: ScheduleVersion, subjects: Iterable[Subject
     """What publishing `version` would change for existing subjects (nothing is saved)."""
     plan = ReplanPlan()
     targets = subjects if subjects is not None else _subjects_following(version)
+    # One lookup per site, not per subject.
+    primaries: dict[int, int | None] = {}
     for subject in targets:
+        if subject.site_id not in primaries:
+            primaries[subject.site_id] = primary_coordinator_id(site_id=subject.site_id)
         _replan_subject(subject=subject, version=version, today=site_today(subject.site),
-                        assignee_id=primary_coordinator_id(site_id=subject.site_id), plan=plan)
+                        assignee_id=primaries[subject.site_id], plan=plan)
     return plan
 
 

@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
 from config.errors import DomainError
+from config.validation import time_zone_problem
 from tenants import services
 from tenants.forms import add_domain_errors
 from tenants.models import (
@@ -58,15 +59,10 @@ class TenantChangeForm(forms.ModelForm):
         fields = ["name", "kind", "status", "time_zone", "default_language"]
 
     def clean_time_zone(self) -> str:
-        import zoneinfo
-
-        value = self.cleaned_data["time_zone"]
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise forms.ValidationError(_("“%(tz)s” is not a known time zone; use a name such as Asia/Shanghai.")
-                                        % {"tz": value}) from exc
-        return str(value)
+        value = str(self.cleaned_data["time_zone"])
+        if problem := time_zone_problem(value):
+            raise forms.ValidationError(problem)
+        return value
 
 
 @admin.register(Tenant)

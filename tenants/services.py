@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import zoneinfo
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -21,6 +20,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import override
 
 from config.errors import Conflict, DomainError, NotFound, ValidationFailed
+from config.validation import time_zone_problem
 from tenants import error_codes
 from tenants.models import (
     ApiToken,
@@ -83,14 +83,8 @@ def _validate_tenant_input(
         errors["status"] = [_("Choose one of: %(choices)s.") % {"choices": ", ".join(TenantStatus.values)}]
     if default_language not in Language.values:
         errors["default_language"] = [_("Choose zh-hans or en.")]
-    try:
-        if not time_zone:
-            raise zoneinfo.ZoneInfoNotFoundError
-        zoneinfo.ZoneInfo(time_zone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        errors["time_zone"] = [
-            _("“%(tz)s” is not a known time zone; use a name such as Asia/Shanghai.") % {"tz": time_zone}
-        ]
+    if problem := time_zone_problem(time_zone):
+        errors["time_zone"] = [problem]
     try:
         validate_email(admin_email)
     except ValidationError:

@@ -228,3 +228,21 @@ def test_completing_a_follow_up_replans_events_anchored_on_it(api, world, email_
     assert tasks["CALL"]["target_date"] == (done_on + dt.timedelta(days=14)).isoformat()
     _assert_error_shape(api(world.alpha, email_of("viewer", "alpha")).post(url, {"completed_on": "2026-01-01"},
                                                                            format="json"), 403)
+
+
+def test_subject_list_queries_do_not_grow_with_the_page(api, world, email_of, trial):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    coordinator = api(world.alpha, email_of("coordinator", "alpha"))
+    _enrol(coordinator, trial, national_id="")
+
+    def count() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert coordinator.get("/api/v1/subjects/").status_code == 200
+        return len(queries)
+
+    one = count()
+    for _ in range(4):
+        _enrol(coordinator, trial, national_id="")
+    assert count() == one
