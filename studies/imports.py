@@ -6,9 +6,10 @@ planning). If any row is invalid nothing is imported, unless the caller asks for
 valid rows only. Each imported row is recorded by a stable key (``SubjectImportRow``),
 so uploading the same file again imports nothing new.
 
-``_validate_row`` mirrors the input checks of ``subject_enrol`` so that 10,000 rows can
-be checked with a few batched queries instead of 10,000 rolled-back enrolments;
-``subject_enrol`` still checks every row again when it enrols it.
+``_validate_row`` parses a row's text and applies the same rules as ``subject_enrol``
+(``studies.enrolment_rules``), with the database checks batched, so 10,000 rows are
+checked with a few queries instead of 10,000 rolled-back enrolments; ``subject_enrol``
+still checks every row again when it enrols it.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from config.errors import Conflict, DomainError, PermissionDenied
 from sites.models import Site, SiteStatus
 from sites.selectors import site_ids_visible
 from studies import error_codes, services
+from studies.enrolment_rules import duplicate_national_id_message, enrolment_check
 from studies.models import Arm, Study, StudyStatus, Subject, SubjectImportRow
-from studies.pii import normalize_national_id, pii_keyed_hash
 from studies.selectors import ENROLLING_ROLES
 
 log = structlog.get_logger(__name__)
@@ -47,7 +48,7 @@ FIELDS = ("site", "arm", "consent_date", "enrolment_date", "index_date", "langua
           "national_id", "birth_date", "address", "external_ref")
 REQUIRED = ("site", "consent_date")
 DATE_FIELDS = ("consent_date", "enrolment_date", "index_date", "birth_date")
-LENGTH_LIMITS = (("name", 150), ("phone", 30), ("email", 254), ("address", 500), ("national_id", 40))
+LANGUAGE_ALIASES = {"zh": "zh-hans", "zh-cn": "zh-hans", "中文": "zh-hans", "english": "en", "英文": "en"}
 
 # Header aliases (compared lower-cased, with spaces, hyphens and underscores removed).
 ALIASES: dict[str, str] = {
@@ -223,8 +224,8 @@ def _row_key(values: dict[str, str], national_hash: str | None) -> str:
 
 def _validate_row(row: _Row, *, study: Study, sites: dict[str, Site], arms: dict[str, Arm],
                   today_by_site: dict[int, date]) -> None:
-    """Mirror of subject_enrol's input checks (plus parsing the text of a file), so a
-    whole file can be checked before anything is written. Keep the two in step."""
+    """Parse one row and apply the enrolment rules, so a whole file can be checked
+    before anything is written."""
     values, errors = row.values, row.errors
     site = sites.get(values.get("site", "").strip().upper())
     if site is None:
@@ -245,38 +246,15 @@ def _validate_row(row: _Row, *, study: Study, sites: dict[str, Site], arms: dict
     if not values.get("consent_date", "").strip():
         errors.append(("consent_date", _("This field is required.")))
     today = today_by_site.get(site.pk) if site is not None else None
-    consent, enrolled = parsed["consent_date"], parsed["enrolment_date"] or today
-    if today is not None and consent is not None:
-        if consent > today:
-            errors.append(("consent_date", _("The consent date is in the future.")))
-        if enrolled is not None and enrolled < consent:
-            errors.append(("enrolment_date", _("Enrolment cannot precede consent.")))
-    if today is not None and enrolled is not None and enrolled > today:
-        errors.append(("enrolment_date", _("The enrolment date is in the future.")))
-    birth = parsed["birth_date"]
-    if today is not None and birth is not None and birth > today:
-        errors.append(("birth_date", _("The birth date is in the future.")))
+    consent, birth = parsed["consent_date"], parsed["birth_date"]
     language = values.get("language", "").strip().lower().replace("_", "-") or "zh-hans"
-    language = {"zh": "zh-hans", "zh-cn": "zh-hans", "中文": "zh-hans", "english": "en", "英文": "en"}.get(
-        language, language)
-    if language not in ("zh-hans", "en"):
-        errors.append(("language", _("Choose zh-hans or en.")))
-    for name, limit in LENGTH_LIMITS:
-        if len(values.get(name, "")) > limit:
-            errors.append((name, _("At most %(max)d characters.") % {"max": limit}))
-    phone = values.get("phone", "")
-    if phone and not re.fullmatch(r"\+?[0-9 \-]{5,30}", phone):
-        errors.append(("phone", _("Enter digits only, optionally with +, spaces or hyphens.")))
-    email = values.get("email", "")
-    if email and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
-        errors.append(("email", _("Enter a valid email address.")))
-    national_id = values.get("national_id", "")
-    if national_id:
-        normalized = normalize_national_id(national_id)
-        if not re.fullmatch(r"[0-9A-Z]{6,40}", normalized):
-            errors.append(("national_id", _("Enter a valid national ID number.")))
-        else:
-            row.national_hash = pii_keyed_hash(normalized, purpose="subject.national_id")
+    language = LANGUAGE_ALIASES.get(language, language)
+    phone, email, national_id = values.get("phone", ""), values.get("email", ""), values.get("national_id", "")
+    check = enrolment_check(today=today, consent_date=consent, enrolment_date=parsed["enrolment_date"],
+                            birth_date=birth, language=language, name=values.get("name", ""), phone=phone,
+                            email=email, national_id=national_id, address=values.get("address", ""))
+    errors.extend(check.problems)
+    row.national_hash = check.national_id_hash
     if len(values.get("external_ref", "")) > 200:
         errors.append(("external_ref", _("At most %(max)d characters.") % {"max": 200}))
     row.key = _row_key(values, row.national_hash)
@@ -331,8 +309,7 @@ def subjects_import(
     for row in pending:
         if row.national_hash:
             if row.national_hash in taken:
-                row.errors.append(("national_id", _("A subject with this national ID is already enrolled in this "
-                                                    "organisation.")))
+                row.errors.append(("national_id", duplicate_national_id_message()))
             elif row.national_hash in first_by_hash:
                 row.errors.append(("national_id", _("The same national ID is on row %(row)d.")
                                    % {"row": first_by_hash[row.national_hash]}))

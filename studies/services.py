@@ -21,6 +21,7 @@ from config.errors import Conflict, ValidationFailed
 from sites.models import Site, SiteStatus
 from sites.selectors import primary_coordinator_id
 from studies import error_codes
+from studies.enrolment_rules import duplicate_national_id_message, enrolment_check
 from studies.models import (
     DONE_TASK_STATUSES,
     Arm,
@@ -37,7 +38,6 @@ from studies.models import (
     SubjectStatus,
     TaskStatus,
 )
-from studies.pii import normalize_national_id, pii_keyed_hash
 from studies.schedule import Occurrence, ScheduleError, event_spec_from_dict, plan_occurrences, validate_schedule
 
 log = structlog.get_logger(__name__)
@@ -315,39 +315,24 @@ def subject_enrol(
     follow-up task per scheduled occurrence, all in one transaction."""
     today = site_today(site)
     enrolled_on: date = enrolment_date or today
-    errors: dict[str, list[str]] = {}
-    if consent_date > today:
-        errors["consent_date"] = [_("The consent date is in the future.")]
-    if enrolled_on < consent_date:
-        errors["enrolment_date"] = [_("Enrolment cannot precede consent.")]
-    if enrolled_on > today:
-        errors.setdefault("enrolment_date", []).append(_("The enrolment date is in the future."))
-    if arm is not None and arm.study_id != study.pk:
-        errors["arm"] = [_("This arm belongs to another study.")]
-    if language not in ("zh-hans", "en"):
-        errors["language"] = [_("Choose zh-hans or en.")]
-    for field_name, value, limit in (("name", name, 150), ("phone", phone, 30), ("email", email, 254),
-                                     ("address", address, 500), ("national_id", national_id, 40)):
-        if len(value or "") > limit:
-            errors[field_name] = [_("At most %(max)d characters.") % {"max": limit}]
-    if phone and not re.fullmatch(r"\+?[0-9 \-]{5,30}", phone):
-        errors["phone"] = [_("Enter digits only, optionally with +, spaces or hyphens.")]
+    parsed_birth: date | None = None
+    birth_problem = None
     if birth_date:
         try:
-            if date.fromisoformat(birth_date) > today:
-                errors["birth_date"] = [_("The birth date is in the future.")]
+            parsed_birth = date.fromisoformat(birth_date)
         except ValueError:
-            errors["birth_date"] = [_("Use the form YYYY-MM-DD.")]
-    national_hash = None
-    if national_id:
-        normalized = normalize_national_id(national_id)
-        if not re.fullmatch(r"[0-9A-Z]{6,40}", normalized):
-            errors["national_id"] = [_("Enter a valid national ID number.")]
-        else:
-            national_hash = pii_keyed_hash(normalized, purpose="subject.national_id")
-            if Subject.objects.filter(national_id_hash=national_hash).exists():
-                errors["national_id"] = [_("A subject with this national ID is already enrolled in this "
-                                           "organisation.")]
+            birth_problem = _("Use the form YYYY-MM-DD.")
+    check = enrolment_check(today=today, consent_date=consent_date, enrolment_date=enrolled_on,
+                            birth_date=parsed_birth, language=language, name=name, phone=phone, email=email,
+                            national_id=national_id, address=address)
+    if birth_problem:
+        check.add("birth_date", birth_problem)
+    if arm is not None and arm.study_id != study.pk:
+        check.add("arm", _("This arm belongs to another study."))
+    national_hash = check.national_id_hash
+    if national_hash is not None and Subject.objects.filter(national_id_hash=national_hash).exists():
+        check.add("national_id", duplicate_national_id_message())
+    errors = check.as_field_errors()
     if errors:
         raise ValidationFailed(errors)
     if study.status != StudyStatus.ACTIVE:
@@ -379,8 +364,7 @@ def subject_enrol(
             _apply(plan)
     except IntegrityError as exc:
         if "subject_national_id_uniq" in str(exc):
-            raise ValidationFailed({"national_id": [
-                _("A subject with this national ID is already enrolled in this organisation.")]}) from exc
+            raise ValidationFailed({"national_id": [duplicate_national_id_message()]}) from exc
         raise
     log.info("subject.enrolled", subject_id=subject.pk, study_id=study.pk, site_id=site.pk, tasks=len(plan.create))
     return subject
