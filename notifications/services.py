@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from notifications.channels import adapter_for
@@ -39,9 +39,26 @@ def outbox_enqueue(*, messages: list[Outgoing]) -> int:
                           body=m.body, language=m.language, not_before=m.not_before,
                           next_attempt_at=m.not_before)
             for m in messages if m.key not in existing]
-    # ignore_conflicts: a concurrent scan may insert the same key between our read and write.
-    created = OutboxMessage.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
-    return len(created)
+    return _insert_new(rows)
+
+
+def _insert_new(rows: list[OutboxMessage], batch_size: int = 1000) -> int:
+    """INSERT ... ON CONFLICT (key) DO NOTHING, counting the rows PostgreSQL really
+    inserted: a concurrent scan may write the same key between our read and our write,
+    and bulk_create(ignore_conflicts=True) would count its rows as ours."""
+    fields = [f for f in OutboxMessage._meta.concrete_fields if not f.primary_key]
+    table = connection.ops.quote_name(OutboxMessage._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    inserted = 0
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start:start + batch_size]
+            params = [f.get_db_prep_save(f.pre_save(row, add=True), connection) for row in batch for f in fields]
+            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([one_row] * len(batch))} "  # noqa: S608
+                           "ON CONFLICT (key) DO NOTHING", params)
+            inserted += cursor.rowcount
+    return inserted
 
 
 def _backoff(attempts: int) -> timedelta:
