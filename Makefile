@@ -12,7 +12,21 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/constraints.tx
 	$(PY) -m pip install --quiet -r requirements/dev.txt
 	touch $(STAMP)
 
-install: $(STAMP)
+# Front-end packages (package.json, pinned by package-lock.json): `npm ci` runs again only
+# when the lock file changes; the files the pages use are copied into static_build/
+# (gitignored), which whitenoise serves. Nothing comes from a CDN.
+NPM_STAMP := node_modules/.installed
+VENDOR := static_build/vendor/echarts.min.js
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NPM_STAMP)
+
+$(VENDOR): $(NPM_STAMP)
+	npm run --silent build:vendor
+	touch $(VENDOR)
+
+install: $(STAMP) $(NPM_STAMP) $(VENDOR)
 
 run: install
 	$(PY) -m infra.run
@@ -41,7 +55,7 @@ check-deploy: install
 	DJANGO_SETTINGS_MODULE=config.settings.prod $(PY) manage.py check --deploy --fail-level WARNING
 
 clean:
-	rm -rf $(VENV) .data
+	rm -rf $(VENV) .data node_modules static_build
 
 schema-check: install
 	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
