@@ -1,9 +1,9 @@
 """Follow-up metrics (issue #3, section 6): follow-up, on-time and missed rates, overdue
 count, lost-to-follow-up rate and enrolment against target, per study, site and event.
 
-Everything is counted by PostgreSQL in three grouped aggregate queries (tasks by study,
-site and event; subjects by study and site; subjects by study and enrolment month); Python
-only adds up the few resulting groups. Scoped by the member's sites exactly like
+Everything is counted by PostgreSQL in two grouped aggregate queries (tasks by study,
+site, event and status; subjects by study, site and enrolment month); Python only adds up
+the few hundred resulting groups. Scoped by the member's sites exactly like
 studies.selectors (sites.selectors.site_ids_visible).
 
 Definitions (cancelled tasks never count):
@@ -49,42 +49,70 @@ def _with_rates(counts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _task_counts(tasks: Any, today: date) -> list[dict[str, Any]]:
-    """One row per (study, site, event_code) with the task counts."""
-    due = Q(window_close__lt=today) | Q(status=TaskStatus.COMPLETED)
-    completed = Q(status=TaskStatus.COMPLETED)
-    on_time = completed & Q(completed_on__gte=F("window_open"), completed_on__lte=F("window_close"))
-    return list(
+    """One row per (study, site, event_code) with the task counts.
+
+    PostgreSQL groups by (study, site, event, status) with two filtered counts, and the
+    few hundred groups are folded into TASK_COUNTS here: at a million tasks that is
+    cheaper than five filtered counts per row. Grouped on the task's own study and
+    site (copies of the subject's), so no task is joined to its subject."""
+    groups = (
         tasks.exclude(status=TaskStatus.CANCELLED)
-        .values(study_id=F("subject__study_id"), site_id=F("subject__site_id"), event=F("event_code"))
+        .values("study_id", "site_id", "event_code", "status")
         .annotate(
-            due=Count("pk", filter=due),
-            completed=Count("pk", filter=completed),
-            on_time=Count("pk", filter=on_time),
-            overdue=Count("pk", filter=Q(status=TaskStatus.OVERDUE)),
-            missed=Count("pk", filter=due & Q(status=TaskStatus.MISSED)),
+            tasks=Count("status"),
+            closed=Count("status", filter=Q(window_close__lt=today)),
+            in_window=Count("status", filter=Q(completed_on__gte=F("window_open"),
+                                               completed_on__lte=F("window_close"))),
         )
         .order_by()
     )
+    counts: dict[tuple[int, int, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(TASK_COUNTS, 0))
+    for group in groups:
+        row = counts[(group["study_id"], group["site_id"], group["event_code"])]
+        if group["status"] == TaskStatus.COMPLETED:  # due whatever its window
+            row["due"] += group["tasks"]
+            row["completed"] += group["tasks"]
+            row["on_time"] += group["in_window"]
+            continue
+        row["due"] += group["closed"]
+        if group["status"] == TaskStatus.MISSED:
+            row["missed"] += group["closed"]
+        elif group["status"] == TaskStatus.OVERDUE:
+            row["overdue"] += group["tasks"]
+    return [{"study_id": study_id, "site_id": site_id, "event": event, **row}
+            for (study_id, site_id, event), row in counts.items()]
 
 
-def _subject_counts(subjects: Any) -> list[dict[str, Any]]:
-    """One row per (study, site) with subjects enrolled (not screening) and lost."""
+def _subject_groups(subjects: Any) -> list[dict[str, Any]]:
+    """One row per (study, site, enrolment month) with subjects enrolled (not screening)
+    and lost: one scan of the subjects serves both the per-site counts and the
+    enrolment series."""
     return list(
-        subjects.values("study_id", "site_id")
+        subjects.annotate(month=TruncMonth("enrolment_date")).values("study_id", "site_id", "month")
         .annotate(enrolled=Count("pk"), lost=Count("pk", filter=Q(status=SubjectStatus.LOST)))
         .order_by()
     )
 
 
-def _enrolment(subjects: Any, studies: dict[int, Study]) -> list[dict[str, Any]]:
-    rows = (subjects.annotate(month=TruncMonth("enrolment_date")).values("study_id", "month")
-            .annotate(enrolled=Count("pk")).order_by("study_id", "month"))
+def _subject_counts(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (study, site) with subjects enrolled (not screening) and lost."""
+    counts: dict[tuple[int, int], dict[str, int]] = defaultdict(lambda: dict.fromkeys(SUBJECT_COUNTS, 0))
+    for group in groups:
+        for key in SUBJECT_COUNTS:
+            counts[(group["study_id"], group["site_id"])][key] += group[key]
+    return [{"study_id": study_id, "site_id": site_id, **row} for (study_id, site_id), row in counts.items()]
+
+
+def _enrolment(groups: list[dict[str, Any]], studies: dict[int, Study]) -> list[dict[str, Any]]:
+    by_month: dict[tuple[int, Any], int] = defaultdict(int)
+    for group in groups:
+        by_month[(group["study_id"], group["month"])] += group["enrolled"]
     series: dict[int, list[dict[str, Any]]] = defaultdict(list)
     totals: dict[int, int] = defaultdict(int)
-    for row in rows:
-        totals[row["study_id"]] += row["enrolled"]
-        series[row["study_id"]].append({"month": row["month"].strftime("%Y-%m"), "enrolled": row["enrolled"],
-                                        "cumulative": totals[row["study_id"]]})
+    for (study_id, month), enrolled in sorted(by_month.items()):
+        totals[study_id] += enrolled
+        series[study_id].append({"month": month.strftime("%Y-%m"), "enrolled": enrolled,
+                                 "cumulative": totals[study_id]})
     result = []
     for study_id, study in sorted(studies.items(), key=lambda item: item[1].code):
         target = study.target_enrolment
@@ -105,18 +133,19 @@ def followup_metrics(*, membership: Any, study_id: int | None = None, site_id: i
     subjects = Subject.objects.exclude(status=SubjectStatus.SCREENING)
     study_rows = Study.objects.all()
     if visible is not None:
-        tasks = tasks.filter(subject__site_id__in=visible)
+        tasks = tasks.filter(site_id__in=visible)
         subjects = subjects.filter(site_id__in=visible)
     if study_id is not None:
-        tasks = tasks.filter(subject__study_id=study_id)
+        tasks = tasks.filter(study_id=study_id)
         subjects = subjects.filter(study_id=study_id)
         study_rows = study_rows.filter(pk=study_id)
     if site_id is not None:
-        tasks = tasks.filter(subject__site_id=site_id)
+        tasks = tasks.filter(site_id=site_id)
         subjects = subjects.filter(site_id=site_id)
 
     task_rows = _task_counts(tasks, today)
-    subject_rows = _subject_counts(subjects)
+    subject_groups = _subject_groups(subjects)
+    subject_rows = _subject_counts(subject_groups)
     studies = {study.pk: study for study in study_rows.only("id", "code", "target_enrolment")}
 
     overall: dict[str, int] = dict.fromkeys(TASK_COUNTS + SUBJECT_COUNTS, 0)
@@ -150,5 +179,5 @@ def followup_metrics(*, membership: Any, study_id: int | None = None, site_id: i
             _with_rates({"study_id": st, "study_code": study_code(st), "event_code": ev, **counts})
             for (st, ev), counts in sorted(by_event.items(), key=lambda item: (study_code(item[0][0]), item[0][1]))
         ],
-        "enrolment": _enrolment(subjects, studies),
+        "enrolment": _enrolment(subject_groups, studies),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
@@ -123,6 +123,10 @@ class Subject(models.Model):
     address = EncryptedTextField(_("address"), pii_purpose="subject.address", blank=True, null=True)
     # Keyed hash of the normalised national ID: finds duplicates without decrypting.
     national_id_hash = models.CharField(max_length=64, null=True, blank=True, editable=False)
+    # The last status change (withdrawn, deceased, completed, lost, reinstated): when it
+    # took effect at the site and why. The reason can hold health information: encrypted.
+    status_changed_on = models.DateField(_("status changed on"), null=True, blank=True)
+    status_reason = EncryptedTextField(_("reason"), pii_purpose="subject.status_reason", blank=True, null=True)
     created = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
@@ -173,10 +177,32 @@ class VisitMode(models.TextChoices):
     ANY = "any", _("Any")
 
 
-class FollowUpTask(models.Model):
-    """One scheduled (or unscheduled) occurrence of an event for one subject."""
+# Worklist order: overdue first, then open, then upcoming. Shared by the worklist query
+# (studies.selectors.worklist) and its index, which PostgreSQL only uses for the ORDER BY
+# when both spell the expression identically.
+TASK_URGENCY = models.Case(
+    models.When(status=TaskStatus.OVERDUE, then=models.Value(0)),
+    models.When(status=TaskStatus.OPEN, then=models.Value(1)),
+    default=models.Value(2),
+    output_field=models.IntegerField(),
+)
+WORKLIST_STATUSES = (TaskStatus.OVERDUE, TaskStatus.OPEN, TaskStatus.UPCOMING)
 
-    subject = models.ForeignKey(Subject, on_delete=models.CASCADE, related_name="tasks")
+
+class FollowUpTask(models.Model):
+    """One scheduled (or unscheduled) occurrence of an event for one subject.
+
+    `study` and `site` are copies of the subject's (a subject never changes study or
+    site): the metrics aggregate, the worklist and the reminder scan filter and group
+    on the task row itself instead of joining a million tasks to their subjects. Every
+    writer must set them from the subject (`FollowUpTask(subject=s, study_id=s.study_id,
+    site_id=s.site_id, ...)`); the columns are NOT NULL."""
+
+    # No index of its own: task_subject_event_seq_uniq leads with the subject.
+    subject = models.ForeignKey(Subject, on_delete=models.CASCADE, related_name="tasks", db_index=False)
+    # No single-column indexes: task_metrics_idx leads with (study, site).
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="+", db_index=False)
+    site = models.ForeignKey("sites.Site", on_delete=models.PROTECT, related_name="+", db_index=False)
     schedule_version = models.ForeignKey(ScheduleVersion, null=True, blank=True, on_delete=models.PROTECT,
                                          related_name="+")
     event_code = models.CharField(max_length=20)
@@ -191,6 +217,9 @@ class FollowUpTask(models.Model):
     assignee = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                  related_name="+")
     completed_on = models.DateField(null=True, blank=True)
+    # Why an unscheduled visit was added (e.g. "adverse event follow-up"); health
+    # information, so encrypted like PII.
+    reason = EncryptedTextField(pii_purpose="task.reason", blank=True, null=True)
     created = models.DateTimeField(default=timezone.now, editable=False)
     updated = models.DateTimeField(auto_now=True)
 
@@ -202,8 +231,16 @@ class FollowUpTask(models.Model):
                                    & Q(target_date__lte=models.F("window_close")), name="task_window_order"),
         ]
         indexes = [
-            # The worklist: my open/overdue/upcoming tasks by urgency.
-            models.Index(fields=["assignee", "status", "target_date"], name="task_worklist_idx"),
+            # The worklist: my open/overdue/upcoming tasks in the worklist's exact order, so a
+            # page is the first rows of an index scan instead of a sort of all my tasks.
+            models.Index(F("assignee"), TASK_URGENCY, F("window_close"), F("target_date"), F("id"),
+                         include=["site", "study"], condition=Q(status__in=WORKLIST_STATUSES),
+                         name="task_worklist_urgency_idx"),
+            # The metrics aggregate (grouped by study, site, event) as an index-only scan;
+            # also serves lookups by study, and by study and site.
+            models.Index(fields=["study", "site", "event_code"],
+                         include=["status", "window_open", "window_close", "completed_on"],
+                         name="task_metrics_idx"),
             # The reminder scan and the status sweep: by status and window dates.
             models.Index(fields=["status", "window_open"], name="task_scan_open_idx"),
             models.Index(fields=["status", "window_close"], name="task_scan_close_idx"),

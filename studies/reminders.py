@@ -5,16 +5,19 @@ the scan twice, or twice at once, writes each reminder once."""
 from __future__ import annotations
 
 import zoneinfo
+from collections import defaultdict
 from collections.abc import Iterator
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import structlog
 from django.db import transaction
+from django.db.models import CharField, Exists, OuterRef, QuerySet, Value
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import override
 
-from notifications.models import ReminderKind, ReminderRule
+from notifications.models import OutboxMessage, ReminderKind, ReminderRule
 from notifications.services import Outgoing, outbox_enqueue
 from sites.models import SiteStaff
 from studies.models import FollowUpTask, StudyStatus, SubjectStatus, TaskStatus
@@ -52,56 +55,114 @@ def reminders_scan(*, now: datetime | None = None) -> int:
     return written
 
 
+def _rule_key(rule: ReminderRule) -> Concat:
+    """The outbox key f"{rule.pk}:{task.pk}:1" as SQL, for the task in the outer query."""
+    return Concat(Value(f"{rule.pk}:"), Cast(OuterRef("pk"), output_field=CharField()), Value(":1"))
+
+
+class _SiteClock:
+    """Per rule and time zone, computed once: the site's today and the first instant
+    outside the rule's quiet hours (the same for every task at sites in that zone)."""
+
+    def __init__(self, rule: ReminderRule, now: datetime) -> None:
+        self.rule, self.now = rule, now
+        self._cache: dict[str, tuple[date, datetime]] = {}
+
+    def __call__(self, tz_name: str) -> tuple[date, datetime]:
+        if tz_name not in self._cache:
+            self._cache[tz_name] = (_today(tz_name, self.now), next_allowed_instant(
+                now=self.now, tz_name=tz_name, quiet_from=self.rule.quiet_from, quiet_until=self.rule.quiet_until))
+        return self._cache[tz_name]
+
+
 def _messages_for(rule: ReminderRule, now: datetime) -> Iterator[Outgoing]:
-    tasks = (FollowUpTask.objects.select_related("subject", "subject__site", "assignee")
-             .filter(subject__study=rule.study, subject__status=SubjectStatus.ENROLLED))
+    # Filtered on the task's own study (a copy of the subject's), and reading only the
+    # columns a message needs: loading whole subjects would decrypt all six identifying
+    # fields of every candidate.
+    columns = ["id", "event_code", "target_date", "window_open", "window_close", "site_id", "assignee_id",
+               "subject__subject_code", "subject__language", "site__time_zone", "site__code", "assignee__email"]
+    if rule.kind == ReminderKind.PATIENT_BEFORE_WINDOW:
+        columns.append("subject__email" if rule.channel == "email" else "subject__phone")
+    tasks = (FollowUpTask.objects.select_related("subject", "site", "assignee")
+             .filter(study_id=rule.study_id, subject__status=SubjectStatus.ENROLLED).only(*columns))
+    clock = _SiteClock(rule, now)
     if rule.kind == ReminderKind.PATIENT_BEFORE_WINDOW:
         # Candidates: window opens within the next `days` days (per site's today, checked below).
         horizon = now.date() + timedelta(days=rule.days + 1)
-        tasks = tasks.filter(status=TaskStatus.UPCOMING, window_open__lte=horizon,
-                             subject__reminders_opt_out=False)
+        tasks = tasks.filter(status=TaskStatus.UPCOMING, window_open__lte=horizon, subject__reminders_opt_out=False)
     elif rule.kind == ReminderKind.COORDINATOR_OVERDUE:
         tasks = tasks.filter(status=TaskStatus.OVERDUE, assignee__isnull=False)
     else:
-        tasks = tasks.filter(status=TaskStatus.OVERDUE)
+        # Overdue for `days` days at the site: a superset in UTC dates here (a site's
+        # today is within a day of UTC's), the exact check below.
+        tasks = tasks.filter(status=TaskStatus.OVERDUE,
+                             target_date__lte=now.astimezone(UTC).date() + timedelta(days=1 - rule.days))
+    if rule.kind != ReminderKind.INVESTIGATOR_OVERDUE:
+        # A reminder already in the outbox would be skipped by outbox_enqueue; skipping
+        # its task here saves building (and decrypting) it again on every scan.
+        tasks = tasks.exclude(Exists(OutboxMessage.objects.filter(key=_rule_key(rule))))
+    if rule.kind == ReminderKind.PATIENT_BEFORE_WINDOW:
+        yield from _patient_messages(rule, tasks, clock)
+    elif rule.kind == ReminderKind.COORDINATOR_OVERDUE:
+        yield from _coordinator_messages(rule, tasks, clock)
+    else:
+        yield from _investigator_messages(rule, tasks, clock)
+
+
+def _patient_messages(rule: ReminderRule, tasks: QuerySet[FollowUpTask], clock: _SiteClock) -> Iterator[Outgoing]:
+    texts: dict[str, tuple[str, str]] = {}  # language -> (subject, body template)
     for task in tasks.iterator(chunk_size=2000):
-        site = task.subject.site
-        today = _today(site.time_zone, now)
-        not_before = next_allowed_instant(now=now, tz_name=site.time_zone, quiet_from=rule.quiet_from,
-                                          quiet_until=rule.quiet_until)
-        key = f"{rule.pk}:{task.pk}:1"
-        if rule.kind == ReminderKind.PATIENT_BEFORE_WINDOW:
-            if not (today <= task.window_open <= today + timedelta(days=rule.days)):
-                continue
-            recipient = task.subject.email if rule.channel == "email" else task.subject.phone
-            if not recipient:
-                continue
-            with override(task.subject.language):
-                subject = _("Your follow-up visit is coming up")
-                body = _("Your next follow-up (%(event)s) is due between %(start)s and %(end)s. "
-                         "Your study team will contact you.") % {
-                    "event": task.event_code, "start": task.window_open.isoformat(),
-                    "end": task.window_close.isoformat()}
-            yield Outgoing(key=key, channel=rule.channel, recipient=recipient, subject=subject, body=body,
-                           language=task.subject.language, not_before=not_before)
-        elif rule.kind == ReminderKind.COORDINATOR_OVERDUE:
-            if task.assignee is None:
-                continue
-            yield Outgoing(key=key, channel="email", recipient=task.assignee.email,
-                           subject=_("Overdue follow-up: %(subject)s %(event)s") % {
-                               "subject": task.subject.subject_code, "event": task.event_code},
-                           body=_("Follow-up %(event)s of %(subject)s is overdue; its window closes on %(end)s.") % {
+        today, not_before = clock(task.site.time_zone)
+        if not (today <= task.window_open <= today + timedelta(days=rule.days)):
+            continue
+        recipient = task.subject.email if rule.channel == "email" else task.subject.phone
+        if not recipient:
+            continue
+        language = task.subject.language
+        if language not in texts:
+            with override(language):
+                texts[language] = (_("Your follow-up visit is coming up"),
+                                   _("Your next follow-up (%(event)s) is due between %(start)s and %(end)s. "
+                                     "Your study team will contact you."))
+        subject, body = texts[language]
+        yield Outgoing(key=f"{rule.pk}:{task.pk}:1", channel=rule.channel, recipient=recipient, subject=subject,
+                       body=body % {"event": task.event_code, "start": task.window_open.isoformat(),
+                                    "end": task.window_close.isoformat()},
+                       language=language, not_before=not_before)
+
+
+def _coordinator_messages(rule: ReminderRule, tasks: QuerySet[FollowUpTask],
+                          clock: _SiteClock) -> Iterator[Outgoing]:
+    for task in tasks.iterator(chunk_size=2000):
+        if task.assignee is None:
+            continue
+        not_before = clock(task.site.time_zone)[1]
+        yield Outgoing(key=f"{rule.pk}:{task.pk}:1", channel="email", recipient=task.assignee.email,
+                       subject=_("Overdue follow-up: %(subject)s %(event)s") % {
+                           "subject": task.subject.subject_code, "event": task.event_code},
+                       body=_("Follow-up %(event)s of %(subject)s is overdue; its window closes on %(end)s.") % {
+                           "event": task.event_code, "subject": task.subject.subject_code,
+                           "end": task.window_close.isoformat()},
+                       language="zh-hans", not_before=not_before)
+
+
+def _investigator_messages(rule: ReminderRule, tasks: QuerySet[FollowUpTask],
+                           clock: _SiteClock) -> Iterator[Outgoing]:
+    # The investigators of every site of the study, read once, not once per task.
+    investigators: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for site_id, user_id, email in (SiteStaff.objects.filter(role="investigator")
+                                    .values_list("site_id", "user_id", "user__email")):
+        investigators[site_id].append((user_id, email))
+    for task in tasks.iterator(chunk_size=2000):
+        today, not_before = clock(task.site.time_zone)
+        days_overdue = (today - task.target_date).days
+        if days_overdue < rule.days:
+            continue
+        for user_id, email in investigators.get(task.site_id, ()):
+            yield Outgoing(key=f"{rule.pk}:{task.pk}:1:{user_id}", channel="email", recipient=email,
+                           subject=_("Follow-up overdue for %(days)d days: %(subject)s") % {
+                               "days": days_overdue, "subject": task.subject.subject_code},
+                           body=_("Follow-up %(event)s of %(subject)s at site %(site)s is overdue.") % {
                                "event": task.event_code, "subject": task.subject.subject_code,
-                               "end": task.window_close.isoformat()},
+                               "site": task.site.code},
                            language="zh-hans", not_before=not_before)
-        else:
-            if (today - task.target_date).days < rule.days:
-                continue
-            for staff in SiteStaff.objects.filter(site=site, role="investigator").select_related("user"):
-                yield Outgoing(key=f"{key}:{staff.user_id}", channel="email", recipient=staff.user.email,
-                               subject=_("Follow-up overdue for %(days)d days: %(subject)s") % {
-                                   "days": (today - task.target_date).days, "subject": task.subject.subject_code},
-                               body=_("Follow-up %(event)s of %(subject)s at site %(site)s is overdue.") % {
-                                   "event": task.event_code, "subject": task.subject.subject_code,
-                                   "site": site.code},
-                               language="zh-hans", not_before=not_before)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Case, IntegerField, QuerySet, Value, When
+from django.db.models import Prefetch, QuerySet
 
 from sites.selectors import site_ids_visible
-from studies.models import FollowUpTask, Study, Subject, TaskStatus
+from studies.models import TASK_URGENCY, WORKLIST_STATUSES, FollowUpTask, Study, Subject, TaskStatus
 from studies.pii import mask_address, mask_birth_date, mask_name, mask_national_id, mask_phone
 
 PII_FIELDS = ("name", "phone", "email", "national_id", "birth_date", "address")
@@ -56,39 +56,47 @@ def subject_identifiers(*, membership: Any, subject: Subject) -> dict[str, str |
     return shown
 
 
-def task_get(*, membership: Any, task_id: int) -> FollowUpTask | None:
-    """A follow-up task, only if it belongs to one of the member's sites."""
+def tasks_visible(*, membership: Any) -> QuerySet[FollowUpTask]:
+    """Follow-up tasks of the member's sites."""
     tasks = FollowUpTask.objects.select_related("subject", "subject__site")
     ids = site_ids_visible(membership=membership)
     if ids is not None:
         tasks = tasks.filter(subject__site_id__in=ids)
-    return tasks.filter(pk=task_id).first()
+    return tasks
 
 
-URGENCY = Case(
-    When(status=TaskStatus.OVERDUE, then=Value(0)),
-    When(status=TaskStatus.OPEN, then=Value(1)),
-    default=Value(2),
-    output_field=IntegerField(),
-)
+def task_get(*, membership: Any, task_id: int) -> FollowUpTask | None:
+    """A follow-up task, only if it belongs to one of the member's sites."""
+    return tasks_visible(membership=membership).filter(pk=task_id).first()
+
+
+# The same expression as task_worklist_urgency_idx, so that index serves the ORDER BY.
+URGENCY = TASK_URGENCY
 
 
 def worklist(
     *, membership: Any, user_id: int, site_id: int | None = None, study_id: int | None = None,
     event_code: str | None = None, mode: str | None = None, bucket: str | None = None,
 ) -> QuerySet[FollowUpTask]:
-    """My follow-up tasks: overdue first (closing soonest first), then open, then upcoming."""
+    """My follow-up tasks: overdue first (closing soonest first), then open, then upcoming.
+
+    Filters and order use only the task's own columns (site and study are copies of the
+    subject's), so a page is read from task_worklist_urgency_idx in order, and only the
+    page's subjects are read."""
     statuses = {"overdue": [TaskStatus.OVERDUE], "open": [TaskStatus.OPEN], "upcoming": [TaskStatus.UPCOMING]}.get(
-        bucket or "", [TaskStatus.OVERDUE, TaskStatus.OPEN, TaskStatus.UPCOMING])
-    tasks = FollowUpTask.objects.select_related("subject", "subject__site", "subject__study").filter(
-        assignee_id=user_id, status__in=statuses)
+        bucket or "", list(WORKLIST_STATUSES))
+    # The subjects (with site and study) of the page only, in a second query: joined in
+    # the main query, the rows a deep page skips would be joined too.
+    tasks = FollowUpTask.objects.prefetch_related(
+        Prefetch("subject", queryset=Subject.objects.select_related("site", "study"))
+    ).filter(assignee_id=user_id, status__in=statuses)
     ids = site_ids_visible(membership=membership)
     if ids is not None:
-        tasks = tasks.filter(subject__site_id__in=ids)
+        tasks = tasks.filter(site_id__in=ids)
     if site_id:
-        tasks = tasks.filter(subject__site_id=site_id)
+        tasks = tasks.filter(site_id=site_id)
     if study_id:
-        tasks = tasks.filter(subject__study_id=study_id)
+        tasks = tasks.filter(study_id=study_id)
     if event_code:
         tasks = tasks.filter(event_code=event_code)
     if mode:
