@@ -94,7 +94,7 @@ class ImportReport:
                 "errors": self.errors, "subject_ids": self.subject_ids}
 
 
-def _file_error(code: str, message: str) -> DomainError:
+def file_error(code: str, message: str) -> DomainError:
     return DomainError(code, message, fields={"file": [message]})
 
 
@@ -121,7 +121,7 @@ def _csv_rows(content: bytes) -> Iterator[list[str]]:
         try:
             text = content.decode("gb18030")
         except UnicodeDecodeError as exc:
-            raise _file_error("import_unreadable", _("The file is neither UTF-8 nor GB18030 text.")) from exc
+            raise file_error("import_unreadable", _("The file is neither UTF-8 nor GB18030 text.")) from exc
     try:
         dialect: Any = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:
@@ -130,7 +130,7 @@ def _csv_rows(content: bytes) -> Iterator[list[str]]:
         for row in csv.reader(io.StringIO(text, newline=""), dialect):
             yield [cell.strip() for cell in row]
     except csv.Error as exc:
-        raise _file_error("import_unreadable", _("The CSV file is malformed: %(error)s") % {"error": exc}) from exc
+        raise file_error("import_unreadable", _("The CSV file is malformed: %(error)s") % {"error": exc}) from exc
 
 
 def _xlsx_rows(content: bytes) -> Iterator[list[str]]:
@@ -139,7 +139,7 @@ def _xlsx_rows(content: bytes) -> Iterator[list[str]]:
     try:
         workbook = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise _file_error("import_unreadable", _("The file is not a readable XLSX workbook.")) from exc
+        raise file_error("import_unreadable", _("The file is not a readable XLSX workbook.")) from exc
     try:
         sheet = workbook.worksheets[0]
         for values in sheet.iter_rows(values_only=True):
@@ -148,7 +148,7 @@ def _xlsx_rows(content: bytes) -> Iterator[list[str]]:
         workbook.close()
 
 
-def _is_xlsx(file_name: str, content: bytes) -> bool:
+def is_xlsx(file_name: str, content: bytes) -> bool:
     return file_name.lower().endswith((".xlsx", ".xlsm")) or content[:4] == b"PK\x03\x04"
 
 
@@ -156,31 +156,31 @@ def _header_key(text: str) -> str:
     return re.sub(r"[\s_\-]", "", text.strip().lstrip("\ufeff").lower())
 
 
-def _read(file_name: str, content: bytes) -> tuple[list[tuple[int, dict[str, str]]], int]:
+def read_rows(file_name: str, content: bytes) -> tuple[list[tuple[int, dict[str, str]]], int]:
     """(row number, values by field) of every non-blank data row, and the data row count."""
-    rows = _xlsx_rows(content) if _is_xlsx(file_name, content) else _csv_rows(content)
+    rows = _xlsx_rows(content) if is_xlsx(file_name, content) else _csv_rows(content)
     header = next(rows, None)
     while header is not None and not any(header):
         header = next(rows, None)
     if header is None:
-        raise _file_error("import_empty", _("The file has no header row."))
+        raise file_error("import_empty", _("The file has no header row."))
     columns: dict[int, str] = {}
     for index, title in enumerate(header):
         name = ALIASES.get(_header_key(title or ""))
         if name is not None:
             if name in columns.values():
-                raise _file_error("import_bad_header", _("The column %(column)s appears twice.") % {"column": name})
+                raise file_error("import_bad_header", _("The column %(column)s appears twice.") % {"column": name})
             columns[index] = name
     missing = [name for name in REQUIRED if name not in columns.values()]
     if missing:
-        raise _file_error("import_bad_header", _("Required columns are missing: %(columns)s.")
+        raise file_error("import_bad_header", _("Required columns are missing: %(columns)s.")
                           % {"columns": ", ".join(missing)})
     data: list[tuple[int, dict[str, str]]] = []
     number = 0
     for raw in rows:
         number += 1
         if number > MAX_ROWS:
-            raise _file_error("import_too_many_rows", _("A file may hold at most %(max)d rows.") % {"max": MAX_ROWS})
+            raise file_error("import_too_many_rows", _("A file may hold at most %(max)d rows.") % {"max": MAX_ROWS})
         if not any(raw):
             continue
         data.append((number, {name: (raw[i] if i < len(raw) else "") for i, name in columns.items()}))
@@ -275,12 +275,12 @@ def subjects_import(
     if membership is None or membership.role not in IMPORTING_ROLES:
         raise PermissionDenied("permission_denied", _("Your role does not allow enrolling subjects."))
     if len(content) > MAX_FILE_BYTES:
-        raise _file_error("import_too_large", _("A file may be at most %(max)d MB.")
+        raise file_error("import_too_large", _("A file may be at most %(max)d MB.")
                           % {"max": MAX_FILE_BYTES // (1024 * 1024)})
     if study.status != StudyStatus.ACTIVE:
         raise Conflict(error_codes.STUDY_NOT_ACTIVE, _("Subjects can only be enrolled in an active study."))
     report = ImportReport(fingerprint=hashlib.sha256(content).hexdigest())
-    data, _count = _read(file_name, content)
+    data, _count = read_rows(file_name, content)
     report.total_rows = len(data)
 
     visible = site_ids_visible(membership=membership)

@@ -5,30 +5,43 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.permissions import IsTenantMember, request_membership, role_required
 from config.errors import NotFound, PermissionDenied, ValidationFailed
+from notifications import rules as reminder_rules
+from notifications.models import ReminderRule
 from sites import selectors as site_selectors
-from studies import selectors, services
+from studies import import_tasks, selectors, services, subject_services
 from studies.api.serializers import (
     ContactAttemptInputSerializer,
     ContactAttemptSerializer,
     EnrolSerializer,
+    ImportJobSerializer,
+    ImportUploadSerializer,
+    ReminderRuleInputSerializer,
+    ReminderRulePatchSerializer,
+    ReminderRuleSerializer,
     ScheduleDraftSerializer,
     ScheduleVersionSerializer,
     StudyCreateSerializer,
     StudySerializer,
     SubjectSerializer,
+    SubjectStatusInputSerializer,
     TaskCompleteSerializer,
+    TaskReassignSerializer,
     TaskSerializer,
+    UnscheduledVisitInputSerializer,
     WorklistQuerySerializer,
 )
+from studies.imports import MAX_FILE_BYTES
 from studies.models import Arm, FollowUpTask, ScheduleStatus, ScheduleVersion, Study
 from tenants.roles import Role
 
@@ -197,13 +210,56 @@ class SubjectDetailView(APIView):
         if subject is None:
             raise NotFound("not_found", _("No such subject, or not at one of your sites."))
         data = SubjectSerializer(subject, context={"membership": membership}).data
-        data["tasks"] = TaskSerializer(subject.tasks.order_by("target_date", "event_code", "sequence"), many=True).data
+        data["tasks"] = TaskSerializer(subject.tasks.order_by("target_date", "event_code", "sequence"), many=True,
+                                       context={"membership": membership}).data
         return Response(data)
+
+
+def _subject_for_work(request: Request, subject_id: int) -> tuple[Any, Any]:
+    """The member (who must be one who works with subjects) and the subject, at their sites."""
+    membership = request_membership(request)
+    if membership.role not in ENROLLING_ROLES:
+        raise PermissionDenied("permission_denied", _("Your role does not allow this."))
+    subject = selectors.subject_get(membership=membership, subject_id=subject_id)
+    if subject is None:
+        raise NotFound("not_found", _("No such subject, or not at one of your sites."))
+    return membership, subject
+
+
+class SubjectStatusView(APIView):
+    permission_classes = [IsTenantMember]
+
+    @extend_schema(request=SubjectStatusInputSerializer, responses=SubjectSerializer,
+                   summary="Change a subject's status (withdrawn, deceased, completed, lost, reinstated)")
+    def post(self, request: Request, subject_id: int) -> Response:
+        membership, subject = _subject_for_work(request, subject_id)
+        serializer = SubjectStatusInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        changed = subject_services.subject_status_change(subject=subject, **serializer.validated_data)
+        return Response(SubjectSerializer(changed, context={"membership": membership}).data)
+
+
+class UnscheduledVisitView(APIView):
+    permission_classes = [IsTenantMember]
+
+    @extend_schema(request=UnscheduledVisitInputSerializer, responses={201: TaskSerializer},
+                   summary="Add an unscheduled visit")
+    def post(self, request: Request, subject_id: int) -> Response:
+        membership, subject = _subject_for_work(request, subject_id)
+        serializer = UnscheduledVisitInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        task = subject_services.unscheduled_visit_add(subject=subject, assignee_id=data.pop("assignee"), **data)
+        return Response(TaskSerializer(task, context={"membership": membership}).data,
+                        status=status.HTTP_201_CREATED)
 
 
 class WorklistView(generics.ListAPIView):
     permission_classes = [IsTenantMember]
     serializer_class = TaskSerializer
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "membership": request_membership(self.request)}
 
     def get_queryset(self):
         query = WorklistQuerySerializer(data=self.request.query_params)
@@ -236,7 +292,64 @@ class TaskCompleteView(APIView):
         serializer = TaskCompleteSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         done = services.task_complete(task=task, completed_on=serializer.validated_data["completed_on"])
-        return Response(TaskSerializer(done).data)
+        return Response(TaskSerializer(done, context={"membership": request_membership(request)}).data)
+
+
+class TaskReassignView(APIView):
+    permission_classes = [IsTenantMember]
+
+    @extend_schema(request=TaskReassignSerializer, responses={200: dict},
+                   summary="Give follow-up tasks to another coordinator or investigator of their site")
+    def post(self, request: Request) -> Response:
+        membership = request_membership(request)
+        if membership.role not in ENROLLING_ROLES:
+            raise PermissionDenied("permission_denied", _("Your role does not allow this."))
+        serializer = TaskReassignSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        wanted = list(dict.fromkeys(serializer.validated_data["tasks"]))
+        tasks = list(selectors.tasks_visible(membership=membership).filter(pk__in=wanted))
+        missing = sorted(set(wanted) - {t.pk for t in tasks})
+        if missing:
+            raise ValidationFailed({"tasks": [_("No such task, or not at one of your sites: %(ids)s.")
+                                              % {"ids": ", ".join(map(str, missing))}]})
+        changed = subject_services.tasks_reassign(tasks=tasks, assignee_id=serializer.validated_data["assignee"])
+        return Response({"reassigned": changed})
+
+
+class SubjectImportView(APIView):
+    permission_classes = [IsTenantMember]
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(request={"multipart/form-data": ImportUploadSerializer}, responses={202: ImportJobSerializer},
+                   summary="Upload a CSV or XLSX file of subjects to enrol (runs in the background)")
+    def post(self, request: Request, study_id: int) -> Response:
+        membership = request_membership(request)
+        if membership.role not in ENROLLING_ROLES:
+            raise PermissionDenied("permission_denied", _("Your role does not allow enrolling subjects."))
+        study = _study_or_404(request, study_id)
+        serializer = ImportUploadSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = serializer.validated_data["file"]
+        if upload.size > MAX_FILE_BYTES:
+            raise ValidationFailed({"file": [_("A file may be at most %(max)d MB.")
+                                             % {"max": MAX_FILE_BYTES // (1024 * 1024)}]})
+        state = import_tasks.subjects_import_start(
+            study=study, membership=membership, file_name=upload.name, content=upload.read(),
+            valid_rows_only=serializer.validated_data["valid_rows_only"])
+        job = ImportJobSerializer(state).data
+        return Response(job, status=status.HTTP_202_ACCEPTED,
+                        headers={"Location": reverse("api-import-job", kwargs={"job_id": state["job"]})})
+
+
+class ImportJobView(APIView):
+    permission_classes = [IsTenantMember]
+
+    @extend_schema(responses=ImportJobSerializer, summary="Progress and report of a subject import")
+    def get(self, request: Request, job_id: str) -> Response:
+        state = import_tasks.import_job_state(membership=request_membership(request), job_id=job_id)
+        if state is None:
+            raise NotFound("not_found", _("No such import."))
+        return Response(ImportJobSerializer(state).data)
 
 
 class ContactAttemptView(APIView):
@@ -257,3 +370,39 @@ class ContactAttemptView(APIView):
         attempt = services.contact_attempt_record(task=task, user_id=int(request.user.pk or 0),
                                                   **serializer.validated_data)
         return Response(ContactAttemptSerializer(attempt).data, status=status.HTTP_201_CREATED)
+
+
+class ReminderRuleListView(APIView):
+    permission_classes = [IsTenantMember]
+
+    @extend_schema(responses=ReminderRuleSerializer(many=True), summary="Reminder rules of a study")
+    def get(self, request: Request, study_id: int) -> Response:
+        study = _study_or_404(request, study_id)
+        rules = ReminderRule.objects.filter(study=study).order_by("kind", "days", "pk")
+        return Response(ReminderRuleSerializer(rules, many=True).data)
+
+    @extend_schema(request=ReminderRuleInputSerializer, responses={201: ReminderRuleSerializer},
+                   summary="Add a reminder rule (tenant admin only)")
+    def post(self, request: Request, study_id: int) -> Response:
+        if not IsStudyDesigner().has_permission(request, self):
+            raise PermissionDenied("permission_denied", _("Your role does not allow this."))
+        study = _study_or_404(request, study_id)
+        serializer = ReminderRuleInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        rule = reminder_rules.reminder_rule_create(study=study, **serializer.validated_data)
+        return Response(ReminderRuleSerializer(rule).data, status=status.HTTP_201_CREATED)
+
+
+class ReminderRuleDetailView(APIView):
+    permission_classes = [IsStudyDesigner]
+
+    @extend_schema(request=ReminderRulePatchSerializer, responses=ReminderRuleSerializer,
+                   summary="Change or switch off a reminder rule (rules are never deleted)")
+    def patch(self, request: Request, rule_id: int) -> Response:
+        rule = ReminderRule.objects.filter(pk=rule_id).first()
+        if rule is None:
+            raise NotFound("not_found", _("No such reminder rule."))
+        serializer = ReminderRulePatchSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        updated = reminder_rules.reminder_rule_update(rule=rule, **serializer.validated_data)
+        return Response(ReminderRuleSerializer(updated).data)

@@ -8,11 +8,13 @@ import datetime as dt
 import io
 
 import pytest
+from django.db import connection
 from openpyxl import Workbook
 
 from config.errors import DomainError, PermissionDenied
 from sites import services as site_services
 from studies import imports, services
+from studies.import_tasks import progress_key
 from studies.imports import subjects_import
 from studies.models import FollowUpTask, Subject, SubjectImportRow
 from tenants.models import TenantMembership
@@ -216,6 +218,6 @@ def test_celery_task_stores_progress_and_report_in_cache(setup, settings):
     path = default_storage.save("imports/subjects.csv", ContentFile(_csv([_row(1), _row(2)])))
     result = subjects_import_task.apply(args=[setup["study"].pk, path, setup["admin"].pk, False], task_id="t-1")
     assert result.get()["state"] == "done"
-    stored = cache.get("import:t-1")
+    stored = cache.get(progress_key(connection.schema_name, "t-1"))
     assert stored["state"] == "done" and stored["report"]["imported"] == 2
     assert Subject.objects.count() == 2

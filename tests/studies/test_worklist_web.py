@@ -6,7 +6,7 @@ import pytest
 
 from studies.models import ContactAttempt
 from tests.conftest import PASSWORD
-from tests.studies.test_studies_api import _enrol, trial  # noqa: F401  (fixture)
+from tests.studies.test_studies_api import _enrol
 
 pytestmark = pytest.mark.django_db
 
@@ -15,7 +15,7 @@ def _login(client, email):  # type: ignore[no-untyped-def]
     assert client.post("/login/", {"email": email, "password": PASSWORD}).status_code == 302
 
 
-def test_worklist_page_lists_my_tasks_and_records_a_call(api, web, world, email_of, trial, in_tenant):  # noqa: F811
+def test_worklist_page_lists_my_tasks_and_records_a_call(api, web, world, email_of, trial, in_tenant):
     _enrol(api(world.alpha, email_of("coordinator", "alpha")), trial)
     page = web(world.alpha)
     page.cookies["django_language"] = "en"
@@ -36,21 +36,21 @@ def test_worklist_page_lists_my_tasks_and_records_a_call(api, web, world, email_
     assert ContactAttempt.objects.get(task=task).note == "voicemail"
 
 
-def test_worklist_filters_and_bad_input(web, world, email_of, trial):  # noqa: F811
+def test_worklist_filters_and_bad_input(web, world, email_of, trial):
     page = web(world.alpha)
     _login(page, email_of("coordinator", "alpha"))
     assert page.get("/worklist/?bucket=nonsense&mode=%00&page=abc").status_code == 200
     assert page.post("/tasks/999999/attempts/", {"outcome": "reached"}).status_code == 404
 
 
-def test_viewers_see_no_phone_and_cannot_record(web, world, email_of, trial):  # noqa: F811
+def test_viewers_see_no_phone_and_cannot_record(web, world, email_of, trial):
     page = web(world.alpha)
     _login(page, email_of("viewer", "alpha"))
     assert "Record call" not in page.get("/worklist/").content.decode()
     assert page.post("/tasks/1/attempts/", {"outcome": "reached"}).status_code == 403
 
 
-def test_subject_page_shows_the_timeline_and_respects_scoping(api, web, world, email_of, trial):  # noqa: F811
+def test_subject_page_shows_the_timeline_and_respects_scoping(api, web, world, email_of, trial):
     subject = _enrol(api(world.alpha, email_of("coordinator", "alpha")), trial).json()
     page = web(world.alpha)
     page.cookies["django_language"] = "en"
