@@ -16,13 +16,13 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/constraints.tx
 # when the lock file changes; the files the pages use are copied into static_build/
 # (gitignored), which whitenoise serves. Nothing comes from a CDN.
 NPM_STAMP := node_modules/.installed
-VENDOR := static_build/vendor/echarts.min.js
+VENDOR := static_build/vendor/echarts.min.js static_build/vendor/json-logic.js
 
 $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(NPM_STAMP)
 
-$(VENDOR): $(NPM_STAMP)
+$(VENDOR) &: $(NPM_STAMP)
 	npm run --silent build:vendor
 	touch $(VENDOR)
 
