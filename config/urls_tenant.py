@@ -3,6 +3,7 @@
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from studies import dashboard_views
 from studies import views as study_views
 from tenants import views
 
@@ -13,7 +14,15 @@ urlpatterns = [
     path("members/", views.members_view, name="members"),
     path("worklist/", study_views.worklist_view, name="worklist"),
     path("subjects/<int:subject_id>/", study_views.subject_view, name="subject"),
+    path("subjects/<int:subject_id>/unscheduled/", study_views.subject_unscheduled_visit_view,
+         name="subject-unscheduled"),
+    path("subjects/<int:subject_id>/status/", study_views.subject_status_view, name="subject-status"),
+    path("subjects/import/", study_views.subject_import_view, name="subject-import"),
+    path("subjects/import/<str:job_id>/", study_views.subject_import_job_view, name="subject-import-job"),
     path("tasks/<int:task_id>/attempts/", study_views.contact_attempt_view, name="contact-attempt"),
+    path("sites/", include("sites.urls")),
+    path("dashboard/", dashboard_views.dashboard_view, name="dashboard"),
+    path("", include("ecrf.urls")),
     path("members/<int:membership_id>/resend-invitation/", views.member_resend_invitation_view,
          name="member-resend-invitation"),
     path("invite/accept/", views.invitation_accept_view, name="invitation-accept"),
@@ -23,6 +32,7 @@ urlpatterns = [
     path("api/v1/sites/", include("sites.api.urls")),
     path("api/v1/", include("studies.api.urls")),
     path("api/v1/", include("studies.metrics_api")),
+    path("api/v1/", include("ecrf.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
@@ -16,8 +17,9 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from config.errors import DomainError
-from studies import selectors, services
-from studies.models import ContactOutcome, FollowUpTask, VisitMode
+from studies import import_tasks, selectors, services, subject_services
+from studies.imports import MAX_FILE_BYTES
+from studies.models import ContactOutcome, FollowUpTask, Study, StudyStatus, Subject, SubjectStatus, VisitMode
 
 ENROLLING_ROLES = selectors.ENROLLING_ROLES
 
@@ -89,15 +91,188 @@ def contact_attempt_view(request: HttpRequest, task_id: int) -> HttpResponse:
     return redirect("worklist")
 
 
-@login_required
-def subject_view(request: HttpRequest, subject_id: int) -> HttpResponse:
-    """A subject's schedule as a timeline, coloured by window status."""
+class UnscheduledVisitForm(forms.Form):
+    visit_date = forms.DateField(label=gettext_lazy("Visit date"), widget=forms.DateInput(attrs={"type": "date"}))
+    mode = forms.ChoiceField(label=gettext_lazy("Mode"), choices=VisitMode.choices, initial=VisitMode.CLINIC)
+    window_after = forms.IntegerField(label=gettext_lazy("Days to enter the data"), min_value=0,
+                                      max_value=subject_services.MAX_UNSCHEDULED_WINDOW, initial=7)
+    reason = forms.CharField(label=gettext_lazy("Reason"), max_length=subject_services.MAX_REASON,
+                             widget=forms.Textarea(attrs={"rows": 2}))
+
+
+class SubjectStatusForm(forms.Form):
+    status = forms.ChoiceField(label=gettext_lazy("New status"), choices=())
+    effective_on = forms.DateField(label=gettext_lazy("Effective on"),
+                                   widget=forms.DateInput(attrs={"type": "date"}))
+    reason = forms.CharField(label=gettext_lazy("Reason"), required=False, max_length=subject_services.MAX_REASON,
+                             widget=forms.Textarea(attrs={"rows": 2}))
+
+    def __init__(self, *args: Any, current: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        allowed = subject_services.STATUS_TRANSITIONS.get(current, frozenset())
+        status_field = self.fields["status"]
+        assert isinstance(status_field, forms.ChoiceField)
+        status_field.choices = [(value, label) for value, label in SubjectStatus.choices if value in allowed]
+
+
+def _add_domain_error(form: forms.Form, exc: DomainError) -> None:
+    """Put a service's field errors on the form's fields (the rest above the form)."""
+    for field_name, field_messages in (exc.fields or {}).items():
+        for message in field_messages:
+            form.add_error(field_name if field_name in form.fields else None, message)
+    if not exc.fields:
+        form.add_error(None, str(exc.message))
+
+
+def _subject_for(request: HttpRequest, subject_id: int) -> tuple[Any, Subject]:
     membership = _membership(request)
     subject = selectors.subject_get(membership=membership, subject_id=subject_id)
     if subject is None:
         raise Http404
-    tasks = subject.tasks.order_by("target_date", "event_code", "sequence")
+    return membership, subject
+
+
+def _render_subject(request: HttpRequest, membership: Any, subject: Subject, *, visit_form: forms.Form | None = None,
+                    status_form: forms.Form | None = None, status: int = 200) -> HttpResponse:
+    can_work = membership.role in ENROLLING_ROLES
+    in_follow_up = subject.status in (SubjectStatus.ENROLLED, SubjectStatus.SCREENING)
+    tasks = subject.tasks.select_related("assignee").order_by("target_date", "event_code", "sequence")
+    from ecrf.selectors import NO_ENTRY_READ_ROLES, forms_for_task
+
+    forms_cache: dict[Any, Any] = {}
+    # The eCRF forms of each visit (links to their data-entry pages).
+    task_forms = {} if membership.role in NO_ENTRY_READ_ROLES else {
+        task.pk: forms_for_task(task, cache=forms_cache) for task in tasks}
     return render(request, "studies/subject.html", {
-        "subject": subject, "tasks": tasks,
+        "subject": subject, "tasks": tasks, "task_forms": task_forms,
+        "can_see_casebook": membership.role not in NO_ENTRY_READ_ROLES,
         "identifiers": selectors.subject_identifiers(membership=membership, subject=subject),
+        "show_reasons": membership.role not in selectors.NO_PII_ROLES,
+        "visit_form": (visit_form or UnscheduledVisitForm()) if can_work and in_follow_up else None,
+        "status_form": (status_form or SubjectStatusForm(current=subject.status))
+        if can_work and subject.status in subject_services.STATUS_TRANSITIONS else None,
+    }, status=status)
+
+
+@login_required
+def subject_view(request: HttpRequest, subject_id: int) -> HttpResponse:
+    """A subject's schedule as a timeline, coloured by window status, with the actions of
+    the people who follow them up: add an unscheduled visit, change the status."""
+    membership, subject = _subject_for(request, subject_id)
+    return _render_subject(request, membership, subject)
+
+
+def _subject_action(request: HttpRequest, subject_id: int, *, form_for: Callable[[Subject], forms.Form],
+                    act: Callable[[Subject, dict[str, Any]], str], form_slot: str) -> HttpResponse:
+    """POST of a form on the subject page: the service's success message and back to the
+    page, or the page again (400) with what was typed and the errors by field."""
+    membership, subject = _subject_for(request, subject_id)
+    if membership.role not in ENROLLING_ROLES:
+        raise PermissionDenied
+    form = form_for(subject)
+    if form.is_valid():
+        try:
+            message = act(subject, form.cleaned_data)
+        except DomainError as exc:
+            _add_domain_error(form, exc)
+        else:
+            messages.success(request, message)
+            return redirect("subject", subject_id=subject.pk)
+    return _render_subject(request, membership, subject, status=400, **{form_slot: form})
+
+
+@login_required
+@require_POST
+def subject_unscheduled_visit_view(request: HttpRequest, subject_id: int) -> HttpResponse:
+    def act(subject: Subject, data: dict[str, Any]) -> str:
+        task = subject_services.unscheduled_visit_add(subject=subject, **data)
+        return _("Unscheduled visit %(code)s #%(n)d added.") % {"code": task.event_code, "n": task.sequence}
+
+    return _subject_action(request, subject_id, form_for=lambda subject: UnscheduledVisitForm(request.POST),
+                           act=act, form_slot="visit_form")
+
+
+@login_required
+@require_POST
+def subject_status_view(request: HttpRequest, subject_id: int) -> HttpResponse:
+    def act(subject: Subject, data: dict[str, Any]) -> str:
+        changed = subject_services.subject_status_change(subject=subject, **data)
+        return _("%(subject)s is now %(status)s.") % {"subject": changed.subject_code,
+                                                      "status": changed.get_status_display()}
+
+    return _subject_action(request, subject_id, act=act, form_slot="status_form",
+                           form_for=lambda subject: SubjectStatusForm(request.POST, current=subject.status))
+
+
+# --- bulk import --------------------------------------------------------------------------------
+
+class SubjectImportForm(forms.Form):
+    study = forms.ModelChoiceField(label=gettext_lazy("Study"), queryset=Study.objects.none(),
+                                   empty_label=None)
+    file = forms.FileField(label=gettext_lazy("CSV or XLSX file"), max_length=255)
+    valid_rows_only = forms.BooleanField(label=gettext_lazy("Import the valid rows even if others have errors"),
+                                         required=False)
+
+    def __init__(self, *args: Any, membership: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        study_field = self.fields["study"]
+        assert isinstance(study_field, forms.ModelChoiceField)
+        study_field.queryset = selectors.studies_visible(membership=membership).filter(status=StudyStatus.ACTIVE)
+
+    def clean_file(self) -> Any:
+        upload = self.cleaned_data["file"]
+        if upload.size > MAX_FILE_BYTES:
+            raise forms.ValidationError(_("A file may be at most %(max)d MB.")
+                                        % {"max": MAX_FILE_BYTES // (1024 * 1024)})
+        return upload
+
+
+def _importer(request: HttpRequest) -> Any:
+    membership = _membership(request)
+    if membership.role not in ENROLLING_ROLES:
+        raise PermissionDenied
+    return membership
+
+
+@login_required
+def subject_import_view(request: HttpRequest) -> HttpResponse:
+    """Upload a file of subjects; the import runs in the background (its page follows it)."""
+    membership = _importer(request)
+    form = SubjectImportForm(request.POST or None, request.FILES or None, membership=membership)
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["file"]
+        try:
+            state = import_tasks.subjects_import_start(
+                study=form.cleaned_data["study"], membership=membership, file_name=upload.name,
+                content=upload.read(), valid_rows_only=form.cleaned_data["valid_rows_only"])
+        except DomainError as exc:
+            _add_domain_error(form, exc)
+        else:
+            return redirect("subject-import-job", job_id=state["job"])
+    return render(request, "studies/import.html", {"form": form, "columns": IMPORT_COLUMNS},
+                  status=400 if form.errors else 200)
+
+
+IMPORT_COLUMNS = [
+    ("site", gettext_lazy("site code (required)")), ("consent_date", gettext_lazy("YYYY-MM-DD (required)")),
+    ("enrolment_date", gettext_lazy("YYYY-MM-DD, default today")), ("index_date", gettext_lazy("YYYY-MM-DD")),
+    ("arm", gettext_lazy("arm code")), ("language", "zh-hans / en"), ("name", ""), ("phone", ""), ("email", ""),
+    ("national_id", ""), ("birth_date", gettext_lazy("YYYY-MM-DD")), ("address", ""),
+    ("external_ref", gettext_lazy("your own reference: makes re-uploads safe")),
+]
+
+
+@login_required
+def subject_import_job_view(request: HttpRequest, job_id: str) -> HttpResponse:
+    """Progress of an import (the page refreshes itself while it runs), then its report."""
+    membership = _importer(request)
+    state = import_tasks.import_job_state(membership=membership, job_id=job_id)
+    if state is None:
+        raise Http404
+    report = state.get("report") or {}
+    study = selectors.study_get(membership=membership, study_id=int(state.get("study") or 0))
+    return render(request, "studies/import_job.html", {
+        "state": state, "report": report, "errors": (report.get("errors") or [])[:500], "study": study,
+        "running": state.get("state") in ("queued", "running"),
+        "percent": int(100 * (state.get("done") or 0) / state["total"]) if state.get("total") else 0,
     })

@@ -25,6 +25,11 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [BASE_DOMAIN, f".{BASE_DOMAIN}"])
 
 TENANT_MODEL = "tenants.Tenant"
 TENANT_DOMAIN_MODEL = "tenants.Domain"
+# One `SET search_path` per request (after set_tenant), not one before every query: it
+# halved the statements of a form save (docs/adr/0008). django-tenants forgets the set
+# path on set_tenant, close, rollback and savepoint rollback, so it is re-issued whenever
+# the database may have dropped it.
+TENANT_LIMIT_SET_CALLS = True
 PUBLIC_SCHEMA_NAME = "public"
 PUBLIC_SCHEMA_URLCONF = "config.urls_public"
 ROOT_URLCONF = "config.urls_tenant"
@@ -223,6 +228,12 @@ SPECTACULAR_SETTINGS = {
         "LanguageEnum": "tenants.models.Language",
         "TenantRoleEnum": "tenants.roles.Role",
         "SiteRoleEnum": "sites.models.SiteRole",
+        "SubjectStatusEnum": "studies.models.SubjectStatus",
+        "ReminderKindEnum": "notifications.models.ReminderKind",
+        "QueryStatusEnum": "ecrf.models.QueryStatus",
+        "FormVersionStatusEnum": "ecrf.models.FormVersionStatus",
+        "TaskStatusEnum": "studies.models.TaskStatus",
+        "ImportJobStateEnum": ["queued", "running", "done", "refused", "failed"],
     },
 }
 
@@ -250,7 +261,10 @@ SENTRY_ENABLED = init_sentry(dsn=SENTRY_DSN, environment=env_str("SENTRY_ENVIRON
 # Paths (not URL names) for redirects built without reversing the tenant URLconf.
 LOGIN_URL_PATH = "/login/"
 LOGIN_REDIRECT_URL_PATH = "/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# static/ is ours; static_build/ holds the npm packages the pages use (ECharts), copied
+# out of node_modules by `make install` (package.json "build:vendor"). Listed only when
+# present so `manage.py check` stays quiet where npm has not run yet.
+STATICFILES_DIRS = [BASE_DIR / "static", *[d for d in [BASE_DIR / "static_build"] if d.is_dir()]]
 
 # --- PII keys (studies/pii.py) ---------------------------------------------------------
 # AES-256-GCM keys: comma-separated urlsafe base64, 32 bytes each. The first encrypts, all

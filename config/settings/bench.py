@@ -30,3 +30,7 @@ CELERY_TASK_DEFAULT_QUEUE = "suifang-bench"
 # bench/synthetic/migrations_next = migrations/0001_initial.py + one small 0002.
 if os.environ.get("BENCH_MIGRATIONS", "initial") == "next":
     MIGRATION_MODULES = {"synthetic": "bench.synthetic.migrations_next"}
+
+# bench/form_save.py's baseline: a bare DRF endpoint next to the real URLs.
+if os.environ.get("BENCH_ECHO_ENDPOINT") == "1":
+    ROOT_URLCONF = "bench.echo"

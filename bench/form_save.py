@@ -1,0 +1,269 @@
+"""Form-save benchmark (issue 4): throughput and latency of saving an eCRF form over HTTP,
+next to a bare DRF endpoint on the same stack, in the same run.
+
+    .venv/bin/python bench/form_save.py                      # 8 clients, 20 s each
+    .venv/bin/python bench/form_save.py --clients 1,8,16 --seconds 30 --workers 4
+
+It DROPS and recreates its scratch database (BENCH_DATABASE_URL, default
+postgresql://postgres@127.0.0.1:5432/suifang_bench), creates one tenant with an active
+site, a study whose D7 visit collects a 17-item form (every field type but file: a
+calculation, branching, ranges, hard and soft edit checks, a repeating group), and one
+subject per save to come. Then it starts gunicorn (config.wsgi, bench settings, `--workers`
+sync workers) on a free port and drives it with N client threads in a separate process,
+each on its own keep-alive connection with an API token:
+
+- baseline: PUT /api/v1/bench/echo/ with the same JSON body: DRF with the same
+  middleware, tenant routing, token authentication and JSON parsing, and nothing else;
+- form save: PUT /api/v1/tasks/<task>/forms/<form>/entry/ with complete=true, a new
+  entry each time: validation, branching and calculation, 17 item-level audit rows on the
+  hash chain, the visit marked done (which re-plans the subject's schedule).
+
+Each phase: 3 s warm-up (not counted), then --seconds measured. Prints requests/s, p50,
+p95 and p99 latency, errors, and the save/echo throughput ratio. Figures, not pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, db_url, log, machine_info, ratio, recreate_database, setup_django, table
+
+SLUG = "benchsave"
+PASSWORD = "Bench-save-password-2026!"
+VALUES = {"visit_date": None, "sex": "2", "pregnant": "0", "weight": "70.5", "height": 170, "pain": 3,
+          "symptoms": ["a", "b"], "diag_date": "2024-05", "dose_time": "08:30", "seen_at": "2026-01-02T09:15",
+          "notes": "No complaints.", "email": "p@example.org", "sbp": 120, "dbp": 80,
+          "meds": [{"med_name": "Aspirin", "med_dose": 100}, {"med_name": "Metoprolol", "med_dose": 47.5}]}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", default="8", help="concurrent clients, comma separated")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers")
+    parser.add_argument("--subjects", type=int, default=0, help="subjects to enrol (default: enough)")
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)  # the load process
+    return parser.parse_args(argv)
+
+
+# --- setup (untimed) -------------------------------------------------------------------------
+
+def event(code: str, days: int, *, before: int = 7, after: int = 7) -> dict[str, object]:
+    return {"code": code, "name_en": code, "name_zh": code, "anchor": "enrolment", "anchor_event": None,
+            "offset": {"amount": days, "unit": "day"}, "window_before": before, "window_after": after,
+            "mode": "clinic", "forms": [], "repeat_every": None, "repeat_until": None}
+
+
+def setup(subject_count: int) -> dict[str, Any]:
+    recreate_database()
+    setup_django()
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from config.db import tenant_connection as connection
+
+    call_command("migrate_schemas", shared=True, interactive=False, verbosity=0)
+    from ecrf import services as ecrf_services
+    from ecrf.samples import VITALS
+    from sites import services as site_services
+    from studies import services as study_services
+    from tenants import services as tenant_services
+
+    tenant = tenant_services.tenant_create(name="Bench save", slug=SLUG, kind="hospital",
+                                           admin_email=f"admin@{SLUG}.example.org", admin_password=PASSWORD)
+    membership = tenant_services.member_add(tenant=tenant, email=f"coordinator@{SLUG}.example.org",
+                                            role="coordinator", password=PASSWORD)
+    _token, raw_token = tenant_services.token_issue(user=membership.user, tenant=tenant, label="bench")
+    connection.set_tenant(tenant)
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    site = site_services.site_create(code="B1", name="Bench", institution="Bench hospital", country_region="CN",
+                                     principal_investigator="Dr Bench", target_enrolment=subject_count,
+                                     time_zone="Asia/Shanghai")
+    day = timezone.localdate()
+    site = site_services.site_update_checklist(site=site, ethics_approval_date=day, contract_signed=day,
+                                               staff_trained=day, ethics_document=SimpleUploadedFile(
+                                                   "e.pdf", b"%PDF", "application/pdf"))
+    site = site_services.site_activate(site=site)
+    site_services.site_staff_assign(site=site, tenant=tenant, user=membership.user, role="coordinator",
+                                    is_primary=True)
+    study = study_services.study_create(code="SAVE", title="Save bench", study_type="registry",
+                                        target_enrolment=subject_count)
+    version = study_services.schedule_draft_save(study=study, events=[
+        {**event("D7", 7, before=7, after=7), "forms": ["VITALS"]}, event("D30", 30), event("D90", 90)])
+    study_services.schedule_publish(version=version)
+    study = study_services.study_activate(study=study)
+    actor = ecrf_services.Actor(user_id=membership.user_id, label="bench", role="data_manager")
+    form_version = ecrf_services.form_draft_save(study=study, definition=VITALS, actor=actor)
+    ecrf_services.form_publish(version=form_version, actor=actor)
+    tasks = []
+    started = time.perf_counter()
+    for n in range(subject_count):
+        subject = study_services.subject_enrol(study=study, site=site, consent_date=day)
+        tasks.append(subject.tasks.get(event_code="D7").pk)
+        if n and n % 1000 == 0:
+            log(f"  ... {n}/{subject_count} subjects ({time.perf_counter() - started:.0f} s)")
+    from tenants.services import tenant_domain
+
+    return {"host": tenant_domain(SLUG), "token": raw_token, "form": form_version.form_id, "tasks": tasks,
+            "visit_date": day.isoformat()}
+
+
+# --- the load (a separate process, so the server's figures are not the client's GIL) -----------
+
+def run_clients(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs in the --client process: N threads, each with its own connection."""
+    import http.client
+    import threading
+
+    clients, seconds, warmup = int(spec["clients"]), float(spec["seconds"]), float(spec["warmup"])
+    kind, port, host, token = spec["kind"], int(spec["port"]), str(spec["host"]), str(spec["token"])
+    tasks: list[int] = list(spec.get("tasks") or [])
+    values = dict(VALUES, visit_date=spec["visit_date"])
+    body_echo = json.dumps({"values": values, "version": 0, "complete": True}).encode()
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    start_at = time.perf_counter() + 0.2
+    measure_from, stop_at = start_at + warmup, start_at + warmup + seconds
+
+    def client(index: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {"Host": host, "Authorization": f"Token {token}", "Content-Type": "application/json"}
+        mine = tasks[index::clients]
+        position = 0
+        while time.perf_counter() < start_at:
+            time.sleep(0.001)
+        while True:
+            now = time.perf_counter()
+            if now >= stop_at:
+                break
+            if kind == "echo":
+                path, body = "/api/v1/bench/echo/", body_echo
+            else:
+                if position >= len(mine):
+                    break
+                path = f"/api/v1/tasks/{mine[position]}/forms/{spec['form']}/entry/"
+                body = body_echo
+                position += 1
+            began = time.perf_counter()
+            try:
+                conn.request("PUT", path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                ok = False
+            ended = time.perf_counter()
+            if began >= measure_from and ended <= stop_at:
+                if ok:
+                    latencies[index].append(ended - began)
+                else:
+                    errors[index] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    flat = sorted(x for per in latencies for x in per)
+    return {"count": len(flat), "errors": sum(errors), "seconds": seconds, "latencies": flat,
+            "exhausted": kind == "save" and len(tasks) and all(
+                len(tasks[i::clients]) <= len(latencies[i]) + errors[i] for i in range(clients))}
+
+
+def percentile(ordered: Any, fraction: float) -> float:
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_gunicorn(workers: int) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.bench", "BENCH_DATABASE_URL": db_url(),
+           "BENCH_ECHO_ENDPOINT": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+         "--worker-class", "sync", "--log-level", "warning", "--timeout", "60"],
+        cwd=ROOT, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("gunicorn did not start")
+
+
+def measure(kind: str, clients: int, seconds: float, port: int, setup_data: dict[str, Any]) -> dict[str, Any]:
+    spec = {"kind": kind, "clients": clients, "seconds": seconds, "warmup": 3.0, "port": port,
+            **{k: setup_data[k] for k in ("host", "token", "form", "visit_date")}}
+    if kind == "save":
+        spec["tasks"] = setup_data.pop("remaining_tasks_" + str(clients), None) or []
+    done = subprocess.run([sys.executable, __file__, "--client"], input=json.dumps(spec).encode(),
+                          capture_output=True, cwd=ROOT, check=True)
+    return json.loads(done.stdout)
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    if args.client:
+        spec = json.loads(sys.stdin.read())
+        print(json.dumps(run_clients(spec)))
+        return
+    levels = [int(x) for x in args.clients.split(",") if x.strip()]
+    # A generous bound on what one level can save: 400 saves/s per level.
+    per_level = int(400 * (args.seconds + 3.5))
+    subject_count = args.subjects or per_level * len(levels)
+    log(f"setup: {subject_count} subjects in a fresh database ...")
+    data = setup(subject_count)
+    log(machine_info())
+    tasks: list[int] = list(data["tasks"])
+    for index, clients in enumerate(levels):
+        data["remaining_tasks_" + str(clients)] = tasks[index * per_level:(index + 1) * per_level]
+    proc, port = start_gunicorn(args.workers)
+    rows = []
+    try:
+        for clients in levels:
+            echo = measure("echo", clients, args.seconds, port, data)
+            save = measure("save", clients, args.seconds, port, data)
+            echo_rps = echo["count"] / echo["seconds"]
+            save_rps = save["count"] / save["seconds"]
+            saves = save["latencies"]
+            rows.append([
+                clients, f"{echo_rps:.0f}", f"{percentile(echo['latencies'], 0.95) * 1000:.1f}",
+                f"{save_rps:.0f}", f"{percentile(saves, 0.5) * 1000:.1f}",
+                f"{percentile(saves, 0.95) * 1000:.1f}", f"{percentile(saves, 0.99) * 1000:.1f}",
+                f"{echo['errors']}/{save['errors']}" + (" (ran out of subjects)" if save["exhausted"] else ""),
+                ratio(save_rps, echo_rps)])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    log(f"gunicorn {args.workers} sync workers; {args.seconds:.0f} s measured per phase after 3 s warm-up")
+    log(table(["clients", "echo req/s", "echo p95 ms", "save req/s", "save p50 ms", "save p95 ms", "save p99 ms",
+               "errors echo/save", "save/echo throughput"], rows))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,46 @@
+"""Reads of the eCRF audit trail. Callers check who may see a subject's casebook first
+(these selectors filter by subject, not by the member's sites)."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from config.errors import ValidationFailed
+from ecrf.models_audit import AuditChainHead, AuditEvent
+
+MAX_LIMIT = 500
+
+
+def audit_for_subject(
+    *,
+    subject_id: int,
+    form_code: str | None = None,
+    item: str | None = None,
+    entry_id: int | None = None,
+    limit: int = 100,
+    before_seq: int | None = None,
+) -> list[AuditEvent]:
+    """One page of a subject's audit trail, newest first. The next page is
+    `before_seq=<seq of the last row of this page>` (keyset pagination: every page costs
+    the same however deep). Within one schema `at` never decreases as `seq` grows, so
+    "newest first" is `at DESC, seq DESC`, which the (subject_id, at, seq) index of every
+    partition returns in order."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise ValidationFailed({"limit": [f"Between 1 and {MAX_LIMIT}."]})
+    if before_seq is not None and (isinstance(before_seq, bool) or not isinstance(before_seq, int)):
+        raise ValidationFailed({"before_seq": ["Must be a whole number."]})
+    events: QuerySet[AuditEvent] = AuditEvent.objects.filter(subject_id=subject_id)
+    if form_code is not None:
+        events = events.filter(form_code=form_code)
+    if item is not None:
+        events = events.filter(item=item)
+    if entry_id is not None:
+        events = events.filter(entry_id=entry_id)
+    if before_seq is not None:
+        events = events.filter(seq__lt=before_seq)
+    return list(events.order_by("-at", "-seq")[:limit])
+
+
+def audit_chain_head() -> AuditChainHead | None:
+    """The chain's last seq and hash in the current tenant schema."""
+    return AuditChainHead.objects.filter(pk=1).first()

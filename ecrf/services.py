@@ -1,0 +1,525 @@
+"""Writes of the eCRF: form drafts and publishing, data entry with optimistic
+concurrency and reasons for change, queries, source data verification, locks and
+signatures. Every change of clinical data is audited item by item (ecrf.audit) in the
+same transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from config.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
+from ecrf import audit
+from ecrf.definition import definition_validate, iter_items
+from ecrf.models import (
+    CasebookLock,
+    Entry,
+    EntryStatus,
+    FormDefinition,
+    FormVersion,
+    FormVersionStatus,
+    Query,
+    QueryMessage,
+    QueryOrigin,
+    QueryStatus,
+    Signature,
+)
+from ecrf.validation import Evaluation, entry_evaluate
+
+log = structlog.get_logger(__name__)
+
+SOURCES = ("web", "api", "import", "epro")
+MAX_REASON = 1000
+
+
+class PreconditionFailed(DomainError):
+    """The entry changed since the version the client edited (HTTP 412)."""
+
+    status_code = 412
+
+
+@dataclass
+class Actor:
+    """Who does something, for permissions and the audit trail. `user_id` is None for a
+    patient answering through an ePRO link."""
+
+    user_id: int | None
+    label: str
+    role: str
+    source: str = "web"
+    display_name: str = ""
+
+    @property
+    def audit(self) -> audit.AuditActor:
+        return audit.AuditActor(user_id=self.user_id, email=self.label if self.user_id else "",
+                                name=self.display_name or ("" if self.user_id else self.label))
+
+
+# --- forms -----------------------------------------------------------------------------------
+
+def form_draft_save(*, study: Any, definition: Any, actor: Actor, note: str = "") -> FormVersion:
+    """Create or replace the draft of a form (its code comes from the definition).
+    Validated in full: a draft that could not be published is refused now."""
+    problems = definition_validate(definition)
+    if len(note or "") > 500:
+        problems.setdefault("note", []).append(_("At most 500 characters."))
+    if problems:
+        raise ValidationFailed({f"definition.{path}" if path != "note" else path: messages
+                                for path, messages in problems.items()})
+    with transaction.atomic():
+        form, _created = FormDefinition.objects.get_or_create(study_id=study.pk, code=definition["code"])
+        form = FormDefinition.objects.select_for_update().get(pk=form.pk)
+        draft = form.versions.filter(status=FormVersionStatus.DRAFT).first()
+        if draft is None:
+            latest = form.versions.order_by("-number").first()
+            draft = FormVersion(form=form, number=(latest.number + 1) if latest else 1)
+        draft.definition = definition
+        draft.note = note or ""
+        draft.save()
+    return draft
+
+
+def form_publish(*, version: FormVersion, actor: Actor) -> FormVersion:
+    with transaction.atomic():
+        locked = FormVersion.objects.select_for_update().select_related("form").get(pk=version.pk)
+        if locked.status == FormVersionStatus.PUBLISHED:
+            raise Conflict("form_published", _("This version is already published."))
+        locked.status = FormVersionStatus.PUBLISHED
+        locked.published_at = timezone.now()
+        locked.published_by_id = actor.user_id
+        locked.save(update_fields=["status", "published_at", "published_by"])
+        audit.audit_record_many(rows=[audit.AuditRow(
+            action="form_publish", actor=actor.audit, source=actor.source,
+            form_code=locked.form.code, form_version=locked.number, new={"number": locked.number})])
+    log.info("form.published", form_id=locked.form_id, version=locked.number)
+    return locked
+
+
+def form_current_version(*, form: FormDefinition) -> FormVersion | None:
+    return form.versions.filter(status=FormVersionStatus.PUBLISHED).order_by("-number").first()
+
+
+# --- entries ---------------------------------------------------------------------------------
+
+def _flatten(values: dict[str, Any]) -> dict[str, Any]:
+    """Item paths -> values; a group's rows become "group[i].item"."""
+    flat: dict[str, Any] = {}
+    for code, value in values.items():
+        if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+            for index, row in enumerate(value):
+                for child, child_value in row.items():
+                    flat[f"{code}[{index}].{child}"] = child_value
+        else:
+            flat[code] = value
+    return flat
+
+
+def _item_code(path: str) -> str:
+    """"meds[2].dose" -> "dose"; "weight" -> "weight"."""
+    return path.rsplit(".", 1)[-1] if "[" in path else path
+
+
+def _changes(old: Entry | None, evaluation: Evaluation) -> dict[str, tuple[Any, Any]]:
+    """Item path -> (old, new) for every value or missing-data code that changes."""
+    before = {**_flatten(old.values), **{p: {"missing": c} for p, c in old.missing.items()}} if old else {}
+    after = {**_flatten(evaluation.values), **{p: {"missing": c} for p, c in evaluation.missing.items()}}
+    return {path: (before.get(path), after.get(path)) for path in sorted(set(before) | set(after))
+            if before.get(path) != after.get(path)}
+
+
+@dataclass
+class SaveResult:
+    entry: Entry
+    hard: dict[str, list[str]] = field(default_factory=dict)
+    queries_raised: int = 0
+    queries_closed: int = 0
+    changed: list[str] = field(default_factory=list)
+
+
+def entry_save(
+    *, subject: Any, task: Any, form: FormDefinition, values: Any, missing: Any = None, base_version: int | None,
+    actor: Actor, complete: bool = False, reason: str = "", reasons: dict[str, str] | None = None,
+    context: dict[str, Any] | None = None, language: str = "en",
+) -> SaveResult:
+    """Save one form of one event occurrence (whole-form values: what is not given is
+    empty). Malformed input saves nothing (400). Hard problems are returned and only
+    block `complete`. Soft problems raise queries. A save based on an older version of
+    the entry is refused with 412 and the items changed since, never merged silently.
+    After the first completion every change needs a reason. All in one transaction."""
+    if actor.source not in SOURCES:
+        raise ValidationFailed({"source": [_("Unknown source.")]})
+    reasons = reasons or {}
+    if len(reason or "") > MAX_REASON or any(len(str(r)) > MAX_REASON for r in reasons.values()):
+        raise ValidationFailed({"reason": [_("At most %(max)d characters.") % {"max": MAX_REASON}]})
+    if task.subject_id != subject.pk:
+        raise ValidationFailed({"task": [_("This visit belongs to another subject.")]})
+    if form.study_id != subject.study_id:
+        raise ValidationFailed({"form": [_("This form belongs to another study.")]})
+    with transaction.atomic():
+        entry = (Entry.objects.select_for_update().select_related("form_version")
+                 .filter(task_id=task.pk, form_id=form.pk).first())
+        if CasebookLock.objects.filter(subject_id=subject.pk).exists() or (entry is not None and entry.locked):
+            raise Conflict("locked", _("This record is locked; a data manager must unlock it first."))
+        if entry is None:
+            if base_version not in (None, 0):
+                raise PreconditionFailed("precondition_failed", _("This entry does not exist yet."),
+                                         fields={"version": [_("Start from an empty form (version 0).")]})
+            version = form_current_version(form=form)
+            if version is None:
+                raise Conflict("form_not_published", _("This form has no published version yet."))
+        else:
+            if base_version is None:
+                raise ValidationFailed({"version": [_("Say which version of the entry you edited.")]})
+            if base_version != entry.version:
+                changed_since = sorted(path for path, at in entry.item_versions.items() if at > base_version)
+                raise PreconditionFailed(
+                    "precondition_failed",
+                    _("Someone else saved this form after you opened it. Reload it; your changes are kept "
+                      "in the page."),
+                    fields={path: [_("Changed by someone else.")] for path in changed_since} or
+                    {"version": [_("The entry is now at version %(v)d.") % {"v": entry.version}]})
+            version = entry.form_version
+        evaluation = entry_evaluate(definition=version.definition, values=values, missing=missing,
+                                    context=context, language=language)
+        if evaluation.malformed:
+            raise ValidationFailed(evaluation.malformed)
+        changes = _changes(entry, evaluation)
+        calculated = {i["code"] for i in iter_items(version.definition.get("items") or [])
+                      if i.get("type") == "calculated"}
+        if entry is not None and entry.first_completed_at is not None and changes:
+            # Calculated items follow their inputs: the input's reason covers them.
+            lacking = [p for p in changes if not (reasons.get(p) or reason or "").strip()
+                       and _item_code(p) not in calculated]
+            if lacking:
+                raise ValidationFailed({p: [_("Give a reason for this change.")] for p in lacking})
+        if complete and evaluation.hard:
+            raise ValidationFailed(evaluation.hard, message=_("Fix the items marked before completing the form."))
+        now = timezone.now()
+        creating = entry is None
+        if entry is None:
+            entry = Entry(subject_id=subject.pk, task_id=task.pk, form=form, form_version=version, version=0)
+        entry.version += 1
+        entry.values, entry.missing = evaluation.values, evaluation.missing
+        for path in changes:
+            entry.item_versions[path] = entry.version
+            entry.verified.pop(path, None)
+        if complete and entry.status != EntryStatus.COMPLETE:
+            entry.status = EntryStatus.COMPLETE
+            entry.completed_at = now
+            entry.first_completed_at = entry.first_completed_at or now
+        entry.save()
+        rows = [audit.AuditRow(
+            action="item_create" if old is None else ("item_delete" if new is None else "item_update"),
+            actor=actor.audit, source=actor.source, subject_id=subject.pk,
+            entry_id=entry.pk, event_code=task.event_code, form_code=form.code, form_version=version.number,
+            item=path, old=old, new=new,
+            reason=(reasons.get(path) or reason or "").strip()
+            or (_("Recalculated") if _item_code(path) in calculated else ""))
+            for path, (old, new) in changes.items()]
+        if complete and entry.completed_at == now:
+            rows.append(audit.AuditRow(action="entry_complete", actor=actor.audit,
+                                       source=actor.source, subject_id=subject.pk, entry_id=entry.pk,
+                                       event_code=task.event_code, form_code=form.code, form_version=version.number))
+        result = SaveResult(entry=entry, hard=evaluation.hard, changed=list(changes))
+        if changes:
+            rows.extend(_invalidate_signatures(subject_id=subject.pk, actor=actor,
+                                               why=_("Signed data changed (%(form)s).") % {"form": form.code}))
+        result.queries_raised, result.queries_closed = _sync_auto_queries(entry, subject, evaluation, actor, rows)
+        audit.audit_record_many(rows=rows)
+        if complete:
+            _complete_task_when_done(task=task, subject=subject)
+    log.info("entry.saved", entry_id=entry.pk, created=creating, version=entry.version, changed=len(changes),
+             complete=entry.status == EntryStatus.COMPLETE)
+    return result
+
+
+def _sync_auto_queries(entry: Entry, subject: Any, evaluation: Evaluation, actor: Actor,
+                       rows: list[audit.AuditRow]) -> tuple[int, int]:
+    """Soft problems raise one open query per (item, check); a query whose problem is
+    gone closes itself. Answered queries are left for the person who raised them."""
+    open_auto = {(q.item, q.check_code): q for q in Query.objects.filter(
+        entry=entry, origin=QueryOrigin.AUTO, status__in=[QueryStatus.OPEN, QueryStatus.ANSWERED])}
+    wanted = {(p.path, p.check_code): p for p in evaluation.soft}
+    raised = closed = 0
+    now = timezone.now()
+    for key, problem in wanted.items():
+        if key in open_auto:
+            continue
+        query = Query.objects.create(entry=entry, subject_id=subject.pk, site_id=subject.site_id, item=problem.path,
+                                     origin=QueryOrigin.AUTO, check_code=problem.check_code)
+        QueryMessage.objects.create(query=query, author_id=actor.user_id, kind="raise", text=problem.message)
+        rows.append(_query_row("query_open", query, actor, entry, new={"text": problem.message}))
+        raised += 1
+    for key, query in open_auto.items():
+        if key not in wanted and query.status == QueryStatus.OPEN:
+            query.status, query.closed_at = QueryStatus.CLOSED, now
+            query.save(update_fields=["status", "closed_at"])
+            QueryMessage.objects.create(query=query, author_id=actor.user_id, kind="close",
+                                        text=_("Resolved by a data change."))
+            rows.append(_query_row("query_close", query, actor, entry, new={"auto": True}))
+            closed += 1
+    return raised, closed
+
+
+def _query_row(action: str, query: Query, actor: Actor, entry: Entry, **extra: Any) -> audit.AuditRow:
+    return audit.AuditRow(action=action, actor=actor.audit, source=actor.source,
+                          subject_id=query.subject_id, entry_id=entry.pk, form_code=entry.form.code,
+                          item=query.item, detail={"query": query.pk, "check": query.check_code}, **extra)
+
+
+def _complete_task_when_done(*, task: Any, subject: Any) -> None:
+    """The visit is done when every form the schedule lists for it is complete (for an
+    unscheduled visit, or an event that lists none, when one form is)."""
+    from studies.services import schedule_for_subject, site_today, task_complete
+
+    if task.status in ("completed", "missed", "cancelled"):
+        return
+    version = schedule_for_subject(subject=subject)
+    listed: list[str] = []
+    if version is not None and not task.unscheduled:
+        listed = next((list(raw.get("forms") or []) for raw in version.events if raw.get("code") == task.event_code),
+                      [])
+    complete_codes = set(Entry.objects.filter(task_id=task.pk, status=EntryStatus.COMPLETE)
+                         .values_list("form__code", flat=True))
+    if (listed and set(listed) <= complete_codes) or (not listed and complete_codes):
+        task_complete(task=task, completed_on=site_today(subject.site))
+
+
+# --- signatures ------------------------------------------------------------------------------
+
+def casebook_hash(*, subject_id: int) -> str:
+    """SHA-256 over every entry of the casebook (id, version, values, missing codes)."""
+    digest = hashlib.sha256()
+    for row in Entry.objects.filter(subject_id=subject_id).order_by("pk").values("pk", "version", "values",
+                                                                                   "missing"):
+        digest.update(json.dumps(row, sort_keys=True, separators=(",", ":"), default=str).encode())
+    return digest.hexdigest()
+
+
+def _invalidate_signatures(*, subject_id: int, actor: Actor, why: str) -> list[audit.AuditRow]:
+    rows = []
+    now = timezone.now()
+    for signature in Signature.objects.select_for_update().filter(subject_id=subject_id, invalidated_at__isnull=True):
+        signature.invalidated_at, signature.invalidated_reason = now, why[:300]
+        signature.save(update_fields=["invalidated_at", "invalidated_reason"])
+        rows.append(audit.AuditRow(action="signature_invalidated", actor=actor.audit,
+                                   source=actor.source, subject_id=subject_id,
+                                   detail={"signature": signature.pk, "signer": signature.signer_id}))
+    return rows
+
+
+def casebook_sign(*, subject: Any, user: Any, password: str, meaning: str, actor: Actor,
+                  signer_name: str) -> Signature:
+    """An investigator signs a casebook by entering their password again (11.200(a)(1))."""
+    from ecrf.models import SignatureMeaning
+
+    if actor.role != "investigator":
+        raise PermissionDenied("permission_denied", _("Only an investigator signs casebooks."))
+    if meaning not in SignatureMeaning.values:
+        raise ValidationFailed({"meaning": [_("Choose the meaning of your signature.")]})
+    if not password or not user.check_password(password):
+        raise ValidationFailed({"password": [_("The password is not correct.")]})
+    with transaction.atomic():
+        incomplete = Entry.objects.filter(subject_id=subject.pk).exclude(status=EntryStatus.COMPLETE).count()
+        if not Entry.objects.filter(subject_id=subject.pk).exists() or incomplete:
+            raise Conflict("casebook_incomplete", _("Only a casebook whose forms are all complete can be signed."))
+        signature = Signature.objects.create(subject_id=subject.pk, signer=user, signer_name=signer_name[:200],
+                                             meaning=meaning, content_hash=casebook_hash(subject_id=subject.pk))
+        audit.audit_record_many(rows=[audit.AuditRow(
+            action="sign", actor=actor.audit, source=actor.source,
+            subject_id=subject.pk, new={"meaning": meaning, "hash": signature.content_hash},
+            detail={"signature": signature.pk})])
+    return signature
+
+
+
+
+# --- queries ---------------------------------------------------------------------------------
+
+QUERY_RAISING_ROLES = frozenset({"monitor", "data_manager"})
+QUERY_ANSWERING_ROLES = frozenset({"coordinator", "investigator"})
+MAX_QUERY_TEXT = 4000
+
+
+def _query_text(text: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise ValidationFailed({"text": [_("Write the message.")]})
+    if len(text) > MAX_QUERY_TEXT:
+        raise ValidationFailed({"text": [_("At most %(max)d characters.") % {"max": MAX_QUERY_TEXT}]})
+    return text
+
+
+def query_raise(*, entry: Entry, item: str, text: str, actor: Actor) -> Query:
+    """A monitor or data manager asks about one item of an entry."""
+    if actor.role not in QUERY_RAISING_ROLES:
+        raise PermissionDenied("permission_denied", _("Only monitors and data managers raise queries."))
+    text = _query_text(text)
+    known = set(_flatten(entry.values)) | set(entry.missing) | {
+        i["code"] for i in entry.form_version.definition.get("items") or []}
+    if item not in known:
+        raise ValidationFailed({"item": [_("No such item in this entry.")]})
+    with transaction.atomic():
+        query = Query.objects.create(entry=entry, subject_id=entry.subject_id, site_id=entry.subject.site_id,
+                                     item=item, origin=QueryOrigin.MANUAL, raised_by_id=actor.user_id)
+        QueryMessage.objects.create(query=query, author_id=actor.user_id, kind="raise", text=text)
+        audit.audit_record_many(rows=[_query_row("query_open", query, actor, entry, new={"text": text})])
+    return query
+
+
+QUERY_TRANSITIONS = {
+    # action: (allowed from, to, roles)
+    "answer": ({QueryStatus.OPEN}, QueryStatus.ANSWERED, QUERY_ANSWERING_ROLES),
+    "close": ({QueryStatus.OPEN, QueryStatus.ANSWERED}, QueryStatus.CLOSED, QUERY_RAISING_ROLES),
+    "reopen": ({QueryStatus.ANSWERED, QueryStatus.CLOSED}, QueryStatus.OPEN, QUERY_RAISING_ROLES),
+}
+
+
+def query_act(*, query: Query, action: str, text: str, actor: Actor) -> Query:
+    """Answer (site), close or re-open (monitor, data manager) a query, with a message."""
+    if action not in QUERY_TRANSITIONS:
+        raise ValidationFailed({"action": [_("Choose answer, close or reopen.")]})
+    allowed_from, target, roles = QUERY_TRANSITIONS[action]
+    if actor.role not in roles:
+        raise PermissionDenied("permission_denied", _("Your role does not allow this."))
+    text = _query_text(text)
+    with transaction.atomic():
+        locked = Query.objects.select_for_update().select_related("entry__form").get(pk=query.pk)
+        if locked.status not in allowed_from:
+            raise Conflict("bad_transition", _("A query that is %(status)s cannot be %(action)s.")
+                           % {"status": QueryStatus(locked.status).label, "action": action})
+        now = timezone.now()
+        locked.status = target
+        if target == QueryStatus.ANSWERED:
+            locked.answered_at = now
+        locked.closed_at = now if target == QueryStatus.CLOSED else None
+        locked.save(update_fields=["status", "answered_at", "closed_at"])
+        QueryMessage.objects.create(query=locked, author_id=actor.user_id, kind=action, text=text)
+        audit.audit_record_many(rows=[_query_row(f"query_{action}", locked, actor, locked.entry,
+                                                 new={"status": target, "text": text})])
+    return locked
+
+
+# --- source data verification and locks --------------------------------------------------------
+
+def entry_verify(*, entry: Entry, items: list[str] | None, actor: Actor) -> Entry:
+    """A monitor marks items (or, with None, every item with data) as verified against the
+    source. Changing an item later clears its verification (entry_save)."""
+    if actor.role != "monitor":
+        raise PermissionDenied("permission_denied", _("Only monitors verify source data."))
+    with transaction.atomic():
+        locked = Entry.objects.select_for_update().select_related("form").get(pk=entry.pk)
+        present = set(_flatten(locked.values)) | set(locked.missing)
+        wanted = sorted(present) if items is None else list(dict.fromkeys(items))
+        unknown = [i for i in wanted if i not in present]
+        if unknown:
+            raise ValidationFailed({"items": [_("Not in this entry: %(items)s.") % {"items": ", ".join(unknown[:20])}]})
+        if not wanted:
+            raise ValidationFailed({"items": [_("There is nothing to verify yet.")]})
+        stamp = {"by": actor.user_id, "at": timezone.now().isoformat()}
+        for path in wanted:
+            locked.verified[path] = stamp
+        locked.save(update_fields=["verified", "updated"])
+        audit.audit_record_many(rows=[audit.AuditRow(
+            action="sdv_set", actor=actor.audit, source=actor.source,
+            subject_id=locked.subject_id, entry_id=locked.pk, form_code=locked.form.code, item=path)
+            for path in wanted])
+    return locked
+
+
+LOCKING_ROLES = frozenset({"data_manager"})
+
+
+def entry_lock_set(*, entry: Entry, locked_state: bool, reason: str, actor: Actor) -> Entry:
+    """A data manager locks an entry; unlocking needs a reason. Both are audited."""
+    if actor.role not in LOCKING_ROLES:
+        raise PermissionDenied("permission_denied", _("Only data managers lock and unlock records."))
+    reason = (reason or "").strip()
+    if not locked_state and not reason:
+        raise ValidationFailed({"reason": [_("Give a reason for unlocking.")]})
+    if len(reason) > MAX_REASON:
+        raise ValidationFailed({"reason": [_("At most %(max)d characters.") % {"max": MAX_REASON}]})
+    with transaction.atomic():
+        locked = Entry.objects.select_for_update().select_related("form").get(pk=entry.pk)
+        if locked.locked == locked_state:
+            raise Conflict("bad_transition", _("The record is already locked.") if locked_state
+                           else _("The record is not locked."))
+        locked.locked = locked_state
+        locked.save(update_fields=["locked", "updated"])
+        audit.audit_record_many(rows=[audit.AuditRow(
+            action="lock" if locked_state else "unlock", actor=actor.audit,
+            source=actor.source, subject_id=locked.subject_id, entry_id=locked.pk, form_code=locked.form.code,
+            reason=reason)])
+    return locked
+
+
+def casebook_lock_set(*, subject: Any, locked_state: bool, reason: str, actor: Actor) -> bool:
+    """Freeze (or, with a reason, unfreeze) a subject's whole casebook."""
+    if actor.role not in LOCKING_ROLES:
+        raise PermissionDenied("permission_denied", _("Only data managers lock and unlock records."))
+    reason = (reason or "").strip()
+    if not locked_state and not reason:
+        raise ValidationFailed({"reason": [_("Give a reason for unlocking.")]})
+    if len(reason) > MAX_REASON:
+        raise ValidationFailed({"reason": [_("At most %(max)d characters.") % {"max": MAX_REASON}]})
+    with transaction.atomic():
+        existing = CasebookLock.objects.select_for_update().filter(subject_id=subject.pk).first()
+        if locked_state == (existing is not None):
+            raise Conflict("bad_transition", _("The casebook is already locked.") if locked_state
+                           else _("The casebook is not locked."))
+        if locked_state:
+            CasebookLock.objects.create(subject_id=subject.pk, locked_by_id=actor.user_id)
+        else:
+            assert existing is not None
+            existing.delete()
+        audit.audit_record_many(rows=[audit.AuditRow(
+            action="lock" if locked_state else "unlock", actor=actor.audit,
+            source=actor.source, subject_id=subject.pk, reason=reason, detail={"scope": "casebook"})])
+    return locked_state
+
+
+# --- REDCap data dictionaries ------------------------------------------------------------------
+
+def forms_import_redcap(*, study: Any, content: bytes, file_name: str, actor: Actor) -> dict[str, Any]:
+    """A REDCap data dictionary becomes draft forms of the study, all or none. The
+    report lists, line by line, everything not translated (never dropped silently)."""
+    from ecrf.redcap import redcap_dictionary_import
+
+    result = redcap_dictionary_import(content=content, file_name=file_name)
+    if not result.forms_ok:
+        fields = {f"{code}.{path}": messages for code, problems in result.problems.items()
+                  for path, messages in problems.items()} or {"file": [_("The dictionary has no usable form.")]}
+        raise DomainError("dictionary_invalid", _("The dictionary could not be turned into forms."), fields=fields)
+    taken = {code for code in FormDefinition.objects.filter(study_id=study.pk, versions__status="published")
+             .values_list("code", flat=True)}
+    with transaction.atomic():
+        drafts = [form_draft_save(study=study, definition=definition, actor=actor,
+                                  note=_("Imported from %(file)s") % {"file": (file_name or "REDCap")[:200]})
+                  for definition in result.forms]
+    log.info("forms.imported_redcap", study_id=study.pk, forms=len(drafts), errors=result.error_count,
+             warnings=result.warning_count)
+    return {"forms": [{"id": d.form_id, "code": d.form.code, "version": d.number,
+                       "new_version_of_published_form": d.form.code in taken} for d in drafts],
+            "report": result.report, "field_count": result.field_count, "item_count": result.item_count,
+            "error_count": result.error_count, "warning_count": result.warning_count}
+
+
+def forms_export_redcap(*, study: Any) -> tuple[bytes, list[dict[str, Any]]]:
+    """The study's forms (newest version of each, draft or published) as a REDCap dictionary."""
+    from ecrf.redcap import redcap_dictionary_export
+
+    definitions = []
+    for form in FormDefinition.objects.filter(study_id=study.pk).order_by("code"):
+        newest = form.versions.order_by("-number").first()
+        if newest is not None:
+            definitions.append(newest.definition)
+    if not definitions:
+        raise NotFound("no_forms", _("This study has no forms yet."))
+    return redcap_dictionary_export(forms=definitions)

@@ -1,0 +1,15 @@
+"""Pages of the eCRF on a tenant host (the JSON API is ecrf/api/urls.py)."""
+
+from django.urls import path
+
+from ecrf import views
+
+urlpatterns = [
+    path("visits/<int:task_id>/forms/<int:form_id>/", views.entry_view, name="ecrf-entry"),
+    path("visits/<int:task_id>/forms/<int:form_id>/queries/", views.entry_queries_view, name="ecrf-entry-queries"),
+    path("visits/<int:task_id>/forms/<int:form_id>/queries/<int:query_id>/<str:action>/", views.query_act_view,
+         name="ecrf-query-act"),
+    path("subjects/<int:subject_id>/sign/", views.casebook_sign_view, name="ecrf-sign"),
+    path("epro/thanks/", views.epro_thanks_view, name="ecrf-epro-thanks"),
+    path("epro/<str:token>/", views.epro_view, name="ecrf-epro"),
+]
