@@ -117,6 +117,10 @@ def setup_world() -> dict[str, Any]:
         coordinators.append(coordinator)
     # The first coordinator also works at the second site: their metrics cover 2 of 10 sites.
     SiteStaff.objects.create(site=sites[1], user=coordinators[0], role="coordinator")
+    # The worklist *page* is measured through Django's whole stack as this coordinator.
+    from tenants.models import TenantMembership
+
+    TenantMembership.objects.create(user=coordinators[0], tenant=tenant, role="coordinator")
     ReminderRule.objects.create(study=study, kind=ReminderKind.PATIENT_BEFORE_WINDOW, days=3, channel="email")
     ReminderRule.objects.create(study=study, kind=ReminderKind.COORDINATOR_OVERDUE)
     ReminderRule.objects.create(study=study, kind=ReminderKind.INVESTIGATOR_OVERDUE, days=7)
@@ -126,7 +130,8 @@ def setup_world() -> dict[str, Any]:
             "sponsor": lambda: SimpleNamespace(role="tenant_admin", user_id=sponsor.pk),
             # A fresh membership per call: the visible sites are read once per request.
             "coordinator": lambda: SimpleNamespace(role="coordinator", user_id=coordinators[0].pk),
-            "coordinator_id": coordinators[0].pk}
+            "coordinator_id": coordinators[0].pk, "coordinator_user": coordinators[0],
+            "host": services.tenant_domain(tenant.slug)}
 
 
 def truncate(*tables: str) -> None:
@@ -354,6 +359,34 @@ def run_level(world: dict[str, Any], level: int, args: argparse.Namespace, today
         out["worklist"].append([f"{tasks:,}", label, f"{new_page[0]:,}", ms(new_s),
                                 f"{ms(old_s)} ({common.ratio(old_s, new_s)})"])
 
+    # 5b. The worklist page itself (HTML, 25 rows): middleware, tenant routing, session,
+    # the selector, identifying data per row and the template, as the coordinator gets it.
+    from django.test import Client
+
+    client = Client(HTTP_HOST=world["host"])
+    client.force_login(world["coordinator_user"])
+    from tenants.auth import SESSION_TENANT_KEY
+
+    session = client.session  # a session is bound to its tenant at login; force_login skips that
+    session[SESSION_TENANT_KEY] = world["tenant"].schema_name
+    session.save()
+    html_last = max(1, -(-matching // 25))
+    out["page"] = []
+    for label, query in (("page 1", ""), (f"last page ({html_last})", f"?page={html_last}")):
+        def get(query: str = query) -> int:
+            response = client.get(f"/worklist/{query}")
+            if response.status_code != 200:
+                raise SystemExit(f"worklist page {query}: HTTP {response.status_code}")
+            return len(response.content)
+
+        page_s, _size = timed(get, warm_up=True)
+        number = 1 if not query else html_last
+        query_s, _rows = timed(partial(worklist_page_of, selectors.worklist, world, None, number), warm_up=True)
+        out["page"].append([f"{tasks:,}", label, ms(page_s), f"{ms(query_s)} ({common.ratio(query_s, page_s)})"])
+    from django.db import connection as page_connection
+
+    page_connection.set_tenant(world["tenant"])  # type: ignore[attr-defined]
+
     # 6. Reminder scan.
     now = timezone.now()
     with transaction.atomic():
@@ -385,10 +418,11 @@ def main(argv: list[str]) -> None:
     world = setup_world()
     today = timezone.localdate()
     log(common.machine_info())
-    tables: dict[str, list[list[Any]]] = {"generate": [], "metrics": [], "missed": [], "worklist": [], "scan": []}
+    tables: dict[str, list[list[Any]]] = {"generate": [], "metrics": [], "missed": [], "worklist": [], "page": [],
+                                          "scan": []}
     for level in args.levels_list:
         for key, rows in run_level(world, level, args, today).items():
-            tables[key].extend(rows if key == "worklist" else [rows])
+            tables[key].extend(rows if key in ("worklist", "page") else [rows])
     log("")
     log("Generate all tasks (seconds; ratio = that path / tasks_generate)")
     log(common.table(["tasks", "tasks_generate (COPY)", "instances + COPY (_apply)", "legacy bulk_create"],
@@ -405,6 +439,9 @@ def main(argv: list[str]) -> None:
     log(f"Worklist of one coordinator: count + one page of {PAGE} (median of 5 after a warm-up)")
     log(common.table(["tasks", "query", "matching tasks", "worklist", "old worklist, old index"],
                      tables["worklist"]))
+    log("Worklist page (GET /worklist/, HTML, 25 rows, the coordinator logged in; median of 5 after a warm-up), "
+        "next to its query alone")
+    log(common.table(["tasks", "page", "server time", "query alone (share)"], tables["page"]))
     log("")
     log("Reminder scan (3 rules: patient 3 days before the window, coordinator overdue, investigators 7 days "
         "overdue); one run each")

@@ -133,16 +133,18 @@ def _patient_messages(rule: ReminderRule, tasks: QuerySet[FollowUpTask], clock: 
 
 def _coordinator_messages(rule: ReminderRule, tasks: QuerySet[FollowUpTask],
                           clock: _SiteClock) -> Iterator[Outgoing]:
+    # Translated once per scan, not once per message (thousands at a large study).
+    subject_text = _("Overdue follow-up: %(subject)s %(event)s")
+    body_text = _("Follow-up %(event)s of %(subject)s is overdue; its window closes on %(end)s.")
     for task in tasks.iterator(chunk_size=2000):
         if task.assignee is None:
             continue
         not_before = clock(task.site.time_zone)[1]
+        code = task.subject.subject_code
         yield Outgoing(key=f"{rule.pk}:{task.pk}:1", channel="email", recipient=task.assignee.email,
-                       subject=_("Overdue follow-up: %(subject)s %(event)s") % {
-                           "subject": task.subject.subject_code, "event": task.event_code},
-                       body=_("Follow-up %(event)s of %(subject)s is overdue; its window closes on %(end)s.") % {
-                           "event": task.event_code, "subject": task.subject.subject_code,
-                           "end": task.window_close.isoformat()},
+                       subject=subject_text % {"subject": code, "event": task.event_code},
+                       body=body_text % {"event": task.event_code, "subject": code,
+                                         "end": task.window_close.isoformat()},
                        language="zh-hans", not_before=not_before)
 
 
@@ -153,6 +155,8 @@ def _investigator_messages(rule: ReminderRule, tasks: QuerySet[FollowUpTask],
     for site_id, user_id, email in (SiteStaff.objects.filter(role="investigator")
                                     .values_list("site_id", "user_id", "user__email")):
         investigators[site_id].append((user_id, email))
+    subject_text = _("Follow-up overdue for %(days)d days: %(subject)s")
+    body_text = _("Follow-up %(event)s of %(subject)s at site %(site)s is overdue.")
     for task in tasks.iterator(chunk_size=2000):
         today, not_before = clock(task.site.time_zone)
         days_overdue = (today - task.target_date).days
@@ -160,9 +164,7 @@ def _investigator_messages(rule: ReminderRule, tasks: QuerySet[FollowUpTask],
             continue
         for user_id, email in investigators.get(task.site_id, ()):
             yield Outgoing(key=f"{rule.pk}:{task.pk}:1:{user_id}", channel="email", recipient=email,
-                           subject=_("Follow-up overdue for %(days)d days: %(subject)s") % {
-                               "days": days_overdue, "subject": task.subject.subject_code},
-                           body=_("Follow-up %(event)s of %(subject)s at site %(site)s is overdue.") % {
-                               "event": task.event_code, "subject": task.subject.subject_code,
-                               "site": task.site.code},
+                           subject=subject_text % {"days": days_overdue, "subject": task.subject.subject_code},
+                           body=body_text % {"event": task.event_code, "subject": task.subject.subject_code,
+                                             "site": task.site.code},
                            language="zh-hans", not_before=not_before)

@@ -3,9 +3,11 @@ member's sites (sites.selectors.site_ids_visible); identifying data is shown by 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.db.models import Prefetch, QuerySet
+from django.utils import timezone
 
 from sites.selectors import site_ids_visible
 from studies.models import TASK_URGENCY, WORKLIST_STATUSES, FollowUpTask, Study, Subject, TaskStatus
@@ -74,11 +76,19 @@ def task_get(*, membership: Any, task_id: int) -> FollowUpTask | None:
 URGENCY = TASK_URGENCY
 
 
+# How far ahead the worklist shows upcoming visits by default (days).
+UPCOMING_DAYS = 90
+MAX_UPCOMING_DAYS = 3660
+
+
 def worklist(
     *, membership: Any, user_id: int, site_id: int | None = None, study_id: int | None = None,
     event_code: str | None = None, mode: str | None = None, bucket: str | None = None,
+    upcoming_days: int = UPCOMING_DAYS,
 ) -> QuerySet[FollowUpTask]:
-    """My follow-up tasks: overdue first (closing soonest first), then open, then upcoming.
+    """My follow-up tasks: overdue first (closing soonest first), then open, then the
+    upcoming ones whose window opens within `upcoming_days` (a coordinator plans weeks
+    ahead, not the whole study: two years of visits would bury today's work).
 
     Filters and order use only the task's own columns (site and study are copies of the
     subject's), so a page is read from task_worklist_urgency_idx in order, and only the
@@ -101,4 +111,8 @@ def worklist(
         tasks = tasks.filter(event_code=event_code)
     if mode:
         tasks = tasks.filter(mode=mode)
+    if TaskStatus.UPCOMING in statuses:
+        # UTC's date: a site's today is within a day of it, which a horizon of weeks absorbs.
+        horizon = timezone.now().date() + timedelta(days=upcoming_days)
+        tasks = tasks.exclude(status=TaskStatus.UPCOMING, window_open__gt=horizon)
     return tasks.annotate(urgency=URGENCY).order_by("urgency", "window_close", "target_date", "pk")

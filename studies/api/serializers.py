@@ -144,6 +144,8 @@ class WorklistQuerySerializer(serializers.Serializer):
     mode = serializers.ChoiceField(choices=VisitMode.choices, required=False)
     bucket = serializers.ChoiceField(choices=[("overdue", "overdue"), ("open", "open"), ("upcoming", "upcoming")],
                                      required=False)
+    # Upcoming visits whose window opens within this many days (default 90).
+    horizon = serializers.IntegerField(min_value=1, max_value=3660, required=False)
 
 
 class SubjectStatusInputSerializer(serializers.Serializer):

@@ -267,7 +267,8 @@ class WorklistView(generics.ListAPIView):
         q = query.validated_data
         return selectors.worklist(membership=request_membership(self.request), user_id=int(self.request.user.pk or 0),
                                   site_id=q.get("site"), study_id=q.get("study"), event_code=q.get("event"),
-                                  mode=q.get("mode"), bucket=q.get("bucket"))
+                                  mode=q.get("mode"), bucket=q.get("bucket"),
+                                  upcoming_days=q.get("horizon") or selectors.UPCOMING_DAYS)
 
     @extend_schema(parameters=[WorklistQuerySerializer], summary="My follow-up tasks, most urgent first")
     def get(self, request: Request, *args: object, **kwargs: object) -> Response:

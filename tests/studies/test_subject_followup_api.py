@@ -376,3 +376,13 @@ def test_reminder_rules_stay_in_their_tenant(api, world, email_of, trial):
                                      format="json")
     assert "kind" in _assert_error_shape(bad_patch, 400)["fields"]
     _assert_error_shape(trial["admin"].patch(f"/api/v1/reminder-rules/{rule['id']}/", {}, format="json"), 400)
+
+
+def test_worklist_shows_upcoming_visits_within_a_horizon(api, world, email_of, trial):
+    coordinator = api(world.alpha, email_of("coordinator", "alpha"))
+    _enrol(coordinator, trial)  # D7, D30 and D90 windows open in 4, 23 and 83 days
+    assert [t["event_code"] for t in coordinator.get("/api/v1/worklist/").json()["results"]] == ["D7", "D30", "D90"]
+    assert [t["event_code"] for t in coordinator.get("/api/v1/worklist/?horizon=20").json()["results"]] == ["D7"]
+    assert coordinator.get("/api/v1/worklist/?horizon=3000").json()["count"] == 3
+    for bad in ("0", "x", "99999"):
+        assert "horizon" in _assert_error_shape(coordinator.get(f"/api/v1/worklist/?horizon={bad}"), 400)["fields"]
