@@ -205,4 +205,24 @@ class EproLink(models.Model):
     def __str__(self) -> str:
         return f"epro {self.subject_id}:{self.task_id}:{self.form_id}"
 
+class EntryFile(models.Model):
+    """A file uploaded for a file item (a scan, a photo, an ECG). Stored through the
+    storage layer (S3 in production); the entry's value refers to it by `id`."""
+
+    id = models.CharField(primary_key=True, max_length=32, editable=False)
+    subject = models.ForeignKey("studies.Subject", on_delete=models.PROTECT, related_name="+")
+    form = models.ForeignKey(FormDefinition, on_delete=models.PROTECT, related_name="+")
+    item = models.CharField(max_length=64)
+    storage_path = models.CharField(max_length=300)
+    name = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=100)
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created = models.DateTimeField(default=timezone.now, editable=False)
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.name}"
+
+
 from ecrf.models_audit import AuditChainHead, AuditEvent  # noqa: E402, F401

@@ -188,6 +188,11 @@ def entry_save(
             version = entry.form_version
         evaluation = entry_evaluate(definition=version.definition, values=values, missing=missing,
                                     context=context, language=language)
+        if not evaluation.malformed:
+            from ecrf.files import file_values_check
+
+            evaluation.malformed.update(file_values_check(subject_id=subject.pk, form_id=form.pk,
+                                                          values=evaluation.values, definition=version.definition))
         if evaluation.malformed:
             raise ValidationFailed(evaluation.malformed)
         changes = _changes(entry, evaluation)

@@ -32,6 +32,11 @@ class FormDraftSerializer(serializers.Serializer):
     note = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
 
 
+class FileUploadSerializer(serializers.Serializer):
+    item = serializers.CharField(max_length=64)
+    file = serializers.FileField(max_length=255)
+
+
 class RedcapUploadSerializer(serializers.Serializer):
     file = serializers.FileField(max_length=255)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpResponse
+from django.http import FileResponse, HttpResponse
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
@@ -18,6 +18,7 @@ from config.errors import DomainError, NotFound, PermissionDenied, ValidationFai
 from ecrf import selectors, services
 from ecrf.api.serializers import (
     EntrySaveSerializer,
+    FileUploadSerializer,
     FormDraftSerializer,
     FormSerializer,
     FormVersionSerializer,
@@ -153,32 +154,33 @@ class FormPublishView(APIView):
         return Response(FormVersionSerializer(services.form_publish(version=draft, actor=actor_for(request))).data)
 
 
+def _visit_form(request: Request, task_id: int, form_id: int) -> tuple[Any, Any, FormVersion]:
+    """(task, entry or None, the form version the entry uses or would use)."""
+    membership = request_membership(request)
+    if membership.role in selectors.NO_ENTRY_READ_ROLES:
+        raise PermissionDenied("permission_denied", _("Your role does not allow reading clinical data."))
+    task = selectors.entry_task_get(membership=membership, task_id=task_id)
+    if task is None:
+        raise NotFound("not_found", _("No such visit, or not at one of your sites."))
+    form = selectors.form_get(membership=membership, form_id=form_id)
+    if form is None or form.study_id != task.subject.study_id:
+        raise NotFound("not_found", _("No such form in this study."))
+    entry = selectors.entry_for(task_id=task.pk, form_id=form.pk)
+    version = entry.form_version if entry else services.form_current_version(form=form)
+    if version is None:
+        raise NotFound("form_not_published", _("This form has no published version yet."))
+    return task, entry, version
+
+
 class EntryView(APIView):
     """One form of one visit: GET it (empty, version 0, until first saved), PUT it whole.
     The ETag is the entry's version; PUT needs it (If-Match or "version")."""
 
     permission_classes = [IsTenantMember]
 
-    def _target(self, request: Request, task_id: int, form_id: int) -> tuple[Any, Any, FormVersion]:
-        """(task, entry or None, the form version the entry uses or would use)."""
-        membership = request_membership(request)
-        if membership.role in selectors.NO_ENTRY_READ_ROLES:
-            raise PermissionDenied("permission_denied", _("Your role does not allow reading clinical data."))
-        task = selectors.entry_task_get(membership=membership, task_id=task_id)
-        if task is None:
-            raise NotFound("not_found", _("No such visit, or not at one of your sites."))
-        form = selectors.form_get(membership=membership, form_id=form_id)
-        if form is None or form.study_id != task.subject.study_id:
-            raise NotFound("not_found", _("No such form in this study."))
-        entry = selectors.entry_for(task_id=task.pk, form_id=form.pk)
-        version = entry.form_version if entry else services.form_current_version(form=form)
-        if version is None:
-            raise NotFound("form_not_published", _("This form has no published version yet."))
-        return task, entry, version
-
     @extend_schema(responses={200: dict}, summary="A form of a visit, with its definition and data")
     def get(self, request: Request, task_id: int, form_id: int) -> Response:
-        task, entry, version = self._target(request, task_id, form_id)
+        task, entry, version = _visit_form(request, task_id, form_id)
         body = entry_payload(entry=entry, version=version, task=task)
         return Response(body, headers={"ETag": f'"{body["version"]}"'})
 
@@ -189,7 +191,7 @@ class EntryView(APIView):
         membership = request_membership(request)
         if membership.role not in selectors.ENTRY_ROLES:
             raise PermissionDenied("permission_denied", _("Your role does not allow entering data."))
-        task, _entry, _version = self._target(request, task_id, form_id)
+        task, _entry, _version = _visit_form(request, task_id, form_id)
         serializer = EntrySaveSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -211,6 +213,58 @@ class EntryView(APIView):
         body.update({"hard_errors": result.hard, "queries_raised": result.queries_raised,
                      "queries_closed": result.queries_closed, "changed": result.changed})
         return Response(body, headers={"ETag": f'"{result.entry.version}"'})
+
+
+class EntryFileUploadView(APIView):
+    """Upload a file for a file item of a visit's form; the entry then refers to it by
+    the returned value ({"id", "name", "size", "type"})."""
+
+    permission_classes = [IsTenantMember]
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(request={"multipart/form-data": FileUploadSerializer}, responses={201: dict},
+                   summary="Upload a file for a file item")
+    def post(self, request: Request, task_id: int, form_id: int) -> Response:
+        from ecrf.definition import MAX_FILE_BYTES
+        from ecrf.files import entry_file_upload, file_value
+
+        membership = request_membership(request)
+        if membership.role not in selectors.ENTRY_ROLES:
+            raise PermissionDenied("permission_denied", _("Your role does not allow entering data."))
+        task, _existing, version = _visit_form(request, task_id, form_id)
+        serializer = FileUploadSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = serializer.validated_data["file"]
+        if upload.size > MAX_FILE_BYTES:
+            raise ValidationFailed({"file": [_("A file may be at most %(max)d MB.")
+                                             % {"max": MAX_FILE_BYTES // (1024 * 1024)}]})
+        stored = entry_file_upload(subject=task.subject, form=version.form, definition=version.definition,
+                                   item=serializer.validated_data["item"], name=upload.name, content=upload.read(),
+                                   user_id=int(request.user.pk or 0))
+        return Response(file_value(stored), status=status.HTTP_201_CREATED)
+
+
+class EntryFileView(APIView):
+    """Download an uploaded file (only for members who may see the subject)."""
+
+    permission_classes = [IsTenantMember]
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes}, summary="Download an uploaded file")
+    def get(self, request: Request, file_id: str) -> FileResponse:
+        from django.core.files.storage import default_storage
+
+        from ecrf.models import EntryFile
+
+        membership = request_membership(request)
+        if membership.role in selectors.NO_ENTRY_READ_ROLES:
+            raise PermissionDenied("permission_denied", _("Your role does not allow reading clinical data."))
+        stored = EntryFile.objects.filter(pk=file_id[:32]).first()
+        if stored is None or study_selectors.subject_get(membership=membership, subject_id=stored.subject_id) is None:
+            raise NotFound("not_found", _("No such file, or not at one of your sites."))
+        response = FileResponse(default_storage.open(stored.storage_path, "rb"), as_attachment=True,
+                                filename=stored.name, content_type=stored.content_type)
+        response["X-Content-Type-Options"] = "nosniff"
+        return response
 
 
 def _entry(request: Request, entry_id: int) -> Any:
