@@ -146,7 +146,7 @@ class SaveResult:
 def entry_save(
     *, subject: Any, task: Any, form: FormDefinition, values: Any, missing: Any = None, base_version: int | None,
     actor: Actor, complete: bool = False, reason: str = "", reasons: dict[str, str] | None = None,
-    context: dict[str, Any] | None = None, language: str = "en",
+    context: dict[str, Any] | None = None, language: str = "en", current_version: FormVersion | None = None,
 ) -> SaveResult:
     """Save one form of one event occurrence (whole-form values: what is not given is
     empty). Malformed input saves nothing (400). Hard problems are returned and only
@@ -171,7 +171,9 @@ def entry_save(
             if base_version not in (None, 0):
                 raise PreconditionFailed("precondition_failed", _("This entry does not exist yet."),
                                          fields={"version": [_("Start from an empty form (version 0).")]})
-            version = form_current_version(form=form)
+            # The caller may already have read the current published version (the view does).
+            version = current_version if current_version is not None and current_version.form_id == form.pk and \
+                current_version.status == FormVersionStatus.PUBLISHED else form_current_version(form=form)
             if version is None:
                 raise Conflict("form_not_published", _("This form has no published version yet."))
         else:
@@ -236,7 +238,9 @@ def entry_save(
         if changes:
             rows.extend(_invalidate_signatures(subject_id=subject.pk, actor=actor,
                                                why=_("Signed data changed (%(form)s).") % {"form": form.code}))
-        result.queries_raised, result.queries_closed = _sync_auto_queries(entry, subject, evaluation, actor, rows)
+        if not creating or evaluation.soft:  # a new entry has no queries to close yet
+            result.queries_raised, result.queries_closed = _sync_auto_queries(entry, subject, evaluation, actor,
+                                                                              rows)
         audit.audit_record_many(rows=rows)
         if complete:
             _complete_task_when_done(task=task, subject=subject)

@@ -514,7 +514,12 @@ def task_complete(*, task: FollowUpTask, completed_on: date) -> FollowUpTask:
         locked.completed_on = completed_on
         locked.save(update_fields=["status", "completed_on", "updated"])
         version = schedule_for_subject(subject=subject)
-        if version is not None:
+        # Only the first occurrence's actual date anchors other events; when no event
+        # anchors on this one, nothing can move and the re-plan is skipped.
+        anchors_on_it = version is not None and locked.sequence == 1 and not locked.unscheduled and any(
+            raw.get("anchor") == "event" and raw.get("anchor_event") == locked.event_code for raw in version.events)
+        if anchors_on_it:
+            assert version is not None
             plan = ReplanPlan()
             _replan_subject(subject=subject, version=version, today=today,
                             assignee_id=locked.assignee_id, plan=plan)

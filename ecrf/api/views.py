@@ -208,7 +208,7 @@ class EntryView(APIView):
             complete=data["complete"], reason=data["reason"], reasons=data["reasons"],
             context=selectors.entry_context(subject=subject, task=task, form_code=_version.form.code,
                                             today=site_today(subject.site)),
-            language=getattr(request, "LANGUAGE_CODE", "en"))
+            language=getattr(request, "LANGUAGE_CODE", "en"), current_version=_version)
         body = entry_payload(entry=result.entry, version=result.entry.form_version, task=task)
         body.update({"hard_errors": result.hard, "queries_raised": result.queries_raised,
                      "queries_closed": result.queries_closed, "changed": result.changed})
