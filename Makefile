@@ -109,8 +109,8 @@ helm-lint: $(HELM) $(KV)
 # Refresh the zh-Hans catalogue after changing user-facing strings, translate the new
 # entries in locale/zh_Hans/LC_MESSAGES/django.po, then compile (tests check completeness).
 messages: install
-	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py makemessages -l zh_Hans --ignore=.venv --ignore=bench --ignore=tests --ignore=tools --ignore=node_modules --ignore=.data
-	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py compilemessages -l zh_Hans --ignore=.venv --ignore=bench --ignore=tests --ignore=tools --ignore=.data
+	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py makemessages -l zh_Hans --ignore=.venv --ignore=bench --ignore=tests --ignore=tools --ignore=node_modules --ignore=.data --ignore=static_build
+	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py compilemessages -l zh_Hans --ignore=.venv --ignore=bench --ignore=tests --ignore=tools --ignore=.data --ignore=node_modules
 
 # Re-pin every transitive dependency after changing requirements/*.txt.
 constraints: install
