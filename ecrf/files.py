@@ -17,6 +17,7 @@ from config.db import tenant_connection
 from config.errors import ValidationFailed
 from ecrf.definition import iter_items
 from ecrf.models import EntryFile, FormDefinition
+from ecrf.validation import flatten_values
 
 log = structlog.get_logger(__name__)
 
@@ -95,7 +96,7 @@ def file_values_check(*, subject_id: int, form_id: int, values: dict[str, Any],
     """Every file an entry refers to must be an upload for this subject, form and item."""
     wanted: dict[str, tuple[str, str]] = {}
     file_codes = {i["code"] for i in iter_items(definition.get("items") or []) if i.get("type") == "file"}
-    for path, value in _flat(values).items():
+    for path, value in flatten_values(values).items():
         code = path.rsplit(".", 1)[-1] if "[" in path else path
         if code in file_codes and isinstance(value, dict) and isinstance(value.get("id"), str):
             wanted[path] = (value["id"], code)
@@ -105,15 +106,3 @@ def file_values_check(*, subject_id: int, form_id: int, values: dict[str, Any],
         id__in=[file_id for file_id, _code in wanted.values()], subject_id=subject_id, form_id=form_id)}
     return {path: [_("Upload the file for this item first.")] for path, (file_id, code) in wanted.items()
             if (file_id, code) not in known}
-
-
-def _flat(values: dict[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for code, value in values.items():
-        if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
-            for index, row in enumerate(value):
-                for child, child_value in row.items():
-                    flat[f"{code}[{index}].{child}"] = child_value
-        else:
-            flat[code] = value
-    return flat

@@ -31,7 +31,7 @@ from ecrf.models import (
     QueryStatus,
     Signature,
 )
-from ecrf.validation import Evaluation, entry_evaluate
+from ecrf.validation import Evaluation, entry_evaluate, flatten_values
 
 log = structlog.get_logger(__name__)
 
@@ -108,19 +108,6 @@ def form_current_version(*, form: FormDefinition) -> FormVersion | None:
 
 # --- entries ---------------------------------------------------------------------------------
 
-def _flatten(values: dict[str, Any]) -> dict[str, Any]:
-    """Item paths -> values; a group's rows become "group[i].item"."""
-    flat: dict[str, Any] = {}
-    for code, value in values.items():
-        if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
-            for index, row in enumerate(value):
-                for child, child_value in row.items():
-                    flat[f"{code}[{index}].{child}"] = child_value
-        else:
-            flat[code] = value
-    return flat
-
-
 def _item_code(path: str) -> str:
     """"meds[2].dose" -> "dose"; "weight" -> "weight"."""
     return path.rsplit(".", 1)[-1] if "[" in path else path
@@ -128,8 +115,8 @@ def _item_code(path: str) -> str:
 
 def _changes(old: Entry | None, evaluation: Evaluation) -> dict[str, tuple[Any, Any]]:
     """Item path -> (old, new) for every value or missing-data code that changes."""
-    before = {**_flatten(old.values), **{p: {"missing": c} for p, c in old.missing.items()}} if old else {}
-    after = {**_flatten(evaluation.values), **{p: {"missing": c} for p, c in evaluation.missing.items()}}
+    before = {**flatten_values(old.values), **{p: {"missing": c} for p, c in old.missing.items()}} if old else {}
+    after = {**flatten_values(evaluation.values), **{p: {"missing": c} for p, c in evaluation.missing.items()}}
     return {path: (before.get(path), after.get(path)) for path in sorted(set(before) | set(after))
             if before.get(path) != after.get(path)}
 
@@ -371,7 +358,7 @@ def query_raise(*, entry: Entry, item: str, text: str, actor: Actor) -> Query:
     if actor.role not in QUERY_RAISING_ROLES:
         raise PermissionDenied("permission_denied", _("Only monitors and data managers raise queries."))
     text = _query_text(text)
-    known = set(_flatten(entry.values)) | set(entry.missing) | {
+    known = set(flatten_values(entry.values)) | set(entry.missing) | {
         i["code"] for i in entry.form_version.definition.get("items") or []}
     if item not in known:
         raise ValidationFailed({"item": [_("No such item in this entry.")]})
@@ -425,7 +412,7 @@ def entry_verify(*, entry: Entry, items: list[str] | None, actor: Actor) -> Entr
         raise PermissionDenied("permission_denied", _("Only monitors verify source data."))
     with transaction.atomic():
         locked = Entry.objects.select_for_update().select_related("form").get(pk=entry.pk)
-        present = set(_flatten(locked.values)) | set(locked.missing)
+        present = set(flatten_values(locked.values)) | set(locked.missing)
         wanted = sorted(present) if items is None else list(dict.fromkeys(items))
         unknown = [i for i in wanted if i not in present]
         if unknown:
@@ -446,8 +433,8 @@ def entry_verify(*, entry: Entry, items: list[str] | None, actor: Actor) -> Entr
 LOCKING_ROLES = frozenset({"data_manager"})
 
 
-def entry_lock_set(*, entry: Entry, locked_state: bool, reason: str, actor: Actor) -> Entry:
-    """A data manager locks an entry; unlocking needs a reason. Both are audited."""
+def _lock_change_check(*, locked_state: bool, reason: str, actor: Actor) -> str:
+    """Who may lock, and the reason an unlock needs; returns the cleaned reason."""
     if actor.role not in LOCKING_ROLES:
         raise PermissionDenied("permission_denied", _("Only data managers lock and unlock records."))
     reason = (reason or "").strip()
@@ -455,6 +442,12 @@ def entry_lock_set(*, entry: Entry, locked_state: bool, reason: str, actor: Acto
         raise ValidationFailed({"reason": [_("Give a reason for unlocking.")]})
     if len(reason) > MAX_REASON:
         raise ValidationFailed({"reason": [_("At most %(max)d characters.") % {"max": MAX_REASON}]})
+    return reason
+
+
+def entry_lock_set(*, entry: Entry, locked_state: bool, reason: str, actor: Actor) -> Entry:
+    """A data manager locks an entry; unlocking needs a reason. Both are audited."""
+    reason = _lock_change_check(locked_state=locked_state, reason=reason, actor=actor)
     with transaction.atomic():
         locked = Entry.objects.select_for_update().select_related("form").get(pk=entry.pk)
         if locked.locked == locked_state:
@@ -471,13 +464,7 @@ def entry_lock_set(*, entry: Entry, locked_state: bool, reason: str, actor: Acto
 
 def casebook_lock_set(*, subject: Any, locked_state: bool, reason: str, actor: Actor) -> bool:
     """Freeze (or, with a reason, unfreeze) a subject's whole casebook."""
-    if actor.role not in LOCKING_ROLES:
-        raise PermissionDenied("permission_denied", _("Only data managers lock and unlock records."))
-    reason = (reason or "").strip()
-    if not locked_state and not reason:
-        raise ValidationFailed({"reason": [_("Give a reason for unlocking.")]})
-    if len(reason) > MAX_REASON:
-        raise ValidationFailed({"reason": [_("At most %(max)d characters.") % {"max": MAX_REASON}]})
+    reason = _lock_change_check(locked_state=locked_state, reason=reason, actor=actor)
     with transaction.atomic():
         existing = CasebookLock.objects.select_for_update().filter(subject_id=subject.pk).first()
         if locked_state == (existing is not None):

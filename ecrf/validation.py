@@ -382,3 +382,16 @@ def _check_range(item: dict[str, Any], path: str, value: Any, result: Evaluation
             else:
                 result.soft.append(SoftProblem(path, "RANGE", message))
             return
+
+
+def flatten_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Item paths -> values; a group's rows become "group[i].item"."""
+    flat: dict[str, Any] = {}
+    for code, value in values.items():
+        if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+            for index, row in enumerate(value):
+                for child, child_value in row.items():
+                    flat[f"{code}[{index}].{child}"] = child_value
+        else:
+            flat[code] = value
+    return flat
