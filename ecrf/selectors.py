@@ -51,10 +51,43 @@ def entry_for(*, task_id: int, form_id: int) -> Entry | None:
     return Entry.objects.select_related("form_version").filter(task_id=task_id, form_id=form_id).first()
 
 
-def entry_context(*, subject: Any, task: Any, form_code: str, today: Any) -> dict[str, Any]:
+# Form version id -> whether its logic refers to other forms or events. Published
+# versions never change, so the answer is kept for the life of the process.
+_EXTERNAL_REFERENCES: dict[int, bool] = {}
+
+
+def refers_to_other_forms(version: FormVersion) -> bool:
+    """True when a condition, calculation or check reads "FORM.item" or "EVENT.FORM.item"."""
+    known = _EXTERNAL_REFERENCES.get(version.pk) if version.status == FormVersionStatus.PUBLISHED else None
+    if known is not None:
+        return known
+    from ecrf.definition import iter_items
+    from ecrf.logic import LogicError, logic_variables
+
+    expressions = []
+    for item in iter_items(version.definition.get("items") or []):
+        expressions += [item.get("show_if"), item.get("calc")] + [c.get("rule") for c in item.get("checks") or []]
+    found = False
+    for expression in (e for e in expressions if e is not None):
+        try:
+            if any(name.split(".", 1)[0][:1].isupper() for name in logic_variables(expression)):
+                found = True
+                break
+        except LogicError:
+            continue
+    if version.status == FormVersionStatus.PUBLISHED:
+        _EXTERNAL_REFERENCES[version.pk] = found
+    return found
+
+
+def entry_context(*, subject: Any, task: Any, form_code: str, today: Any,
+                  version: FormVersion | None = None) -> dict[str, Any]:
     """What JSON Logic may refer to beyond the form itself: the other forms of this visit
-    ("FORM.item"), the first occurrence of every event ("EVENT.FORM.item"), and today."""
+    ("FORM.item"), the first occurrence of every event ("EVENT.FORM.item"), and today.
+    With the form's `version`, the other entries are read only if its logic uses them."""
     context: dict[str, Any] = {"_today": today.isoformat()}
+    if version is not None and not refers_to_other_forms(version):
+        return context
     rows = (Entry.objects.filter(subject_id=subject.pk).select_related("form", "task")
             .only("values", "form__code", "task__event_code", "task__sequence", "task_id"))
     for entry in rows:

@@ -285,7 +285,7 @@ def _complete_task_when_done(*, task: Any, subject: Any) -> None:
     complete_codes = set(Entry.objects.filter(task_id=task.pk, status=EntryStatus.COMPLETE)
                          .values_list("form__code", flat=True))
     if (listed and set(listed) <= complete_codes) or (not listed and complete_codes):
-        task_complete(task=task, completed_on=site_today(subject.site))
+        task_complete(task=task, completed_on=site_today(subject.site), schedule=version)
 
 
 # --- signatures ------------------------------------------------------------------------------

@@ -497,7 +497,8 @@ def _apply_missed_rule() -> int:
     return lost
 
 
-def task_complete(*, task: FollowUpTask, completed_on: date) -> FollowUpTask:
+def task_complete(*, task: FollowUpTask, completed_on: date,
+                  schedule: ScheduleVersion | None = None) -> FollowUpTask:
     """Record a follow-up as done (for example a phone follow-up reached the patient).
     Events anchored on this one's actual date are re-planned; done tasks stay as they are."""
     subject = task.subject
@@ -513,7 +514,7 @@ def task_complete(*, task: FollowUpTask, completed_on: date) -> FollowUpTask:
         locked.status = TaskStatus.COMPLETED
         locked.completed_on = completed_on
         locked.save(update_fields=["status", "completed_on", "updated"])
-        version = schedule_for_subject(subject=subject)
+        version = schedule if schedule is not None else schedule_for_subject(subject=subject)
         # Only the first occurrence's actual date anchors other events; when no event
         # anchors on this one, nothing can move and the re-plan is skipped.
         anchors_on_it = version is not None and locked.sequence == 1 and not locked.unscheduled and any(

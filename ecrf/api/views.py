@@ -207,7 +207,7 @@ class EntryView(APIView):
             values=data["values"], missing=data["missing"], base_version=base, actor=actor_for(request),
             complete=data["complete"], reason=data["reason"], reasons=data["reasons"],
             context=selectors.entry_context(subject=subject, task=task, form_code=_version.form.code,
-                                            today=site_today(subject.site)),
+                                            today=site_today(subject.site), version=_version),
             language=getattr(request, "LANGUAGE_CODE", "en"), current_version=_version)
         body = entry_payload(entry=result.entry, version=result.entry.form_version, task=task)
         body.update({"hard_errors": result.hard, "queries_raised": result.queries_raised,

@@ -12,8 +12,7 @@ import pytest
 from django.db import connection
 
 from ecrf.models import Entry, Query, Signature
-from ecrf.samples import VITALS
-from ecrf.samples import label as _label
+from ecrf.samples import VITALS, label
 from studies.models import FollowUpTask, TaskStatus
 from tests.conftest import PASSWORD
 from tests.studies.test_enrolment import event
@@ -285,7 +284,7 @@ def test_oversized_and_nonsense_bodies_are_4xx(crf):
     (lambda d: d["items"][3].update(show_if={"log": [1]}), "definition.items.3.show_if"),
     (lambda d: d["items"][1].update(code="sex"), "definition.items.2.code"),
     (lambda d: d["items"][4].update(range={"hard": {"min": 5, "max": 1}}), "definition.items.4.range.hard"),
-    (lambda d: d["items"].append({"code": "deep", "type": "calculated", "label": _label("d"),
+    (lambda d: d["items"].append({"code": "deep", "type": "calculated", "label": label("d"),
                                   "calc": _deep(40)}), "definition.items.17.calc"),
 ])
 def test_bad_form_definitions_are_refused_with_paths(crf, mutate, path):
@@ -356,3 +355,21 @@ def test_saves_from_the_pages_are_audited_as_web(crf, web, world, email_of, api)
     trail = api(world.alpha, email_of("monitor", "alpha")).get(
         f"/api/v1/subjects/{crf['subject']}/audit/?item=weight").json()["results"]
     assert [r["source"] for r in trail] == ["web"]
+
+
+def test_checks_may_read_another_form_of_the_visit(crf):
+    labs = {"code": "LABS", "title": label("Labs"), "items": [
+        {"code": "dose_per_kg", "type": "decimal", "label": label("Dose per kg"),
+         "checks": [{"code": "NEEDS_WEIGHT", "severity": "hard",
+                     "rule": {"!": [{"is_empty": [{"var": "VITALS.weight"}]}]},
+                     "message": label("Enter the weight in Vital signs first.")}]}]}
+    admin = crf["admin"]
+    assert admin.post(f"/api/v1/studies/{crf['study']}/forms/", {"definition": labs}, format="json").status_code == 200
+    labs_id = next(f["id"] for f in admin.get(f"/api/v1/studies/{crf['study']}/forms/").json() if f["code"] == "LABS")
+    assert admin.post(f"/api/v1/forms/{labs_id}/publish/").status_code == 200
+    url = f"/api/v1/tasks/{crf['task']}/forms/{labs_id}/entry/"
+    before = crf["coordinator"].put(url, {"values": {"dose_per_kg": 2}, "version": 0}, format="json").json()
+    assert "Enter the weight in Vital signs first." in before["hard_errors"]["dose_per_kg"]
+    _put(crf["coordinator"], crf, GOOD, version=0)
+    after = crf["coordinator"].put(url, {"values": {"dose_per_kg": 2}, "version": 1}, format="json").json()
+    assert after["hard_errors"] == {}
