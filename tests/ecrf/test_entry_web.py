@@ -15,9 +15,10 @@ from django.test import Client
 from django.utils import timezone
 
 from ecrf.models import EproLink, Query, QueryStatus, Signature
+from ecrf.samples import label as _label
 from tests.conftest import PASSWORD
 from tests.ecrf import test_entries
-from tests.ecrf.test_entries import GOOD, VITALS, _label, _put
+from tests.ecrf.test_entries import GOOD, VITALS, _put
 from tests.studies.test_studies_api import TODAY
 from tests.tenants.test_api import _assert_error_shape
 
