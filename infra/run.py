@@ -27,6 +27,7 @@ def main() -> int:
 
     manage("migrate_tenants", "--jobs", "2")
     manage("seed_demo")
+    manage("seed_demo_study")
     beat_schedule = str(ROOT / ".data" / "celerybeat-schedule")
     procs = {
         "web": subprocess.Popen([python, "manage.py", "runserver", f"127.0.0.1:{PORT}", "--noreload"],

@@ -92,3 +92,18 @@ def membership_site_scope(*, membership: TenantMembership) -> SiteScope:
         return SiteScope(all_sites=True)
     # No site assignments exist yet: a scoped role sees no site until assigned.
     return SiteScope(all_sites=False, site_ids=frozenset())
+
+
+# The tenants `manage.py seed_demo` creates (development only).
+DEMO_SLUGS = ("demo-hospital", "demo-device")
+
+
+def demo_tenants_and_members() -> list[tuple[Tenant, dict[str, User]]]:
+    """Each demo tenant with its demo user per role (emails <role>@<slug>.test), for the
+    clinical demo seeds of other apps."""
+    result = []
+    for tenant in Tenant.objects.filter(slug__in=DEMO_SLUGS).order_by("slug"):
+        members = {m.role: m.user for m in TenantMembership.objects.filter(tenant=tenant).select_related("user")
+                   if m.user.email.endswith(f"@{tenant.slug}.test")}
+        result.append((tenant, members))
+    return result
