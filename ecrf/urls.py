@@ -10,6 +10,7 @@ urlpatterns = [
     path("visits/<int:task_id>/forms/<int:form_id>/queries/<int:query_id>/<str:action>/", views.query_act_view,
          name="ecrf-query-act"),
     path("subjects/<int:subject_id>/sign/", views.casebook_sign_view, name="ecrf-sign"),
+    path("subjects/<int:subject_id>/audit/", views.audit_view, name="ecrf-audit"),
     path("epro/thanks/", views.epro_thanks_view, name="ecrf-epro-thanks"),
     path("epro/<str:token>/", views.epro_view, name="ecrf-epro"),
 ]

@@ -600,3 +600,33 @@ def epro_thanks_view(request: HttpRequest) -> HttpResponse:
     language = request.GET.get("lang")
     with translation.override(language if language in ("zh-hans", "en") else translation.get_language()):
         return render(request, "ecrf/epro_thanks.html", {})
+
+
+AUDIT_PAGE = 50
+
+
+@login_required
+def audit_view(request: HttpRequest, subject_id: int) -> HttpResponse:
+    """A subject's audit trail, newest first, filtered by form and item, paged by
+    sequence (older entries behind a link): who, when in the tenant's time zone, what,
+    old and new value, reason and source."""
+    from ecrf.audit_selectors import audit_for_subject
+
+    membership = _membership(request)
+    if membership.role in selectors.NO_ENTRY_READ_ROLES:
+        raise PermissionDenied
+    subject = study_selectors.subject_get(membership=membership, subject_id=subject_id)
+    if subject is None:
+        raise Http404
+    form_code = (request.GET.get("form") or "").strip()[:30] or None
+    item = (request.GET.get("item") or "").strip()[:200] or None
+    before_raw = request.GET.get("before") or ""
+    before = int(before_raw) if before_raw.isdigit() and len(before_raw) < 19 else None
+    rows = audit_for_subject(subject_id=subject.pk, form_code=form_code, item=item, limit=AUDIT_PAGE,
+                             before_seq=before)
+    forms = sorted(Entry.objects.filter(subject_id=subject.pk).values_list("form__code", flat=True).distinct())
+    older = rows[-1].seq if len(rows) == AUDIT_PAGE else None
+    return render(request, "ecrf/audit.html", {
+        "subject": subject, "rows": rows, "forms": forms, "form_code": form_code or "", "item": item or "",
+        "older": older, "filtered": bool(form_code or item or before),
+    })

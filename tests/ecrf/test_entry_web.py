@@ -370,3 +370,28 @@ def test_the_page_gets_only_the_cross_form_data_its_logic_reads():
                                                     "BASE": {"VITALS": {"weight": 70}}}
     dynamic = {"items": [{"code": "c", "type": "calculated", "calc": {"var": {"cat": ["LAB.", "hb"]}}}]}
     assert _client_context(dynamic, context) == context  # a computed path may read anything
+
+
+def test_audit_viewer_per_subject_form_and_item(crf, web, world, email_of):
+    from tests.studies.test_worklist_web import _login
+
+    _put(crf["coordinator"], crf, GOOD, version=0, complete=True)
+    _put(crf["coordinator"], crf, {**GOOD, "weight": "71.0", "notes": "<b>bold</b>"}, version=1,
+         reason="chart re-read")
+    page = web(world.alpha)
+    page.cookies["django_language"] = "en"
+    _login(page, email_of("monitor", "alpha"))
+    url = f"/subjects/{crf['subject']}/audit/"
+    html = page.get(url).content.decode()
+    assert "Audit trail of S1-0001" in html and "chart re-read" in html and "Item changed" in html
+    assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html  # values are shown as text
+    weight = page.get(url + "?form=VITALS&item=weight").content.decode()
+    assert weight.count("<tr>") == 3  # header, the change and the creation
+    assert "70.5" in weight and "71.0" in weight
+    assert page.get(url + "?before=abc&item=" + "x" * 300).status_code == 200
+    viewer = web(world.alpha)
+    _login(viewer, email_of("viewer", "alpha"))
+    assert viewer.get(url).status_code == 403
+    other = web(world.alpha)
+    _login(other, email_of("coordinator", "alpha"))
+    assert other.get("/subjects/999999/audit/").status_code == 404
