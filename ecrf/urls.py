@@ -11,6 +11,7 @@ urlpatterns = [
          name="ecrf-query-act"),
     path("subjects/<int:subject_id>/sign/", views.casebook_sign_view, name="ecrf-sign"),
     path("subjects/<int:subject_id>/audit/", views.audit_view, name="ecrf-audit"),
+    path("queries/", views.queries_view, name="ecrf-queries"),
     path("epro/thanks/", views.epro_thanks_view, name="ecrf-epro-thanks"),
     path("epro/<str:token>/", views.epro_view, name="ecrf-epro"),
 ]

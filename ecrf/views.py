@@ -630,3 +630,33 @@ def audit_view(request: HttpRequest, subject_id: int) -> HttpResponse:
         "subject": subject, "rows": rows, "forms": forms, "form_code": form_code or "", "item": item or "",
         "older": older, "filtered": bool(form_code or item or before),
     })
+
+
+QUERY_PAGE = 25
+
+
+@login_required
+def queries_view(request: HttpRequest) -> HttpResponse:
+    """Queries at my sites: the per-site report with ageing, then the list (open first,
+    oldest first), filterable by status and site, paged, each linked to its form."""
+    from django.core.paginator import Paginator
+
+    membership = _membership(request)
+    if membership.role in selectors.NO_ENTRY_READ_ROLES:
+        raise PermissionDenied
+    status_filter = request.GET.get("status") or "open"
+    if status_filter not in ("open", "answered", "closed", "all"):
+        status_filter = "open"
+    queries = selectors.queries_visible(membership=membership).prefetch_related("messages")
+    if status_filter != "all":
+        queries = queries.filter(status=status_filter)
+    site_raw = request.GET.get("site") or ""
+    if site_raw.isdigit() and len(site_raw) < 10:
+        queries = queries.filter(site_id=int(site_raw))
+    page = Paginator(queries.order_by("created", "pk"), QUERY_PAGE).get_page(request.GET.get("page"))
+    query_string = request.GET.copy()
+    query_string.pop("page", None)
+    return render(request, "ecrf/queries.html", {
+        "report": selectors.query_report(membership=membership), "page": page, "status": status_filter,
+        "site": site_raw, "query": query_string.urlencode(), "now": timezone.now(),
+    })

@@ -395,3 +395,26 @@ def test_audit_viewer_per_subject_form_and_item(crf, web, world, email_of):
     other = web(world.alpha)
     _login(other, email_of("coordinator", "alpha"))
     assert other.get("/subjects/999999/audit/").status_code == 404
+
+
+def test_queries_page_reports_per_site_and_lists_them(crf, web, world, email_of, django_assert_max_num_queries):
+    from tests.studies.test_worklist_web import _login
+
+    _put(crf["coordinator"], crf, {**GOOD, "weight": "30", "dbp": 115, "sbp": 150}, version=0)  # two soft problems
+    page = web(world.alpha)
+    page.cookies["django_language"] = "en"
+    _login(page, email_of("monitor", "alpha"))
+    html = page.get("/queries/").content.decode()
+    assert html.count('class="query-open"') == 2 and "Diastolic above 110: please confirm." in html
+    assert "DBP_HIGH" in html and "S1-0001" in html
+    assert page.get("/queries/?status=closed").content.decode().count('class="query-open"') == 0
+    assert page.get(f"/queries/?status=all&site={crf['site']}").content.decode().count("query-open") == 2
+    assert page.get("/queries/?status=bogus&site=x&page=zz").status_code == 200
+    with django_assert_max_num_queries(12):  # not one query per row
+        page.get("/queries/?status=all")
+    beta = web(world.beta)
+    _login(beta, email_of("monitor", "beta"))
+    assert "query-open" not in beta.get("/queries/").content.decode()
+    viewer = web(world.alpha)
+    _login(viewer, email_of("viewer", "alpha"))
+    assert viewer.get("/queries/").status_code == 403
