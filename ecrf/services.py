@@ -5,12 +5,14 @@ same transaction."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -311,6 +313,10 @@ def _invalidate_signatures(*, subject_id: int, actor: Actor, why: str) -> list[a
     return rows
 
 
+SIGN_FAILURE_LIMIT = 5
+SIGN_FAILURE_WINDOW = 15 * 60
+
+
 def casebook_sign(*, subject: Any, user: Any, password: str, meaning: str, actor: Actor,
                   signer_name: str) -> Signature:
     """An investigator signs a casebook by entering their password again (11.200(a)(1))."""
@@ -320,7 +326,18 @@ def casebook_sign(*, subject: Any, user: Any, password: str, meaning: str, actor
         raise PermissionDenied("permission_denied", _("Only an investigator signs casebooks."))
     if meaning not in SignatureMeaning.values:
         raise ValidationFailed({"meaning": [_("Choose the meaning of your signature.")]})
+    failures_key = f"sign-failures:{user.pk}"
+    if int(cache.get(failures_key) or 0) >= SIGN_FAILURE_LIMIT:
+        raise DomainError("too_many_attempts", _("Too many wrong passwords. Wait %(minutes)d minutes, then try again.")
+                          % {"minutes": SIGN_FAILURE_WINDOW // 60},
+                          fields={"password": [_("Too many wrong passwords. Wait %(minutes)d minutes, then try "
+                                                 "again.") % {"minutes": SIGN_FAILURE_WINDOW // 60}]},
+                          status_code=429)
     if not password or not user.check_password(password):
+        # Wrong passwords count against the signer, on the page and the API alike (11.300(d)).
+        cache.add(failures_key, 0, SIGN_FAILURE_WINDOW)
+        with contextlib.suppress(ValueError):
+            cache.incr(failures_key)
         raise ValidationFailed({"password": [_("The password is not correct.")]})
     with transaction.atomic():
         incomplete = Entry.objects.filter(subject_id=subject.pk).exclude(status=EntryStatus.COMPLETE).count()

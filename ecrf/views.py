@@ -49,8 +49,6 @@ EPRO_MISS_LIMIT = 30
 EPRO_MISS_WINDOW = 15 * 60
 MAX_EPRO_BODY = 512 * 1024
 # Signing: wrong passwords per signer before a pause.
-SIGN_FAILURE_LIMIT = 5
-SIGN_FAILURE_WINDOW = 15 * 60
 
 
 def _membership(request: HttpRequest) -> Any:
@@ -455,11 +453,7 @@ def casebook_sign_view(request: HttpRequest, subject_id: int) -> HttpResponse:
     if request.method == "POST":
         if form is None:
             raise PermissionDenied
-        failures_key = f"sign-failures:{request.user.pk}"
-        if int(cache.get(failures_key) or 0) >= SIGN_FAILURE_LIMIT:
-            form.add_error("password", _("Too many wrong passwords. Wait %(minutes)d minutes, then try again.")
-                           % {"minutes": SIGN_FAILURE_WINDOW // 60})
-        elif form.is_valid():
+        if form.is_valid():
             actor = services.Actor(user_id=int(request.user.pk or 0), label=str(getattr(request.user, "email", "")),
                                    role=membership.role, source="web", display_name=membership.display_name or "")
             try:
@@ -468,10 +462,6 @@ def casebook_sign_view(request: HttpRequest, subject_id: int) -> HttpResponse:
                                                    password=form.cleaned_data["password"],
                                                    meaning=form.cleaned_data["meaning"])
             except DomainError as exc:
-                if "password" in exc.fields:  # a wrong password counts against the signer (21 CFR 11.300(d))
-                    cache.add(failures_key, 0, SIGN_FAILURE_WINDOW)
-                    with contextlib.suppress(ValueError):
-                        cache.incr(failures_key)
                 for name, field_messages in exc.fields.items():
                     for message in field_messages:
                         form.add_error(name if name in form.fields else None, message)

@@ -373,3 +373,13 @@ def test_checks_may_read_another_form_of_the_visit(crf):
     _put(crf["coordinator"], crf, GOOD, version=0)
     after = crf["coordinator"].put(url, {"values": {"dose_per_kg": 2}, "version": 1}, format="json").json()
     assert after["hard_errors"] == {}
+
+
+def test_wrong_signature_passwords_lock_the_signer_out_for_a_while(crf, api, world, email_of):
+    investigator = api(world.alpha, email_of("investigator", "alpha"))
+    url = f"/api/v1/subjects/{crf['subject']}/signatures/"
+    _put(crf["coordinator"], crf, GOOD, version=0, complete=True)
+    for _attempt in range(5):
+        _assert_error_shape(investigator.post(url, {"password": "guess", "meaning": "review"}, format="json"), 400)
+    locked = investigator.post(url, {"password": PASSWORD, "meaning": "review"}, format="json")
+    assert _assert_error_shape(locked, 429)["code"] == "too_many_attempts"
