@@ -230,9 +230,10 @@ def entry_save(
         if not creating or evaluation.soft:  # a new entry has no queries to close yet
             result.queries_raised, result.queries_closed = _sync_auto_queries(entry, subject, evaluation, actor,
                                                                               rows)
-        audit.audit_record_many(rows=rows)
         if complete:
             _complete_task_when_done(task=task, subject=subject)
+        # Last write before commit: from the append on, other saves in this tenant wait.
+        audit.audit_record_many(rows=rows)
     log.info("entry.saved", entry_id=entry.pk, created=creating, version=entry.version, changed=len(changes),
              complete=entry.status == EntryStatus.COMPLETE)
     return result
