@@ -23,6 +23,7 @@ from django.utils.translation import gettext as _
 from config.errors import Conflict, DomainError, NotFound, ValidationFailed
 from ecrf import audit
 from ecrf.models import EproLink, FormDefinition
+from ecrf.selectors import entry_for
 from ecrf.services import Actor, SaveResult, entry_save, form_current_version
 from notifications.services import Outgoing, outbox_enqueue
 
@@ -118,8 +119,6 @@ def epro_submit(*, token: str, values: Any, missing: Any = None, draft: bool,
         link = EproLink.objects.select_for_update().select_related("subject", "task", "form").get(pk=link.pk)
         if link.used_at is not None:
             raise LinkGone("link_used", _("This questionnaire has already been submitted. Thank you."))
-        from ecrf.selectors import entry_for
-
         existing = entry_for(task_id=link.task_id, form_id=link.form_id)
         actor = Actor(user_id=None, label=_("patient"), role="patient", source="epro")
         result = entry_save(subject=link.subject, task=link.task, form=link.form, values=values, missing=missing,
@@ -133,9 +132,3 @@ def epro_submit(*, token: str, values: Any, missing: Any = None, draft: bool,
                 subject_id=link.subject_id, entry_id=result.entry.pk, event_code=link.task.event_code,
                 form_code=link.form.code, detail={"link": link.pk})])
     return result
-
-
-def epro_links_revoke_for_subject(*, subject_id: int) -> int:
-    """Withdraw every open link of a subject (called when they leave follow-up)."""
-    return EproLink.objects.filter(subject_id=subject_id, used_at__isnull=True, revoked_at__isnull=True).update(
-        revoked_at=timezone.now())

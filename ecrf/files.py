@@ -17,7 +17,7 @@ from config.db import tenant_connection
 from config.errors import ValidationFailed
 from ecrf.definition import iter_items
 from ecrf.models import EntryFile, FormDefinition
-from ecrf.validation import flatten_values
+from ecrf.validation import flatten_values, item_code_of
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +97,7 @@ def file_values_check(*, subject_id: int, form_id: int, values: dict[str, Any],
     wanted: dict[str, tuple[str, str]] = {}
     file_codes = {i["code"] for i in iter_items(definition.get("items") or []) if i.get("type") == "file"}
     for path, value in flatten_values(values).items():
-        code = path.rsplit(".", 1)[-1] if "[" in path else path
+        code = item_code_of(path)
         if code in file_codes and isinstance(value, dict) and isinstance(value.get("id"), str):
             wanted[path] = (value["id"], code)
     if not wanted:

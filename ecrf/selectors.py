@@ -28,11 +28,6 @@ def form_get(*, membership: Any, form_id: int) -> FormDefinition | None:
     return FormDefinition.objects.filter(pk=form_id).first()
 
 
-def form_published_by_code(*, study_id: int, code: str) -> FormVersion | None:
-    return (FormVersion.objects.filter(form__study_id=study_id, form__code=code, status=FormVersionStatus.PUBLISHED)
-            .order_by("-number").first())
-
-
 # A data-entry request never shows who the patient is: loading a subject without these
 # saves decrypting six fields on every save.
 SUBJECT_PII = tuple(f"subject__{name}" for name in ("name", "phone", "email", "national_id", "birth_date",

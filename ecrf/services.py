@@ -33,7 +33,7 @@ from ecrf.models import (
     QueryStatus,
     Signature,
 )
-from ecrf.validation import Evaluation, entry_evaluate, flatten_values
+from ecrf.validation import Evaluation, entry_evaluate, flatten_values, item_code_of
 
 log = structlog.get_logger(__name__)
 
@@ -109,11 +109,6 @@ def form_current_version(*, form: FormDefinition) -> FormVersion | None:
 
 
 # --- entries ---------------------------------------------------------------------------------
-
-def _item_code(path: str) -> str:
-    """"meds[2].dose" -> "dose"; "weight" -> "weight"."""
-    return path.rsplit(".", 1)[-1] if "[" in path else path
-
 
 def _changes(old: Entry | None, evaluation: Evaluation) -> dict[str, tuple[Any, Any]]:
     """Item path -> (old, new) for every value or missing-data code that changes."""
@@ -192,7 +187,7 @@ def entry_save(
         if entry is not None and entry.first_completed_at is not None and changes:
             # Calculated items follow their inputs: the input's reason covers them.
             lacking = [p for p in changes if not (reasons.get(p) or reason or "").strip()
-                       and _item_code(p) not in calculated]
+                       and item_code_of(p) not in calculated]
             if lacking:
                 raise ValidationFailed({p: [_("Give a reason for this change.")] for p in lacking})
         if complete and evaluation.hard:
@@ -217,7 +212,7 @@ def entry_save(
             entry_id=entry.pk, event_code=task.event_code, form_code=form.code, form_version=version.number,
             item=path, old=old, new=new,
             reason=(reasons.get(path) or reason or "").strip()
-            or (_("Recalculated") if _item_code(path) in calculated else ""))
+            or (_("Recalculated") if item_code_of(path) in calculated else ""))
             for path, (old, new) in changes.items()]
         if complete and entry.completed_at == now:
             rows.append(audit.AuditRow(action="entry_complete", actor=actor.audit,

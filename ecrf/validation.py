@@ -56,6 +56,11 @@ def _label(texts: Any, language: str) -> str:
     return str(texts.get(language) or texts.get("en") or texts.get("zh-hans") or "")
 
 
+def item_code_of(path: str) -> str:
+    """The item code of an item path: "meds[2].dose" -> "dose", "weight" -> "weight"."""
+    return path.rsplit(".", 1)[-1] if "[" in path else path
+
+
 def is_empty(value: Any) -> bool:
     return value is None or value == "" or value == []
 
@@ -297,7 +302,7 @@ def _check_missing_codes(items: list[dict[str, Any]], missing: dict[str, Any], r
         for child in group.get("items") or []:
             allowed_by_code[child["code"]] = child.get("missing_codes") or []
     for path, code in missing.items():
-        item_code = str(path).rsplit(".", 1)[-1] if "[" in str(path) else str(path)
+        item_code = item_code_of(str(path))
         if item_code not in allowed_by_code:
             result.add(result.malformed, str(path)[:100], _("No such item in this form."))
         elif code not in allowed_by_code[item_code]:

@@ -14,6 +14,7 @@ from django.utils.translation import gettext as _
 
 from config.errors import Conflict, ValidationFailed
 from notifications.models import Channel, ReminderKind, ReminderRule
+from studies.models import Study
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +55,7 @@ def reminder_rule_create(*, study: Any, kind: str, days: int = 0, channel: str =
         raise ValidationFailed(errors)
     with transaction.atomic():
         # One writer per study at a time, so two identical rules cannot slip in together.
-        type(study).objects.select_for_update().filter(pk=study.pk).first()
+        Study.objects.select_for_update().filter(pk=study.pk).first()
         if ReminderRule.objects.filter(study_id=study.pk).count() >= MAX_RULES_PER_STUDY:
             raise Conflict("too_many_rules", _("A study may have at most %(max)d reminder rules.")
                            % {"max": MAX_RULES_PER_STUDY})

@@ -16,6 +16,7 @@ from django.utils.translation import gettext as _
 
 from config.errors import Conflict, ValidationFailed
 from sites.models import SiteRole, SiteStaff
+from sites.selectors import primary_coordinator_id
 from studies import error_codes
 from studies.models import DONE_TASK_STATUSES, FollowUpTask, Subject, SubjectStatus, TaskStatus, VisitMode
 from studies.services import schedule_for_subject, site_today, task_status_on
@@ -163,8 +164,7 @@ def _default_assignee(subject: Subject) -> int | None:
                .values_list("assignee_id", flat=True).first())
     if current is not None:
         return current
-    return (SiteStaff.objects.filter(site_id=subject.site_id, is_primary=True)
-            .values_list("user_id", flat=True).first())
+    return primary_coordinator_id(site_id=subject.site_id)
 
 
 # --- assignment -------------------------------------------------------------------------------

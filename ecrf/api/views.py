@@ -191,7 +191,7 @@ class EntryView(APIView):
         membership = request_membership(request)
         if membership.role not in selectors.ENTRY_ROLES:
             raise PermissionDenied("permission_denied", _("Your role does not allow entering data."))
-        task, _entry, _version = _visit_form(request, task_id, form_id)
+        task, _entry, version = _visit_form(request, task_id, form_id)
         serializer = EntrySaveSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -203,12 +203,12 @@ class EntryView(APIView):
             base = int(if_match)
         subject = task.subject
         result = services.entry_save(
-            subject=subject, task=task, form=_version.form,
+            subject=subject, task=task, form=version.form,
             values=data["values"], missing=data["missing"], base_version=base, actor=actor_for(request),
             complete=data["complete"], reason=data["reason"], reasons=data["reasons"],
-            context=selectors.entry_context(subject=subject, task=task, form_code=_version.form.code,
-                                            today=site_today(subject.site), version=_version),
-            language=getattr(request, "LANGUAGE_CODE", "en"), current_version=_version)
+            context=selectors.entry_context(subject=subject, task=task, form_code=version.form.code,
+                                            today=site_today(subject.site), version=version),
+            language=getattr(request, "LANGUAGE_CODE", "en"), current_version=version)
         body = entry_payload(entry=result.entry, version=result.entry.form_version, task=task)
         body.update({"hard_errors": result.hard, "queries_raised": result.queries_raised,
                      "queries_closed": result.queries_closed, "changed": result.changed})
