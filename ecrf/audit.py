@@ -18,6 +18,7 @@ and the verifier hash exactly the stored values.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -108,6 +109,10 @@ def _has_nul(value: Any) -> bool:
 
 def _json(value: Any, *, label: str, problems: dict[str, list[str]]) -> Any:
     """The value as it will be stored (a JSON round trip), or None after recording a problem."""
+    # Most item values are one number or one text: stored as they are, no round trip.
+    if value is None or type(value) in (bool, int) or (type(value) is float and math.isfinite(value)) or (
+            type(value) is str and "\x00" not in value):
+        return value
     if _has_nul(value):
         problems.setdefault(label, []).append(_("Text may not contain NUL characters."))
         return None
@@ -118,13 +123,17 @@ def _json(value: Any, *, label: str, problems: dict[str, list[str]]) -> Any:
         return None
 
 
+_ACTIONS = frozenset(AuditAction.values)  # .values builds a list on every read
+_SOURCES = frozenset(AuditSource.values)
+
+
 def _row_payload(index: int, row: AuditRow, problems: dict[str, list[str]]) -> dict[str, Any]:
     def bad(name: str, message: str) -> None:
         problems.setdefault(f"rows[{index}].{name}", []).append(message)
 
-    if row.action not in AuditAction.values:
+    if row.action not in _ACTIONS:
         bad("action", _("Unknown audit action %(value)r.") % {"value": row.action})
-    if row.source not in AuditSource.values:
+    if row.source not in _SOURCES:
         bad("source", _("Unknown audit source %(value)r.") % {"value": row.source})
     texts = {"item": row.item, "event_code": row.event_code, "form_code": row.form_code, "reason": row.reason,
              "user_email": row.actor.email, "user_name": row.actor.name}

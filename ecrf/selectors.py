@@ -3,13 +3,20 @@ and casebooks of the subjects at their sites only (studies.selectors)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from django.db import connection
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
+from config.db import instance_from_row
 from ecrf.models import Entry, FormDefinition, FormVersion, FormVersionStatus, Query, QueryStatus
+from sites.models import Site
+from sites.selectors import site_scope_sql
+from studies.models import FollowUpTask, Subject
 from studies.selectors import subjects_visible, tasks_visible
 
 ENTRY_ROLES = frozenset({"coordinator", "investigator"})
@@ -38,6 +45,108 @@ def entry_task_get(*, membership: Any, task_id: int) -> Any:
     """The follow-up task (with its subject) if it is at one of the member's sites."""
     return (tasks_visible(membership=membership).select_related("subject__study").defer(*SUBJECT_PII)
             .filter(pk=task_id).first())
+
+
+# --- the target of a data-entry request, in one statement ---------------------------------------
+#
+# Every save and every form opened starts here, so this is one hand-written query instead
+# of four ORM reads (task, subject, site, form, entry, current version): the ORM's query
+# building cost more than the database did (docs/BENCHMARKS.md §5). The rows become
+# model instances with Model.from_db; fields not selected are deferred, so reading one
+# later still works (one extra query) instead of failing.
+
+_TASK_COLUMNS = ("id", "subject_id", "study_id", "site_id", "schedule_version_id", "event_code", "sequence",
+                 "unscheduled", "mode", "target_date", "window_open", "window_close", "provisional", "status",
+                 "assignee_id", "completed_on")
+# Never the encrypted identifiers: a data-entry request does not show who the patient is.
+_SUBJECT_COLUMNS = ("id", "study_id", "site_id", "arm_id", "subject_code", "status", "enrolment_date", "language")
+_SITE_COLUMNS = ("id", "code", "time_zone")
+_FORM_COLUMNS = ("id", "study_id", "code")
+
+_TARGET_SQL = (  # column names are constants above, never input
+    "SELECT " + ", ".join(  # noqa: S608
+        [f"t.{c}" for c in _TASK_COLUMNS] + [f"s.{c}" for c in _SUBJECT_COLUMNS] + [f"si.{c}" for c in _SITE_COLUMNS]
+        + [f"f.{c}" for c in _FORM_COLUMNS]) + ", e.id, e.form_version_id, "
+    "(SELECT v.id FROM ecrf_formversion v WHERE v.form_id = f.id AND v.status = %(published)s "
+    "ORDER BY v.number DESC LIMIT 1) "
+    "FROM studies_followuptask t "
+    "JOIN studies_subject s ON s.id = t.subject_id "
+    "JOIN sites_site si ON si.id = s.site_id "
+    "LEFT JOIN ecrf_formdefinition f ON f.id = %(form)s AND f.study_id = s.study_id "
+    "LEFT JOIN ecrf_entry e ON e.task_id = t.id AND e.form_id = f.id "
+    "WHERE t.id = %(task)s")
+
+
+@dataclass(frozen=True)
+class EntryTarget:
+    """One form of one visit, as a member may reach it. `form` is None when the form is
+    not of the subject's study; `version` is the entry's form version, else the form's
+    newest published one (None: not published yet)."""
+
+    task: FollowUpTask  # .subject and .subject.site loaded
+    form: FormDefinition | None
+    entry_id: int | None
+    version: FormVersion | None
+
+    @property
+    def subject(self) -> Subject:
+        return self.task.subject
+
+
+def entry_target_get(*, membership: Any, task_id: int, form_id: int) -> EntryTarget | None:
+    """None when the task does not exist or is not at one of the member's sites."""
+    if membership is None:
+        return None
+    scope, params = site_scope_sql(membership=membership, column="s.site_id")
+    sql = _TARGET_SQL + (f" AND {scope}" if scope else "")
+    params.update({"task": task_id, "form": form_id, "published": FormVersionStatus.PUBLISHED.value})
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    at = 0
+
+    def take(columns: tuple[str, ...]) -> list[Any]:
+        nonlocal at
+        values = list(row[at:at + len(columns)])
+        at += len(columns)
+        return values
+
+    task = instance_from_row(FollowUpTask, _TASK_COLUMNS, take(_TASK_COLUMNS))
+    subject = instance_from_row(Subject, _SUBJECT_COLUMNS, take(_SUBJECT_COLUMNS))
+    subject.site = instance_from_row(Site, _SITE_COLUMNS, take(_SITE_COLUMNS))
+    task.subject = subject
+    form_values = take(_FORM_COLUMNS)
+    entry_id, entry_version_id, published_id = row[at:at + 3]
+    form = instance_from_row(FormDefinition, _FORM_COLUMNS, form_values) if form_values[0] is not None else None
+    version_id = entry_version_id or published_id
+    version = form_version_cached(version_id=version_id) if form is not None and version_id else None
+    if version is not None and form is not None and version.form_id == form.pk:
+        version.form = form
+    return EntryTarget(task=task, form=form, entry_id=entry_id, version=version)
+
+
+# Published form versions never change (ecrf.services refuses to edit them), so they are
+# kept per process, keyed by schema as ids repeat across tenants. Bounded: the least
+# recently used falls out. Callers treat the definition as read-only.
+_VERSION_CACHE: OrderedDict[tuple[str, int], FormVersion] = OrderedDict()
+VERSION_CACHE_SIZE = 256
+
+
+def form_version_cached(*, version_id: int) -> FormVersion | None:
+    key = (getattr(connection, "schema_name", "public"), version_id)
+    version = _VERSION_CACHE.get(key)
+    if version is not None:
+        _VERSION_CACHE.move_to_end(key)
+        return FormVersion(pk=version.pk, form_id=version.form_id, number=version.number, status=version.status,
+                           definition=version.definition, published_at=version.published_at)
+    version = FormVersion.objects.filter(pk=version_id).defer("note").first()
+    if version is not None and version.status == FormVersionStatus.PUBLISHED:
+        _VERSION_CACHE[key] = version
+        while len(_VERSION_CACHE) > VERSION_CACHE_SIZE:
+            _VERSION_CACHE.popitem(last=False)
+    return version
 
 
 def entries_visible(*, membership: Any) -> QuerySet[Entry]:

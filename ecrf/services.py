@@ -13,10 +13,11 @@ from typing import Any
 
 import structlog
 from django.core.cache import cache
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from config.db import instance_from_row, row_insert, row_update
 from config.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
 from ecrf import audit
 from ecrf.definition import definition_validate, iter_items
@@ -121,6 +122,7 @@ def _changes(old: Entry | None, evaluation: Evaluation) -> dict[str, tuple[Any, 
 @dataclass
 class SaveResult:
     entry: Entry
+    version: FormVersion
     hard: dict[str, list[str]] = field(default_factory=dict)
     queries_raised: int = 0
     queries_closed: int = 0
@@ -147,9 +149,8 @@ def entry_save(
     if form.study_id != subject.study_id:
         raise ValidationFailed({"form": [_("This form belongs to another study.")]})
     with transaction.atomic():
-        entry = (Entry.objects.select_for_update().select_related("form_version")
-                 .filter(task_id=task.pk, form_id=form.pk).first())
-        if CasebookLock.objects.filter(subject_id=subject.pk).exists() or (entry is not None and entry.locked):
+        entry, casebook_locked = _entry_for_update(task_id=task.pk, form_id=form.pk, subject_id=subject.pk)
+        if casebook_locked or (entry is not None and entry.locked):
             raise Conflict("locked", _("This record is locked; a data manager must unlock it first."))
         if entry is None:
             if base_version not in (None, 0):
@@ -171,7 +172,9 @@ def entry_save(
                       "in the page."),
                     fields={path: [_("Changed by someone else.")] for path in changed_since} or
                     {"version": [_("The entry is now at version %(v)d.") % {"v": entry.version}]})
-            version = entry.form_version
+            version = current_version if current_version is not None and \
+                current_version.pk == entry.form_version_id else _form_version_of(entry)
+            entry.form, entry.form_version = form, version  # the same rows: saves reading them again
         evaluation = entry_evaluate(definition=version.definition, values=values, missing=missing,
                                     context=context, language=language)
         if not evaluation.malformed:
@@ -205,7 +208,17 @@ def entry_save(
             entry.status = EntryStatus.COMPLETE
             entry.completed_at = now
             entry.first_completed_at = entry.first_completed_at or now
-        entry.save()
+        if creating:
+            # Two first saves of the same form at once: the second finds the row the
+            # first inserted (the unique (task, form) constraint) and gets a 412.
+            if row_insert(entry, conflict_target=("task_id", "form_id")) is None:
+                raise PreconditionFailed(
+                    "precondition_failed",
+                    _("Someone else saved this form after you opened it. Reload it; your changes are kept "
+                      "in the page."), fields={"version": [_("Changed by someone else.")]})
+        else:
+            row_update(entry, fields=("status", "values", "missing", "item_versions", "verified", "version",
+                                      "first_completed_at", "completed_at"))
         rows = [audit.AuditRow(
             action="item_create" if old is None else ("item_delete" if new is None else "item_update"),
             actor=actor.audit, source=actor.source, subject_id=subject.pk,
@@ -218,7 +231,7 @@ def entry_save(
             rows.append(audit.AuditRow(action="entry_complete", actor=actor.audit,
                                        source=actor.source, subject_id=subject.pk, entry_id=entry.pk,
                                        event_code=task.event_code, form_code=form.code, form_version=version.number))
-        result = SaveResult(entry=entry, hard=evaluation.hard, changed=list(changes))
+        result = SaveResult(entry=entry, version=version, hard=evaluation.hard, changed=list(changes))
         if changes:
             rows.extend(_invalidate_signatures(subject_id=subject.pk, actor=actor,
                                                why=_("Signed data changed (%(form)s).") % {"form": form.code}))
@@ -226,12 +239,41 @@ def entry_save(
             result.queries_raised, result.queries_closed = _sync_auto_queries(entry, subject, evaluation, actor,
                                                                               rows)
         if complete:
-            _complete_task_when_done(task=task, subject=subject)
+            _complete_task_when_done(task=task, subject=subject, form_code=form.code)
         # Last write before commit: from the append on, other saves in this tenant wait.
         audit.audit_record_many(rows=rows)
     log.info("entry.saved", entry_id=entry.pk, created=creating, version=entry.version, changed=len(changes),
              complete=entry.status == EntryStatus.COMPLETE)
     return result
+
+
+_ENTRY_COLUMNS = tuple(f.attname for f in Entry._meta.concrete_fields)
+# One statement whether or not the entry exists yet; the lateral sub-select takes the row
+# lock (a locking clause cannot apply to the nullable side of the outer join itself).
+_ENTRY_FOR_UPDATE = (
+    "SELECT EXISTS (SELECT 1 FROM ecrf_casebooklock c WHERE c.subject_id = %s), "  # noqa: S608 (fixed columns)
+    + ", ".join(f"e.{c}" for c in _ENTRY_COLUMNS)
+    + " FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT * FROM ecrf_entry WHERE task_id = %s AND form_id = %s "
+    "FOR UPDATE) AS e ON true")
+
+
+def _entry_for_update(*, task_id: int, form_id: int, subject_id: int) -> tuple[Entry | None, bool]:
+    """(the entry, row-locked until commit, or None; whether the casebook is locked).
+    Hand-written: it runs on every save, one statement instead of two ORM reads."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ENTRY_FOR_UPDATE, [subject_id, task_id, form_id])
+        row = cursor.fetchone()
+    casebook_locked, entry_values = bool(row[0]), row[1:]
+    entry = instance_from_row(Entry, _ENTRY_COLUMNS, entry_values) if entry_values[0] is not None else None
+    return entry, casebook_locked
+
+
+def _form_version_of(entry: Entry) -> FormVersion:
+    from ecrf.selectors import form_version_cached
+
+    version = form_version_cached(version_id=entry.form_version_id)
+    assert version is not None  # a foreign key: the row exists
+    return version
 
 
 def _sync_auto_queries(entry: Entry, subject: Any, evaluation: Evaluation, actor: Actor,
@@ -268,22 +310,28 @@ def _query_row(action: str, query: Query, actor: Actor, entry: Entry, **extra: A
                           item=query.item, detail={"query": query.pk, "check": query.check_code}, **extra)
 
 
-def _complete_task_when_done(*, task: Any, subject: Any) -> None:
+def _complete_task_when_done(*, task: Any, subject: Any, form_code: str) -> None:
     """The visit is done when every form the schedule lists for it is complete (for an
-    unscheduled visit, or an event that lists none, when one form is)."""
+    unscheduled visit, or an event that lists none, when one form is). The schedule is the
+    task's own version (re-linked on amendments), as on the data-entry page."""
+    from studies.selectors import schedule_version_cached
     from studies.services import schedule_for_subject, site_today, task_complete
 
     if task.status in ("completed", "missed", "cancelled"):
         return
-    version = schedule_for_subject(subject=subject)
-    listed: list[str] = []
+    version = (schedule_version_cached(version_id=task.schedule_version_id) if task.schedule_version_id
+               else schedule_for_subject(subject=subject))
+    listed: set[str] = set()
     if version is not None and not task.unscheduled:
-        listed = next((list(raw.get("forms") or []) for raw in version.events if raw.get("code") == task.event_code),
-                      [])
-    complete_codes = set(Entry.objects.filter(task_id=task.pk, status=EntryStatus.COMPLETE)
-                         .values_list("form__code", flat=True))
-    if (listed and set(listed) <= complete_codes) or (not listed and complete_codes):
-        task_complete(task=task, completed_on=site_today(subject.site), schedule=version)
+        listed = next((set(raw.get("forms") or []) for raw in version.events if raw.get("code") == task.event_code),
+                      set())
+    # The form just completed is the only one listed (the usual visit): nothing to read.
+    if listed and listed != {form_code}:
+        complete_codes = set(Entry.objects.filter(task_id=task.pk, status=EntryStatus.COMPLETE)
+                             .values_list("form__code", flat=True))
+        if not listed <= complete_codes:
+            return
+    task_complete(task=task, completed_on=site_today(subject.site), schedule=version)
 
 
 # --- signatures ------------------------------------------------------------------------------
@@ -298,15 +346,16 @@ def casebook_hash(*, subject_id: int) -> str:
 
 
 def _invalidate_signatures(*, subject_id: int, actor: Actor, why: str) -> list[audit.AuditRow]:
-    rows = []
-    now = timezone.now()
-    for signature in Signature.objects.select_for_update().filter(subject_id=subject_id, invalidated_at__isnull=True):
-        signature.invalidated_at, signature.invalidated_reason = now, why[:300]
-        signature.save(update_fields=["invalidated_at", "invalidated_reason"])
-        rows.append(audit.AuditRow(action="signature_invalidated", actor=actor.audit,
-                                   source=actor.source, subject_id=subject_id,
-                                   detail={"signature": signature.pk, "signer": signature.signer_id}))
-    return rows
+    """Invalidate the subject's valid signatures; one UPDATE (on every save, usually
+    touching nothing), one audit row per signature invalidated."""
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE ecrf_signature SET invalidated_at = %s, invalidated_reason = %s "
+                       "WHERE subject_id = %s AND invalidated_at IS NULL RETURNING id, signer_id",
+                       [timezone.now(), why[:300], subject_id])
+        invalidated = sorted(cursor.fetchall())
+    return [audit.AuditRow(action="signature_invalidated", actor=actor.audit, source=actor.source,
+                           subject_id=subject_id, detail={"signature": signature_id, "signer": signer_id})
+            for signature_id, signer_id in invalidated]
 
 
 SIGN_FAILURE_LIMIT = 5

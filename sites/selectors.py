@@ -29,6 +29,22 @@ def site_ids_visible(*, membership: Any) -> frozenset[int] | None:
     return cached
 
 
+def site_scope_sql(*, membership: Any, column: str) -> tuple[str, dict[str, Any]]:
+    """The same rule as site_ids_visible, as a condition for a hand-written query on
+    `column` (a trusted column name, never input): "" for every site, else a condition
+    with named parameters. Reads the staff table in the same statement unless this
+    request already knows the member's sites."""
+    if membership is None:
+        return "false", {}
+    if membership.role in ALL_SITES_ROLES:
+        return "", {}
+    known = getattr(membership, "_visible_site_ids", None)
+    if known is not None:
+        return f"{column} = ANY(%(scope_sites)s)", {"scope_sites": sorted(known)}
+    return (f"{column} IN (SELECT ss.site_id FROM sites_sitestaff ss WHERE ss.user_id = %(scope_user)s)",  # noqa: S608
+            {"scope_user": membership.user_id})
+
+
 def sites_visible(*, membership: Any) -> QuerySet[Site]:
     ids = site_ids_visible(membership=membership)
     sites = Site.objects.all()

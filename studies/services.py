@@ -507,22 +507,33 @@ def task_complete(*, task: FollowUpTask, completed_on: date,
         raise ValidationFailed({"completed_on": [_("The date is in the future.")]})
     if completed_on < subject.enrolment_date:
         raise ValidationFailed({"completed_on": [_("The date is before the subject's enrolment.")]})
-    with transaction.atomic():
-        locked = FollowUpTask.objects.select_for_update().get(pk=task.pk)
-        if locked.status in DONE_TASK_STATUSES:
-            raise Conflict(error_codes.BAD_TRANSITION, _("This follow-up is already closed."))
-        locked.status = TaskStatus.COMPLETED
-        locked.completed_on = completed_on
-        locked.save(update_fields=["status", "completed_on", "updated"])
-        version = schedule if schedule is not None else schedule_for_subject(subject=subject)
+    now = timezone.now()
+    # No savepoint when nested (a form save completing its visit): a failure here fails
+    # the caller's transaction anyway.
+    with transaction.atomic(savepoint=False):
+        # One guarded UPDATE instead of lock-read-save: the row lock is the same, and a
+        # form save completing its visit pays one statement.
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE studies_followuptask SET status = %s, completed_on = %s, updated = %s "
+                           "WHERE id = %s AND NOT (status = ANY(%s)) RETURNING sequence, unscheduled, event_code, "
+                           "assignee_id",
+                           [TaskStatus.COMPLETED.value, completed_on, now, task.pk,
+                            sorted(status.value for status in DONE_TASK_STATUSES)])
+            row = cursor.fetchone()
+        # Refused below, outside the block: raising inside it would break the caller's
+        # transaction (there is no savepoint), and nothing was written.
+        sequence, unscheduled, event_code, assignee_id = row if row is not None else (None, True, "", None)
+        if row is not None:
+            task.status, task.completed_on, task.updated = TaskStatus.COMPLETED, completed_on, now
         # Only the first occurrence's actual date anchors other events; when no event
         # anchors on this one, nothing can move and the re-plan is skipped.
-        anchors_on_it = version is not None and locked.sequence == 1 and not locked.unscheduled and any(
-            raw.get("anchor") == "event" and raw.get("anchor_event") == locked.event_code for raw in version.events)
-        if anchors_on_it:
-            assert version is not None
-            plan = ReplanPlan()
-            _replan_subject(subject=subject, version=version, today=today,
-                            assignee_id=locked.assignee_id, plan=plan)
-            _apply(plan)
-    return locked
+        if sequence == 1 and not unscheduled:
+            version = schedule if schedule is not None else schedule_for_subject(subject=subject)
+            if version is not None and any(raw.get("anchor") == "event" and raw.get("anchor_event") == event_code
+                                           for raw in version.events):
+                plan = ReplanPlan()
+                _replan_subject(subject=subject, version=version, today=today, assignee_id=assignee_id, plan=plan)
+                _apply(plan)
+    if row is None:
+        raise Conflict(error_codes.BAD_TRANSITION, _("This follow-up is already closed."))
+    return task

@@ -104,8 +104,9 @@ class SignatureSerializer(serializers.ModelSerializer):
         return obj.invalidated_at is None
 
 
-def entry_payload(*, entry: Entry | None, version: FormVersion, task: Any) -> dict[str, Any]:
-    return {
+def entry_payload(*, entry: Entry | None, version: FormVersion, task: Any, definition: bool = True
+                  ) -> dict[str, Any]:
+    body = {
         "entry": entry.pk if entry else None,
         "task": task.pk, "subject": task.subject_id, "event_code": task.event_code, "sequence": task.sequence,
         "window": {"open": task.window_open, "target": task.target_date, "close": task.window_close,
@@ -115,3 +116,6 @@ def entry_payload(*, entry: Entry | None, version: FormVersion, task: Any) -> di
         "values": entry.values if entry else {}, "missing": entry.missing if entry else {},
         "verified": entry.verified if entry else {}, "locked": entry.locked if entry else False,
     }
+    if not definition:
+        del body["definition"]
+    return body

@@ -33,7 +33,7 @@ from ecrf.api.serializers import (
     entry_payload,
 )
 from ecrf.audit_selectors import audit_for_subject
-from ecrf.models import FormVersion, FormVersionStatus, Signature
+from ecrf.models import FormDefinition, FormVersion, FormVersionStatus, Signature
 from ecrf.redcap import MAX_DICTIONARY_BYTES
 from studies import selectors as study_selectors
 from studies.services import site_today
@@ -154,22 +154,19 @@ class FormPublishView(APIView):
         return Response(FormVersionSerializer(services.form_publish(version=draft, actor=actor_for(request))).data)
 
 
-def _visit_form(request: Request, task_id: int, form_id: int) -> tuple[Any, Any, FormVersion]:
-    """(task, entry or None, the form version the entry uses or would use)."""
+def _visit_target(request: Request, task_id: int, form_id: int) -> tuple[Any, FormDefinition, FormVersion, int | None]:
+    """(task, form, the version the entry uses or would use, the entry's id or None); 403/404 otherwise."""
     membership = request_membership(request)
     if membership.role in selectors.NO_ENTRY_READ_ROLES:
         raise PermissionDenied("permission_denied", _("Your role does not allow reading clinical data."))
-    task = selectors.entry_task_get(membership=membership, task_id=task_id)
-    if task is None:
+    target = selectors.entry_target_get(membership=membership, task_id=task_id, form_id=form_id)
+    if target is None:
         raise NotFound("not_found", _("No such visit, or not at one of your sites."))
-    form = selectors.form_get(membership=membership, form_id=form_id)
-    if form is None or form.study_id != task.subject.study_id:
+    if target.form is None:
         raise NotFound("not_found", _("No such form in this study."))
-    entry = selectors.entry_for(task_id=task.pk, form_id=form.pk)
-    version = entry.form_version if entry else services.form_current_version(form=form)
-    if version is None:
+    if target.version is None:
         raise NotFound("form_not_published", _("This form has no published version yet."))
-    return task, entry, version
+    return target.task, target.form, target.version, target.entry_id
 
 
 class EntryView(APIView):
@@ -180,7 +177,8 @@ class EntryView(APIView):
 
     @extend_schema(responses={200: dict}, summary="A form of a visit, with its definition and data")
     def get(self, request: Request, task_id: int, form_id: int) -> Response:
-        task, entry, version = _visit_form(request, task_id, form_id)
+        task, _form, version, entry_id = _visit_target(request, task_id, form_id)
+        entry = selectors.entry_for(task_id=task.pk, form_id=form_id) if entry_id else None
         body = entry_payload(entry=entry, version=version, task=task)
         return Response(body, headers={"ETag": f'"{body["version"]}"'})
 
@@ -191,7 +189,7 @@ class EntryView(APIView):
         membership = request_membership(request)
         if membership.role not in selectors.ENTRY_ROLES:
             raise PermissionDenied("permission_denied", _("Your role does not allow entering data."))
-        task, _entry, version = _visit_form(request, task_id, form_id)
+        task, form, version, _entry_id = _visit_target(request, task_id, form_id)
         serializer = EntrySaveSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -203,13 +201,14 @@ class EntryView(APIView):
             base = int(if_match)
         subject = task.subject
         result = services.entry_save(
-            subject=subject, task=task, form=version.form,
+            subject=subject, task=task, form=form,
             values=data["values"], missing=data["missing"], base_version=base, actor=actor_for(request),
             complete=data["complete"], reason=data["reason"], reasons=data["reasons"],
-            context=selectors.entry_context(subject=subject, task=task, form_code=version.form.code,
+            context=selectors.entry_context(subject=subject, task=task, form_code=form.code,
                                             today=site_today(subject.site), version=version),
             language=getattr(request, "LANGUAGE_CODE", "en"), current_version=version)
-        body = entry_payload(entry=result.entry, version=result.entry.form_version, task=task)
+        # The definition is left out: the client has it (GET), and it is most of the bytes.
+        body = entry_payload(entry=result.entry, version=result.version, task=task, definition=False)
         body.update({"hard_errors": result.hard, "queries_raised": result.queries_raised,
                      "queries_closed": result.queries_closed, "changed": result.changed})
         return Response(body, headers={"ETag": f'"{result.entry.version}"'})
@@ -231,14 +230,14 @@ class EntryFileUploadView(APIView):
         membership = request_membership(request)
         if membership.role not in selectors.ENTRY_ROLES:
             raise PermissionDenied("permission_denied", _("Your role does not allow entering data."))
-        task, _existing, version = _visit_form(request, task_id, form_id)
+        task, form, version, _entry_id = _visit_target(request, task_id, form_id)
         serializer = FileUploadSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         upload = serializer.validated_data["file"]
         if upload.size > MAX_FILE_BYTES:
             raise ValidationFailed({"file": [_("A file may be at most %(max)d MB.")
                                              % {"max": MAX_FILE_BYTES // (1024 * 1024)}]})
-        stored = entry_file_upload(subject=task.subject, form=version.form, definition=version.definition,
+        stored = entry_file_upload(subject=task.subject, form=form, definition=version.definition,
                                    item=serializer.validated_data["item"], name=upload.name, content=upload.read(),
                                    user_id=int(request.user.pk or 0))
         return Response(file_value(stored), status=status.HTTP_201_CREATED)

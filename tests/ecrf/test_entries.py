@@ -22,37 +22,43 @@ from tests.tenants.test_api import _assert_error_shape
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def crf(world, in_tenant, email_of, api):  # type: ignore[no-untyped-def]
-    """Alpha: an active site S1 (coordinator, investigator, monitor), an active study whose
-    D7 visit collects VITALS (published), and one enrolled subject."""
+def _crf_in(tenant, world, in_tenant, email_of, api, definition=VITALS):  # type: ignore[no-untyped-def]
+    """In `tenant` ("alpha"/"beta" objects of world): an active site S1 (coordinator,
+    investigator, monitor), an active study whose D7 visit collects the form
+    (published), and one enrolled subject."""
     from sites import services as site_services
 
-    in_tenant(world.alpha)
+    slug = tenant.slug
+    in_tenant(tenant)
     site = _active_site("S1")
     for role, primary in (("coordinator", True), ("investigator", False), ("monitor", False)):
-        site_services.site_staff_assign(site=site, tenant=world.alpha, user=world.users[email_of(role, "alpha")],
+        site_services.site_staff_assign(site=site, tenant=tenant, user=world.users[email_of(role, slug)],
                                         role=role, is_primary=primary)
     connection.set_schema_to_public()
-    admin = api(world.alpha, email_of("tenant_admin", "alpha"))
+    admin = api(tenant, email_of("tenant_admin", slug))
     study = admin.post("/api/v1/studies/", {"code": "CRF", "title": "eCRF", "study_type": "registry",
                                             "target_enrolment": 10}, format="json").json()
-    d7 = {**event("D7", 7, before=7, after=7), "forms": ["VITALS"]}
+    d7 = {**event("D7", 7, before=7, after=7), "forms": [definition["code"]]}
     assert admin.post(f"/api/v1/studies/{study['id']}/schedule/", {"events": [d7, event("D30", 30)]},
                       format="json").status_code == 200
     assert admin.post(f"/api/v1/studies/{study['id']}/schedule/publish/").status_code == 200
     assert admin.post(f"/api/v1/studies/{study['id']}/activate/").status_code == 200
-    draft = admin.post(f"/api/v1/studies/{study['id']}/forms/", {"definition": VITALS}, format="json")
+    draft = admin.post(f"/api/v1/studies/{study['id']}/forms/", {"definition": definition}, format="json")
     assert draft.status_code == 200, draft.content
     form_id = admin.get(f"/api/v1/studies/{study['id']}/forms/").json()[0]["id"]
     assert admin.post(f"/api/v1/forms/{form_id}/publish/").status_code == 200
-    coordinator = api(world.alpha, email_of("coordinator", "alpha"))
+    coordinator = api(tenant, email_of("coordinator", slug))
     subject = coordinator.post("/api/v1/subjects/", {"study": study["id"], "site": site.pk,
                                                      "consent_date": TODAY.isoformat()}, format="json").json()
     task = coordinator.get(f"/api/v1/subjects/{subject['id']}/").json()["tasks"][0]
     return {"study": study["id"], "form": form_id, "subject": subject["id"], "task": task["id"],
             "url": f"/api/v1/tasks/{task['id']}/forms/{form_id}/entry/", "admin": admin,
             "coordinator": coordinator, "site": site.pk}
+
+
+@pytest.fixture
+def crf(world, in_tenant, email_of, api):  # type: ignore[no-untyped-def]
+    return _crf_in(world.alpha, world, in_tenant, email_of, api)
 
 
 GOOD = {"visit_date": TODAY.isoformat(), "sex": "2", "pregnant": False, "weight": "70.5", "height": 170,
@@ -383,3 +389,42 @@ def test_wrong_signature_passwords_lock_the_signer_out_for_a_while(crf, api, wor
         _assert_error_shape(investigator.post(url, {"password": "guess", "meaning": "review"}, format="json"), 400)
     locked = investigator.post(url, {"password": PASSWORD, "meaning": "review"}, format="json")
     assert _assert_error_shape(locked, 429)["code"] == "too_many_attempts"
+
+
+def test_two_first_saves_at_once_give_one_entry_and_a_412(crf, in_tenant, world, monkeypatch):
+    """Both saves find no entry (no row to lock yet); the unique (task, form) row decides:
+    the second is refused with 412, never a 500 or a second entry."""
+    from ecrf import services
+
+    assert _put(crf["coordinator"], crf, GOOD, version=0).status_code == 200
+    # The second save read "no entry" before the first committed:
+    monkeypatch.setattr(services, "_entry_for_update", lambda **_: (None, False))
+    late = _put(crf["coordinator"], crf, {**GOOD, "weight": "71"}, version=0)
+    _assert_error_shape(late, 412)
+    in_tenant(world.alpha)
+    assert Entry.objects.count() == 1 and Entry.objects.get().values["weight"] == 70.5
+
+
+def test_form_definitions_never_cross_tenants_through_the_version_cache(crf, world, in_tenant, email_of, api):
+    """Published versions are cached per process; ids repeat across tenant schemas, so
+    the cache must be per schema. Beta's form has the same version id as alpha's."""
+    from ecrf.models import FormVersion
+
+    in_tenant(world.alpha)
+    alpha_version = FormVersion.objects.get(form_id=crf["form"]).pk
+    in_tenant(world.beta)  # beta's next form version gets alpha's id
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT setval(pg_get_serial_sequence('ecrf_formversion', 'id'), %s, false)", [alpha_version])
+    other = copy.deepcopy(VITALS)
+    other["items"][1]["label"] = label("Beta only item", "仅乙")
+    beta = _crf_in(world.beta, world, in_tenant, email_of, api, definition=other)
+    in_tenant(world.beta)
+    assert FormVersion.objects.get(form_id=beta["form"]).pk == alpha_version  # the case that matters
+    connection.set_schema_to_public()
+    alpha_form = crf["coordinator"].get(crf["url"]).json()
+    beta_form = beta["coordinator"].get(beta["url"]).json()
+    assert alpha_form["definition"]["items"][1]["label"] == VITALS["items"][1]["label"]
+    assert beta_form["definition"]["items"][1]["label"]["en"] == "Beta only item"
+    # And a save in beta validates against beta's version, cached or not.
+    saved = _put(beta["coordinator"], beta, GOOD, version=0)
+    assert saved.status_code == 200 and "definition" not in saved.json()
