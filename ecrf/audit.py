@@ -172,11 +172,15 @@ def _require_tenant_transaction(what: str) -> None:
         raise RuntimeError(f"{what} must run inside the transaction that makes the change it records")
 
 
-def audit_record_many(*, rows: Sequence[AuditRow]) -> list[AuditAppended]:
+def audit_record_many(*, rows: Sequence[AuditRow],
+                      preceded_by: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[AuditAppended]:
     """Append `rows`, in order, to this tenant's audit trail: one INSERT, one head update.
 
     Must run inside the caller's transaction (the one that makes the change), as its last
-    write: from here until commit, every other append in this tenant waits."""
+    write: from here until commit, every other append in this tenant waits.
+    `preceded_by`: the caller's last other writes, (sql, params) whose results are not
+    needed; they are sent in the same round trip and run first (a form save completing
+    its visit), which saves a round trip on the hottest write path."""
     _require_tenant_transaction("audit_record_many")
     if not rows:
         return []
@@ -187,10 +191,15 @@ def audit_record_many(*, rows: Sequence[AuditRow]) -> list[AuditAppended]:
     if problems:
         raise DomainError("audit_invalid", _("The audit record is not valid."), fields=problems)
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id, seq, at, encode(hash, 'hex') FROM ecrf_audit_append(%s::jsonb)",
-            [json.dumps(payload, ensure_ascii=False)],
-        )
+        append = ("SELECT id, seq, at, encode(hash, 'hex') FROM ecrf_audit_append(%s::jsonb)",
+                  [json.dumps(payload, ensure_ascii=False)])
+        if preceded_by:
+            # Bound client-side by psycopg2 (as every execute is), then one query string
+            # of several statements: the result read is the last one's, the append's.
+            cursor.execute(b"; ".join(cursor.mogrify(sql, params) for sql, params in (*preceded_by, append))
+                           .decode())  # Django sets client_encoding UTF8
+        else:
+            cursor.execute(*append)
         appended = [AuditAppended(id=r[0], seq=r[1], at=r[2], hash=r[3]) for r in cursor.fetchall()]
     return appended
 

@@ -149,8 +149,9 @@ def entry_save(
     if form.study_id != subject.study_id:
         raise ValidationFailed({"form": [_("This form belongs to another study.")]})
     with transaction.atomic():
-        entry, casebook_locked = _entry_for_update(task_id=task.pk, form_id=form.pk, subject_id=subject.pk)
-        if casebook_locked or (entry is not None and entry.locked):
+        locked = _entry_for_update(task_id=task.pk, form_id=form.pk, subject_id=subject.pk)
+        entry = locked.entry
+        if locked.casebook_locked or (entry is not None and entry.locked):
             raise Conflict("locked", _("This record is locked; a data manager must unlock it first."))
         if entry is None:
             if base_version not in (None, 0):
@@ -232,16 +233,17 @@ def entry_save(
                                        source=actor.source, subject_id=subject.pk, entry_id=entry.pk,
                                        event_code=task.event_code, form_code=form.code, form_version=version.number))
         result = SaveResult(entry=entry, version=version, hard=evaluation.hard, changed=list(changes))
-        if changes:
+        if changes and locked.signed:
             rows.extend(_invalidate_signatures(subject_id=subject.pk, actor=actor,
                                                why=_("Signed data changed (%(form)s).") % {"form": form.code}))
         if not creating or evaluation.soft:  # a new entry has no queries to close yet
             result.queries_raised, result.queries_closed = _sync_auto_queries(entry, subject, evaluation, actor,
                                                                               rows)
-        if complete:
-            _complete_task_when_done(task=task, subject=subject, form_code=form.code)
+        # The visit's completion goes with the audit append, in one round trip.
+        task_statements = _complete_task_when_done(task=task, subject=subject, form_code=form.code) \
+            if complete else []
         # Last write before commit: from the append on, other saves in this tenant wait.
-        audit.audit_record_many(rows=rows)
+        audit.audit_record_many(rows=rows, preceded_by=task_statements)
     log.info("entry.saved", entry_id=entry.pk, created=creating, version=entry.version, changed=len(changes),
              complete=entry.status == EntryStatus.COMPLETE)
     return result
@@ -251,21 +253,29 @@ _ENTRY_COLUMNS = tuple(f.attname for f in Entry._meta.concrete_fields)
 # One statement whether or not the entry exists yet; the lateral sub-select takes the row
 # lock (a locking clause cannot apply to the nullable side of the outer join itself).
 _ENTRY_FOR_UPDATE = (
-    "SELECT EXISTS (SELECT 1 FROM ecrf_casebooklock c WHERE c.subject_id = %s), "  # noqa: S608 (fixed columns)
-    + ", ".join(f"e.{c}" for c in _ENTRY_COLUMNS)
-    + " FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT * FROM ecrf_entry WHERE task_id = %s AND form_id = %s "
-    "FOR UPDATE) AS e ON true")
+    "SELECT EXISTS (SELECT 1 FROM ecrf_casebooklock c WHERE c.subject_id = %(subject)s), "  # noqa: S608
+    "EXISTS (SELECT 1 FROM ecrf_signature g WHERE g.subject_id = %(subject)s AND g.invalidated_at IS NULL), "
+    + ", ".join(f"e.{c}" for c in _ENTRY_COLUMNS)  # fixed column names
+    + " FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT * FROM ecrf_entry WHERE task_id = %(task)s "
+    "AND form_id = %(form)s FOR UPDATE) AS e ON true")
 
 
-def _entry_for_update(*, task_id: int, form_id: int, subject_id: int) -> tuple[Entry | None, bool]:
-    """(the entry, row-locked until commit, or None; whether the casebook is locked).
-    Hand-written: it runs on every save, one statement instead of two ORM reads."""
+@dataclass
+class _Locked:
+    entry: Entry | None  # row-locked until commit
+    casebook_locked: bool
+    signed: bool  # the subject has a valid signature
+
+
+def _entry_for_update(*, task_id: int, form_id: int, subject_id: int) -> _Locked:
+    """The entry (locked), whether the casebook is locked and whether it is signed.
+    Hand-written: it runs on every save, one statement instead of three ORM reads."""
     with connection.cursor() as cursor:
-        cursor.execute(_ENTRY_FOR_UPDATE, [subject_id, task_id, form_id])
+        cursor.execute(_ENTRY_FOR_UPDATE, {"subject": subject_id, "task": task_id, "form": form_id})
         row = cursor.fetchone()
-    casebook_locked, entry_values = bool(row[0]), row[1:]
+    entry_values = row[2:]
     entry = instance_from_row(Entry, _ENTRY_COLUMNS, entry_values) if entry_values[0] is not None else None
-    return entry, casebook_locked
+    return _Locked(entry=entry, casebook_locked=bool(row[0]), signed=bool(row[1]))
 
 
 def _form_version_of(entry: Entry) -> FormVersion:
@@ -310,15 +320,17 @@ def _query_row(action: str, query: Query, actor: Actor, entry: Entry, **extra: A
                           item=query.item, detail={"query": query.pk, "check": query.check_code}, **extra)
 
 
-def _complete_task_when_done(*, task: Any, subject: Any, form_code: str) -> None:
+def _complete_task_when_done(*, task: Any, subject: Any, form_code: str) -> list[tuple[str, list[Any]]]:
     """The visit is done when every form the schedule lists for it is complete (for an
     unscheduled visit, or an event that lists none, when one form is). The schedule is the
-    task's own version (re-linked on amendments), as on the data-entry page."""
+    task's own version (re-linked on amendments), as on the data-entry page. Returns the
+    statement that completes the task when the caller may send it later in the
+    transaction (nothing needs re-planning); otherwise completes it now and returns []."""
     from studies.selectors import schedule_version_cached
-    from studies.services import schedule_for_subject, site_today, task_complete
+    from studies.services import schedule_for_subject, site_today, task_complete, task_complete_statement
 
     if task.status in ("completed", "missed", "cancelled"):
-        return
+        return []
     version = (schedule_version_cached(version_id=task.schedule_version_id) if task.schedule_version_id
                else schedule_for_subject(subject=subject))
     listed: set[str] = set()
@@ -330,8 +342,13 @@ def _complete_task_when_done(*, task: Any, subject: Any, form_code: str) -> None
         complete_codes = set(Entry.objects.filter(task_id=task.pk, status=EntryStatus.COMPLETE)
                              .values_list("form__code", flat=True))
         if not listed <= complete_codes:
-            return
-    task_complete(task=task, completed_on=site_today(subject.site), schedule=version)
+            return []
+    today = site_today(subject.site)
+    statement = task_complete_statement(task=task, completed_on=today, schedule=version)
+    if statement is None:
+        task_complete(task=task, completed_on=today, schedule=version)
+        return []
+    return [statement]
 
 
 # --- signatures ------------------------------------------------------------------------------

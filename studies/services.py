@@ -497,43 +497,69 @@ def _apply_missed_rule() -> int:
     return lost
 
 
-def task_complete(*, task: FollowUpTask, completed_on: date,
-                  schedule: ScheduleVersion | None = None) -> FollowUpTask:
-    """Record a follow-up as done (for example a phone follow-up reached the patient).
-    Events anchored on this one's actual date are re-planned; done tasks stay as they are."""
-    subject = task.subject
+_TASK_COMPLETE_SQL = ("UPDATE studies_followuptask SET status = %s, completed_on = %s, updated = %s "
+                      "WHERE id = %s AND NOT (status = ANY(%s))")
+_DONE = sorted(status.value for status in DONE_TASK_STATUSES)
+
+
+def _completion_check(subject: Subject, completed_on: date) -> date:
     today = site_today(subject.site)
     if completed_on > today:
         raise ValidationFailed({"completed_on": [_("The date is in the future.")]})
     if completed_on < subject.enrolment_date:
         raise ValidationFailed({"completed_on": [_("The date is before the subject's enrolment.")]})
+    return today
+
+
+def _anchors_others(*, sequence: int, unscheduled: bool, event_code: str, version: ScheduleVersion | None) -> bool:
+    """Only the first occurrence's actual date anchors other events; when no event anchors
+    on this one, completing it moves nothing and the re-plan is skipped."""
+    return version is not None and sequence == 1 and not unscheduled and any(
+        raw.get("anchor") == "event" and raw.get("anchor_event") == event_code for raw in version.events)
+
+
+def task_complete(*, task: FollowUpTask, completed_on: date,
+                  schedule: ScheduleVersion | None = None) -> FollowUpTask:
+    """Record a follow-up as done (for example a phone follow-up reached the patient).
+    Events anchored on this one's actual date are re-planned; done tasks stay as they are."""
+    subject = task.subject
+    today = _completion_check(subject, completed_on)
     now = timezone.now()
     # No savepoint when nested (a form save completing its visit): a failure here fails
     # the caller's transaction anyway.
     with transaction.atomic(savepoint=False):
-        # One guarded UPDATE instead of lock-read-save: the row lock is the same, and a
-        # form save completing its visit pays one statement.
+        # One guarded UPDATE instead of lock-read-save: the row lock is the same.
         with connection.cursor() as cursor:
-            cursor.execute("UPDATE studies_followuptask SET status = %s, completed_on = %s, updated = %s "
-                           "WHERE id = %s AND NOT (status = ANY(%s)) RETURNING sequence, unscheduled, event_code, "
-                           "assignee_id",
-                           [TaskStatus.COMPLETED.value, completed_on, now, task.pk,
-                            sorted(status.value for status in DONE_TASK_STATUSES)])
+            cursor.execute(_TASK_COMPLETE_SQL + " RETURNING sequence, unscheduled, event_code, assignee_id",
+                           [TaskStatus.COMPLETED.value, completed_on, now, task.pk, _DONE])
             row = cursor.fetchone()
         # Refused below, outside the block: raising inside it would break the caller's
         # transaction (there is no savepoint), and nothing was written.
-        sequence, unscheduled, event_code, assignee_id = row if row is not None else (None, True, "", None)
         if row is not None:
             task.status, task.completed_on, task.updated = TaskStatus.COMPLETED, completed_on, now
-        # Only the first occurrence's actual date anchors other events; when no event
-        # anchors on this one, nothing can move and the re-plan is skipped.
-        if sequence == 1 and not unscheduled:
-            version = schedule if schedule is not None else schedule_for_subject(subject=subject)
-            if version is not None and any(raw.get("anchor") == "event" and raw.get("anchor_event") == event_code
-                                           for raw in version.events):
+            sequence, unscheduled, event_code, assignee_id = row
+            version = schedule if schedule is not None else schedule_for_subject(subject=subject) \
+                if sequence == 1 and not unscheduled else None
+            if _anchors_others(sequence=sequence, unscheduled=unscheduled, event_code=event_code, version=version):
+                assert version is not None
                 plan = ReplanPlan()
                 _replan_subject(subject=subject, version=version, today=today, assignee_id=assignee_id, plan=plan)
                 _apply(plan)
     if row is None:
         raise Conflict(error_codes.BAD_TRANSITION, _("This follow-up is already closed."))
     return task
+
+
+def task_complete_statement(*, task: FollowUpTask, completed_on: date,
+                            schedule: ScheduleVersion | None) -> tuple[str, list[Any]] | None:
+    """The statement that completes the task, for a caller that sends it later in its own
+    transaction together with other statements (a form save: with its audit append), or
+    None when completing it re-plans other events (call task_complete instead). A task
+    closed in the meantime is left as it is (the guard). `task` is updated in memory."""
+    _completion_check(task.subject, completed_on)
+    if _anchors_others(sequence=task.sequence, unscheduled=task.unscheduled, event_code=task.event_code,
+                       version=schedule):
+        return None
+    now = timezone.now()
+    task.status, task.completed_on, task.updated = TaskStatus.COMPLETED, completed_on, now
+    return _TASK_COMPLETE_SQL, [TaskStatus.COMPLETED.value, completed_on, now, task.pk, _DONE]

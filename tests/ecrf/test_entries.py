@@ -6,6 +6,7 @@ other tenants and bad input."""
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from tests.tenants.test_api import _assert_error_shape
 pytestmark = pytest.mark.django_db
 
 
-def _crf_in(tenant, world, in_tenant, email_of, api, definition=VITALS):  # type: ignore[no-untyped-def]
+def _crf_in(tenant, world, in_tenant, email_of, api, definition=VITALS, later=None):  # type: ignore[no-untyped-def]
     """In `tenant` ("alpha"/"beta" objects of world): an active site S1 (coordinator,
     investigator, monitor), an active study whose D7 visit collects the form
     (published), and one enrolled subject."""
@@ -39,7 +40,8 @@ def _crf_in(tenant, world, in_tenant, email_of, api, definition=VITALS):  # type
     study = admin.post("/api/v1/studies/", {"code": "CRF", "title": "eCRF", "study_type": "registry",
                                             "target_enrolment": 10}, format="json").json()
     d7 = {**event("D7", 7, before=7, after=7), "forms": [definition["code"]]}
-    assert admin.post(f"/api/v1/studies/{study['id']}/schedule/", {"events": [d7, event("D30", 30)]},
+    events = [d7, *(later or [event("D30", 30)])]
+    assert admin.post(f"/api/v1/studies/{study['id']}/schedule/", {"events": events},
                       format="json").status_code == 200
     assert admin.post(f"/api/v1/studies/{study['id']}/schedule/publish/").status_code == 200
     assert admin.post(f"/api/v1/studies/{study['id']}/activate/").status_code == 200
@@ -398,7 +400,8 @@ def test_two_first_saves_at_once_give_one_entry_and_a_412(crf, in_tenant, world,
 
     assert _put(crf["coordinator"], crf, GOOD, version=0).status_code == 200
     # The second save read "no entry" before the first committed:
-    monkeypatch.setattr(services, "_entry_for_update", lambda **_: (None, False))
+    monkeypatch.setattr(services, "_entry_for_update",
+                        lambda **_: services._Locked(entry=None, casebook_locked=False, signed=False))
     late = _put(crf["coordinator"], crf, {**GOOD, "weight": "71"}, version=0)
     _assert_error_shape(late, 412)
     in_tenant(world.alpha)
@@ -428,3 +431,21 @@ def test_form_definitions_never_cross_tenants_through_the_version_cache(crf, wor
     # And a save in beta validates against beta's version, cached or not.
     saved = _put(beta["coordinator"], beta, GOOD, version=0)
     assert saved.status_code == 200 and "definition" not in saved.json()
+
+
+def test_completing_the_form_of_an_anchor_visit_replans_the_events_anchored_on_it(world, in_tenant, email_of, api):
+    """The usual completion is sent with the audit append; a visit that anchors other
+    events takes the re-planning path. Both end with the task completed."""
+    call = event("CALL", 14, anchor="event", anchor_event="D7", before=2, after=2)
+    crf = _crf_in(world.alpha, world, in_tenant, email_of, api, later=[call])
+    coordinator = crf["coordinator"]
+
+    def tasks():  # type: ignore[no-untyped-def]
+        return {t["event_code"]: t for t in coordinator.get(f"/api/v1/subjects/{crf['subject']}/").json()["tasks"]}
+
+    assert tasks()["CALL"]["provisional"] is True
+    assert _put(coordinator, crf, GOOD, version=0, complete=True).status_code == 200
+    after = tasks()
+    assert after["D7"]["status"] == "completed" and after["D7"]["completed_on"] == TODAY.isoformat()
+    assert after["CALL"]["provisional"] is False
+    assert after["CALL"]["target_date"] == (TODAY + dt.timedelta(days=14)).isoformat()
