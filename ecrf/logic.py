@@ -58,6 +58,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
@@ -262,10 +263,26 @@ def logic_validate(expr: Any) -> list[str]:
     return _Validator().run(expr)
 
 
+# The expressions of a form version are evaluated several times per save (branching to a
+# fixed point, then checks), and the same objects on every save while the version is
+# cached. The bounding walk is done once per expression object: keyed by id(), with the
+# object itself kept, so an id is never reused while it is here. Callers never mutate an
+# expression after evaluating it (definitions are read-only once published).
+_VALIDATED: OrderedDict[int, Any] = OrderedDict()
+_VALIDATED_SIZE = 4096
+
+
 def _require_valid(expr: Any) -> None:
+    container = isinstance(expr, dict | list)
+    if container and _VALIDATED.get(id(expr)) is expr:
+        return
     problems = logic_validate(expr)
     if problems:
         raise LogicError("invalid logic: " + "; ".join(problems))
+    if container:
+        _VALIDATED[id(expr)] = expr
+        if len(_VALIDATED) > _VALIDATED_SIZE:
+            _VALIDATED.popitem(last=False)
 
 
 def logic_variables(expr: Any) -> set[str]:

@@ -205,3 +205,24 @@ def test_large_numbers_follow_doubles() -> None:
     assert logic_evaluate({"==": [{"var": "a"}, {"var": "b"}]}, {"a": 2**53 + 1, "b": 2**53}) is True
     assert logic_evaluate({"+": [{"var": "a"}, 0]}, {"a": 10**400}) is None  # Infinity -> null
     assert logic_evaluate({"cat": [10**21]}, None) == "1e+21"
+
+
+def test_an_expression_object_is_bounded_once_and_every_new_object_again(monkeypatch):
+    """Saves evaluate the cached definition's expressions many times: the bounding walk
+    runs once per expression object, and never is skipped for a new object."""
+    from ecrf import logic
+
+    walks: list[object] = []
+    real = logic.logic_validate
+    monkeypatch.setattr(logic, "logic_validate", lambda expr: walks.append(expr) or real(expr))
+    expression = {"+": [{"var": "a"}, 1]}
+    assert [logic.logic_evaluate(expression, {"a": n}) for n in range(3)] == [1, 2, 3]
+    assert len(walks) == 1
+    deep: object = 1
+    for _ in range(logic.MAX_DEPTH + 5):
+        deep = {"+": [deep]}
+    with pytest.raises(logic.LogicError):
+        logic.logic_evaluate(deep, {})
+    with pytest.raises(logic.LogicError):  # refused again, not remembered as valid
+        logic.logic_evaluate(deep, {})
+    assert len(walks) == 3
