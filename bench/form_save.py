@@ -18,8 +18,10 @@ each on its own keep-alive connection with an API token:
   entry each time: validation, branching and calculation, 17 item-level audit rows on the
   hash chain, the visit marked done (which re-plans the subject's schedule).
 
-Each phase: 3 s warm-up (not counted), then --seconds measured. Prints requests/s, p50,
-p95 and p99 latency, errors, and the save/echo throughput ratio. Figures, not pass/fail.
+Each phase: 3 s warm-up (not counted), then --seconds measured; --rounds pairs of phases
+(echo, save, echo, save, ...) per level, because this VM's speed drifts over a minute.
+Prints each round's ratio, then over all rounds: requests/s, p50, p95 and p99 latency,
+errors, and the save/echo throughput ratio. Figures, not pass/fail.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers")
     parser.add_argument("--subjects", type=int, default=0, help="subjects to enrol (default: enough)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="echo/save phase pairs per level, alternating (this VM's speed drifts by 10-15%% "
+                             "over a minute; alternating keeps both sides under the same conditions)")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)  # the load process
     return parser.parse_args(argv)
 
@@ -236,34 +241,51 @@ def main(argv: list[str]) -> None:
         print(json.dumps(run_clients(spec)))
         return
     levels = [int(x) for x in args.clients.split(",") if x.strip()]
-    # A generous bound on what one level can save: 400 saves/s per level.
-    per_level = int(400 * (args.seconds + 3.5))
-    subject_count = args.subjects or per_level * len(levels)
+    # A generous bound on what one phase can save: 400 saves/s.
+    per_phase = int(400 * (args.seconds + 3.5))
+    subject_count = args.subjects or per_phase * len(levels) * args.rounds
     log(f"setup: {subject_count} subjects in a fresh database ...")
     data = setup(subject_count)
     log(machine_info())
     tasks: list[int] = list(data["tasks"])
-    for index, clients in enumerate(levels):
-        data["remaining_tasks_" + str(clients)] = tasks[index * per_level:(index + 1) * per_level]
     proc, port = start_gunicorn(args.workers)
-    rows = []
+    rows, phase = [], 0
     try:
         for clients in levels:
-            echo = measure("echo", clients, args.seconds, port, data)
-            save = measure("save", clients, args.seconds, port, data)
-            echo_rps = echo["count"] / echo["seconds"]
-            save_rps = save["count"] / save["seconds"]
-            saves = save["latencies"]
+            echo_count = save_count = 0
+            echo_latencies: list[float] = []
+            save_latencies: list[float] = []
+            errors = [0, 0]
+            exhausted = False
+            for round_number in range(1, args.rounds + 1):
+                data["remaining_tasks_" + str(clients)] = tasks[phase * per_phase:(phase + 1) * per_phase]
+                phase += 1
+                echo = measure("echo", clients, args.seconds, port, data)
+                save = measure("save", clients, args.seconds, port, data)
+                log(f"  {clients} clients, round {round_number}: echo {echo['count'] / echo['seconds']:.0f}/s, "
+                    f"save {save['count'] / save['seconds']:.0f}/s, "
+                    f"{ratio(save['count'] / save['seconds'], echo['count'] / echo['seconds'])}")
+                echo_count, save_count = echo_count + echo["count"], save_count + save["count"]
+                echo_latencies += echo["latencies"]
+                save_latencies += save["latencies"]
+                errors[0] += echo["errors"]
+                errors[1] += save["errors"]
+                exhausted = exhausted or bool(save["exhausted"])
+            echo_latencies.sort()
+            save_latencies.sort()
+            echo_rps = echo_count / (args.seconds * args.rounds)
+            save_rps = save_count / (args.seconds * args.rounds)
             rows.append([
-                clients, f"{echo_rps:.0f}", f"{percentile(echo['latencies'], 0.95) * 1000:.1f}",
-                f"{save_rps:.0f}", f"{percentile(saves, 0.5) * 1000:.1f}",
-                f"{percentile(saves, 0.95) * 1000:.1f}", f"{percentile(saves, 0.99) * 1000:.1f}",
-                f"{echo['errors']}/{save['errors']}" + (" (ran out of subjects)" if save["exhausted"] else ""),
+                clients, f"{echo_rps:.0f}", f"{percentile(echo_latencies, 0.95) * 1000:.1f}",
+                f"{save_rps:.0f}", f"{percentile(save_latencies, 0.5) * 1000:.1f}",
+                f"{percentile(save_latencies, 0.95) * 1000:.1f}", f"{percentile(save_latencies, 0.99) * 1000:.1f}",
+                f"{errors[0]}/{errors[1]}" + (" (ran out of subjects)" if exhausted else ""),
                 ratio(save_rps, echo_rps)])
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    log(f"gunicorn {args.workers} sync workers; {args.seconds:.0f} s measured per phase after 3 s warm-up")
+    log(f"gunicorn {args.workers} sync workers; {args.rounds} rounds of {args.seconds:.0f} s echo then "
+        f"{args.seconds:.0f} s save per level, each after 3 s warm-up; figures over all rounds")
     log(table(["clients", "echo req/s", "echo p95 ms", "save req/s", "save p50 ms", "save p95 ms", "save p99 ms",
                "errors echo/save", "save/echo throughput"], rows))
 

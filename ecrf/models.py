@@ -66,8 +66,10 @@ class EntryStatus(models.TextChoices):
 class Entry(models.Model):
     """The data of one form at one event occurrence (a follow-up task) of one subject."""
 
-    subject = models.ForeignKey("studies.Subject", on_delete=models.PROTECT, related_name="+")
-    task = models.ForeignKey("studies.FollowUpTask", on_delete=models.PROTECT, related_name="+")
+    # No single-column indexes on subject and task: entry_subject_form_idx and
+    # entry_task_form_uniq lead with them (every save wrote two index entries for nothing).
+    subject = models.ForeignKey("studies.Subject", on_delete=models.PROTECT, related_name="+", db_index=False)
+    task = models.ForeignKey("studies.FollowUpTask", on_delete=models.PROTECT, related_name="+", db_index=False)
     form = models.ForeignKey(FormDefinition, on_delete=models.PROTECT, related_name="entries")
     form_version = models.ForeignKey(FormVersion, on_delete=models.PROTECT, related_name="+")
     status = models.CharField(max_length=12, choices=EntryStatus.choices, default=EntryStatus.IN_PROGRESS)

@@ -12,7 +12,7 @@ from django.db import connection
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
-from config.db import instance_from_row
+from config.db import execute_prepared, instance_from_row
 from ecrf.models import Entry, FormDefinition, FormVersion, FormVersionStatus, Query, QueryStatus
 from sites.models import Site
 from sites.selectors import site_scope_sql
@@ -101,7 +101,7 @@ def entry_target_get(*, membership: Any, task_id: int, form_id: int) -> EntryTar
     sql = _TARGET_SQL + (f" AND {scope}" if scope else "")
     params.update({"task": task_id, "form": form_id, "published": FormVersionStatus.PUBLISHED.value})
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        execute_prepared(cursor, sql, params)
         row = cursor.fetchone()
     if row is None:
         return None
@@ -147,6 +147,14 @@ def form_version_cached(*, version_id: int) -> FormVersion | None:
         while len(_VERSION_CACHE) > VERSION_CACHE_SIZE:
             _VERSION_CACHE.popitem(last=False)
     return version
+
+
+def record_locked(*, subject_id: int, task_id: int, form_id: int) -> bool:
+    """Whether the subject's casebook, or this form of this visit, is locked."""
+    from ecrf.models import CasebookLock
+
+    return CasebookLock.objects.filter(subject_id=subject_id).exists() or Entry.objects.filter(
+        task_id=task_id, form_id=form_id, locked=True).exists()
 
 
 def entries_visible(*, membership: Any) -> QuerySet[Entry]:

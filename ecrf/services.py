@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from config.db import instance_from_row, row_insert, row_update
+from config.db import execute_prepared, instance_from_row, row_insert, row_update
 from config.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
 from ecrf import audit
 from ecrf.definition import definition_validate, iter_items
@@ -271,7 +271,7 @@ def _entry_for_update(*, task_id: int, form_id: int, subject_id: int) -> _Locked
     """The entry (locked), whether the casebook is locked and whether it is signed.
     Hand-written: it runs on every save, one statement instead of three ORM reads."""
     with connection.cursor() as cursor:
-        cursor.execute(_ENTRY_FOR_UPDATE, {"subject": subject_id, "task": task_id, "form": form_id})
+        execute_prepared(cursor, _ENTRY_FOR_UPDATE, {"subject": subject_id, "task": task_id, "form": form_id})
         row = cursor.fetchone()
     entry_values = row[2:]
     entry = instance_from_row(Entry, _ENTRY_COLUMNS, entry_values) if entry_values[0] is not None else None
