@@ -255,16 +255,11 @@ def _entry_target(request: HttpRequest, task_id: int, form_id: int) -> tuple[Any
     membership = _membership(request)
     if membership.role in selectors.NO_ENTRY_READ_ROLES:
         raise PermissionDenied
-    task = selectors.entry_task_get(membership=membership, task_id=task_id)
-    if task is None:
+    target = selectors.entry_target_get(membership=membership, task_id=task_id, form_id=form_id)
+    if target is None or target.form is None or target.version is None:
         raise Http404
-    form = selectors.form_get(membership=membership, form_id=form_id)
-    if form is None or form.study_id != task.subject.study_id:
-        raise Http404
-    entry = selectors.entry_for(task_id=task.pk, form_id=form.pk)
-    version = entry.form_version if entry else services.form_current_version(form=form)
-    if version is None:
-        raise Http404
+    task, form, version = target.task, target.form, target.version
+    entry = selectors.entry_for(task_id=task.pk, form_id=form.pk) if target.entry_id else None
     return membership, task, form, entry, version
 
 
@@ -295,6 +290,25 @@ def _js_messages() -> dict[str, str]:
         "draft_saved": _("Saved. You can come back to this link later to finish."),
         "not_answered": _("not answered"),
         "answer_sent": _("Answer sent."),
+        # File items (the texts of the template and of the script are the same messages).
+        "file_choose": _("Choose a file…"), "file_replace": _("Replace the file…"),
+        "file_byte": _("%(n)s byte"), "file_bytes": _("%(n)s bytes"),
+        "file_uploading": _("Uploading “%(name)s”…"),
+        "file_uploaded": _("“%(name)s” is uploaded. Save the form to keep it in this entry."),
+        "file_cancelled": _("Upload cancelled."),
+        "file_removed": _("File removed. Save the form to apply the change."),
+        "file_too_large": _("This file is %(size)s; at most %(max)s is accepted here. Nothing was uploaded."),
+        "file_too_large_here": _("The file is too large: at most %(max)s is accepted here."),
+        "file_forbidden": _("The file was not accepted: you may not upload files to this form, or you have been "
+                            "signed out. Reload the page (what you typed is kept on this device)."),
+        "file_not_found": _("The file was not accepted: this visit or form is no longer available to you. Reload "
+                            "the page."),
+        "file_network": _("The file could not be uploaded: the server could not be reached. Choose it again to "
+                          "retry."),
+        "file_error": _("The file could not be uploaded (%(status)s)."),
+        "file_wait": _("Waiting for the file upload to finish before saving…"),
+        "file_failed": _("A file could not be uploaded, so nothing was saved. See the item marked, then save "
+                         "again."),
     }
 
 
@@ -316,6 +330,25 @@ def _entry_page_context(request: HttpRequest, *, membership: Any, task: Any, for
     labels = {}
     for item in iter_items(definition.get("items") or []):
         labels[item["code"]] = _text(item.get("label"), language) or item["code"]
+    # File items: what the upload input offers (media types and their usual extensions:
+    # some systems know no media type for .dcm) and the hint next to it. The server
+    # checks again, by content (ecrf/files.py).
+    file_kinds: dict[str, tuple[str, str]] = {
+        "application/pdf": ("PDF", ".pdf"), "image/png": ("PNG", ".png"), "image/jpeg": ("JPEG", ".jpg,.jpeg"),
+        "image/gif": ("GIF", ".gif"), "image/webp": ("WebP", ".webp"), "image/tiff": ("TIFF", ".tif,.tiff"),
+        "application/dicom": ("DICOM", ".dcm"), "text/plain": (_("plain text"), ".txt"), "text/csv": ("CSV", ".csv"),
+    }
+    file_specs: dict[str, dict[str, Any]] = {}
+    for item in iter_items(definition.get("items") or []):
+        if item.get("type") != "file":
+            continue
+        file_spec = item.get("file") or {}
+        types = [t for t in file_spec.get("types") or [] if isinstance(t, str)]
+        file_specs[item["code"]] = {
+            "accept": ",".join(types + [file_kinds[t][1] for t in types if t in file_kinds]),
+            "types": ", ".join(file_kinds[t][0] if t in file_kinds else t for t in types),
+            "max_bytes": int(file_spec.get("max_bytes") or 10 * 1024 * 1024),
+        }
     patient_reported = bool(definition.get("patient_reported"))
     api_entry = reverse("api-entry", kwargs={"task_id": task.pk, "form_id": form.pk})
     config = {
@@ -327,6 +360,9 @@ def _entry_page_context(request: HttpRequest, *, membership: Any, task: Any, for
         "queries_url": reverse("ecrf-entry-queries", kwargs={"task_id": task.pk, "form_id": form.pk}),
         "epro_url": reverse("api-epro-link", kwargs={"task_id": task.pk, "form_id": form.pk})
         if patient_reported else None,
+        "files_url": reverse("api-entry-files", kwargs={"task_id": task.pk, "form_id": form.pk})
+        if can_edit and file_specs else None,
+        "file_url": reverse("api-entry-file", kwargs={"file_id": "__id__"}),
         "messages": _js_messages(),
         "status_labels": {"not_started": _("Not started"), **dict(EntryStatus.choices)},
     }
@@ -340,7 +376,7 @@ def _entry_page_context(request: HttpRequest, *, membership: Any, task: Any, for
         "can_answer": membership.role in services.QUERY_ANSWERING_ROLES,
         "can_close": membership.role in services.QUERY_RAISING_ROLES,
         "channel_choices": [("email", _("Email")), ("sms", _("SMS"))],
-        "hard_count": len(hard),
+        "hard_count": len(hard), "file_specs": file_specs,
     }
 
 

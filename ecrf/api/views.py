@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.permissions import IsTenantMember, request_membership
-from config.errors import DomainError, NotFound, PermissionDenied, ValidationFailed
+from config.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
 from ecrf import selectors, services
 from ecrf.api.serializers import (
     EntrySaveSerializer,
@@ -231,6 +231,9 @@ class EntryFileUploadView(APIView):
         if membership.role not in selectors.ENTRY_ROLES:
             raise PermissionDenied("permission_denied", _("Your role does not allow entering data."))
         task, form, version, _entry_id = _visit_target(request, task_id, form_id)
+        # A file for a locked record could never be saved into it: refuse before storing.
+        if selectors.record_locked(subject_id=task.subject_id, task_id=task.pk, form_id=form.pk):
+            raise Conflict("locked", _("This record is locked; a data manager must unlock it first."))
         serializer = FileUploadSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         upload = serializer.validated_data["file"]

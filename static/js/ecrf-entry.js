@@ -10,7 +10,10 @@
  *     (host, page kind, task, form, entry version), restored after a reload;
  *   - saves the whole form: staff pages PUT it to the JSON API with If-Match (412 when
  *     someone else saved in between), the ePRO page POSTs it to its own address;
- *   - shows the server's errors next to the items, and swaps in the queries raised.
+ *   - shows the server's errors next to the items, and swaps in the queries raised;
+ *   - uploads a chosen file at once (POST /api/v1/tasks/<task>/forms/<form>/files/); the
+ *     returned {"id", "name", "size", "type"} becomes the item's value, saved with the form
+ *     (a save pressed during an upload waits for it).
  * Hidden items are cleared before saving: the server refuses values of hidden items.
  */
 (function () {
@@ -156,7 +159,12 @@
       showScale(wrapper);
       return;
     }
-    if (type === "calculated" || type === "file") return;
+    if (type === "file") {
+      if (isEmpty(value)) cancelUpload(wrapper);
+      showFile(wrapper, value);
+      return;
+    }
+    if (type === "calculated") return;
     node = ownInput(wrapper, ".value");
     if (node) node.value = isEmpty(value) ? "" : String(value);
   }
@@ -165,6 +173,195 @@
     var node = ownInput(wrapper, "input[type=range]");
     var out = ownInput(wrapper, "output.scale-value");
     if (node && out) out.textContent = node.hasAttribute("data-empty") ? "—" : node.value;
+  }
+
+  // --- file items: uploaded as soon as chosen, the returned value kept as the item's -----------
+
+  var uploading = [];  // uploads in flight: promises of {outcome: "ok"|"failed"|"aborted", wrapper}
+
+  function formatSize(bytes) {
+    // As Django's filesizeformat (the server renders stored files' sizes with it).
+    var n = Number(bytes) || 0;
+    var text;
+    if (n < 1024) text = fmt(n === 1 ? M.file_byte : M.file_bytes, {n: n});
+    else if (n < 1048576) text = (n / 1024).toFixed(1) + " KB";
+    else if (n < 1073741824) text = (n / 1048576).toFixed(1) + " MB";
+    else text = (n / 1073741824).toFixed(1) + " GB";
+    return text.replace(/ /g, "\u00a0");
+  }
+
+  function fileUrl(id) {
+    return config.file_url ? config.file_url.replace("__id__", encodeURIComponent(id)) : null;
+  }
+
+  function isFileValue(value) {
+    return !!value && typeof value === "object" && !Array.isArray(value) && typeof value.id === "string";
+  }
+
+  // The stored value (data-file, what readRaw sends) and what the user sees of it.
+  function showFile(wrapper, value) {
+    var node = ownInput(wrapper, ".file-value");
+    if (!node) return;
+    var file = isFileValue(value) ? {id: value.id} : null;
+    if (file) {
+      ["name", "size", "type"].forEach(function (key) { if (key in value) file[key] = value[key]; });
+    }
+    node.setAttribute("data-file", JSON.stringify(file));
+    node.textContent = "";
+    if (file) {
+      var name = String(file.name || file.id);
+      var url = fileUrl(file.id);
+      var shown = document.createElement(url ? "a" : "span");
+      shown.className = url ? "file-link" : "file-name";
+      if (url) { shown.href = url; shown.setAttribute("download", name); }
+      shown.textContent = name;
+      node.appendChild(shown);
+      if (file.size) {
+        var size = document.createElement("span");
+        size.className = "muted file-size";
+        size.textContent = "(" + formatSize(file.size) + ")";
+        node.appendChild(document.createTextNode(" "));
+        node.appendChild(size);
+      }
+    } else {
+      node.textContent = "\u2014";
+    }
+    var remove = ownInput(wrapper, ".file-remove");
+    if (remove) remove.hidden = !file;
+    var pick = ownInput(wrapper, ".file-pick");
+    if (pick) pick.textContent = file ? M.file_replace : M.file_choose;
+  }
+
+  function fileStatus(wrapper, text) {
+    var status = ownInput(wrapper, ".file-status");
+    if (status) status.textContent = text || "";
+  }
+
+  function clearFileErrors(wrapper) {
+    var ul = errorList(wrapper);
+    if (!ul) return;
+    Array.prototype.slice.call(ul.querySelectorAll(".file-error")).forEach(function (li) { li.remove(); });
+    if (!ul.children.length) wrapper.classList.remove("has-error");
+  }
+
+  function fileErrors(wrapper, messages) {
+    clearFileErrors(wrapper);
+    var ul = errorList(wrapper);
+    if (ul) addErrors(ul, messages, "file-error");
+    wrapper.classList.add("has-error");
+  }
+
+  function showUploading(wrapper, state) {
+    var progress = ownInput(wrapper, ".file-progress");
+    var cancel = ownInput(wrapper, ".file-cancel");
+    if (progress) {
+      progress.hidden = !state;
+      if (state) progress.removeAttribute("value");  // indeterminate until the first progress event
+    }
+    if (cancel) cancel.hidden = !state;
+    wrapper.classList.toggle("uploading", state);
+    if (state) wrapper.setAttribute("aria-busy", "true");
+    else wrapper.removeAttribute("aria-busy");
+  }
+
+  function cancelUpload(wrapper) {
+    if (wrapper.suifangUpload) wrapper.suifangUpload.abort();
+  }
+
+  // What the API said, as messages for the item (ecrf/api/views.py EntryFileUploadView).
+  function uploadProblems(status, body, max) {
+    var error = (body && body.error) || {};
+    if (status === 400) {
+      var fields = error.fields || {};
+      var messages = [];
+      Object.keys(fields).forEach(function (key) { messages = messages.concat(fields[key] || []); });
+      return messages.length ? messages : [error.message || fmt(M.file_error, {status: status})];
+    }
+    if (status === 401 || status === 403) return [M.file_forbidden];
+    if (status === 404) return [M.file_not_found];
+    if (status === 413) return [fmt(M.file_too_large_here, {max: formatSize(max)})];
+    return [fmt(M.file_error, {status: status})];
+  }
+
+  function uploadFile(wrapper, input) {
+    var file = input.files && input.files[0];
+    if (!file || !config.files_url) return;
+    cancelUpload(wrapper);
+    clearFileErrors(wrapper);
+    var max = Number(input.getAttribute("data-max-bytes")) || 0;
+    if (max && file.size > max) {  // spare the upload: the server would refuse it
+      input.value = "";
+      fileStatus(wrapper, "");
+      fileErrors(wrapper, [fmt(M.file_too_large, {size: formatSize(file.size), max: formatSize(max)})]);
+      return;
+    }
+    var data = new FormData();
+    data.append("item", wrapper.getAttribute("data-code"));
+    data.append("file", file, file.name);
+    var xhr = new XMLHttpRequest();
+    var progress = ownInput(wrapper, ".file-progress");
+    var promise = new Promise(function (resolve) {
+      function finish(outcome, messages, value) {
+        uploading = uploading.filter(function (p) { return p !== promise; });
+        if (wrapper.suifangUpload === xhr) {  // not replaced by a newer choice
+          wrapper.suifangUpload = null;
+          showUploading(wrapper, false);
+          input.value = "";  // the same file can be chosen again
+          if (outcome === "ok") {
+            showFile(wrapper, value);
+            fileStatus(wrapper, fmt(M.file_uploaded, {name: value.name || file.name}));
+            apply(evaluateForm());
+            saveDraft();
+          } else if (outcome === "failed") {
+            fileStatus(wrapper, "");
+            fileErrors(wrapper, messages);
+          } else {
+            fileStatus(wrapper, M.file_cancelled);
+          }
+        }
+        resolve({outcome: outcome, wrapper: wrapper});
+      }
+      xhr.upload.addEventListener("progress", function (event) {
+        if (progress && event.lengthComputable && event.total) {
+          progress.value = Math.round(event.loaded / event.total * 100);
+        }
+      });
+      xhr.addEventListener("load", function () {
+        var body = null;
+        try { body = xhr.responseText ? JSON.parse(xhr.responseText) : null; } catch (e) { body = null; }
+        if (xhr.status === 201 && isFileValue(body)) finish("ok", null, body);
+        else finish("failed", uploadProblems(xhr.status, body, max));
+      });
+      xhr.addEventListener("error", function () { finish("failed", [M.file_network]); });
+      xhr.addEventListener("abort", function () { finish("aborted"); });
+    });
+    uploading.push(promise);
+    wrapper.suifangUpload = xhr;
+    showUploading(wrapper, true);
+    fileStatus(wrapper, fmt(M.file_uploading, {name: file.name}));
+    xhr.open("POST", config.files_url);
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.setRequestHeader("X-CSRFToken", csrfToken);
+    xhr.setRequestHeader("X-Requested-With", "fetch");
+    xhr.send(data);
+  }
+
+  // Saving while a file is still uploading waits for it (the value arrives with the
+  // upload's answer); a failed upload stops the save, so nothing is saved without it.
+  function waitForUploads(complete) {
+    setBusy(true);
+    var box = notice(M.file_wait, "info", "save-notice");
+    Promise.all(uploading.slice()).then(function (results) {
+      box.remove();
+      setBusy(false);
+      var failed = results.filter(function (r) { return r.outcome === "failed" && root.contains(r.wrapper); });
+      if (failed.length) {
+        notice(M.file_failed, "error", "save-notice");
+        focusWrapper(failed[0].wrapper);
+        return;
+      }
+      save(complete);
+    });
   }
 
   // The value as the server's logic sees it after parsing (ecrf/validation.py _parse).
@@ -706,6 +903,7 @@
 
   function save(complete) {
     if (busy || !config.can_edit) return;
+    if (uploading.length) { waitForUploads(complete); return; }
     clearErrors();
     clearNotices(true);
     var state = evaluateForm();
@@ -753,6 +951,7 @@
       }
       var reason = document.getElementById("change-reason");
       if (reason) reason.value = "";
+      Array.prototype.forEach.call(root.querySelectorAll(".file-status"), function (node) { node.textContent = ""; });
       var hard = body.hard_errors || {};
       var text = body.status === "complete" && complete ? M.completed
         : (Object.keys(hard).length ? M.hard_left : M.saved);
@@ -922,6 +1121,10 @@
     var target = event.target;
     if (!target || target.closest(".query-form")) return;
     var wrapper = target.closest(".item");
+    if (target.type === "file") {
+      if (event.type === "change" && wrapper) uploadFile(wrapper, target);
+      return;
+    }
     if (wrapper) {
       if (target.type === "range") {
         target.removeAttribute("data-empty");
@@ -942,7 +1145,7 @@
     // Enter never saves by accident (inputs of a text area keep their new lines).
     var target = event.target;
     if (event.key === "Enter" && target && target.tagName === "INPUT" && target.type !== "button" &&
-        target.type !== "submit") {
+        target.type !== "submit" && target.type !== "file") {
       event.preventDefault();
     }
   });
@@ -958,7 +1161,9 @@
       if (first) first.focus();
     } else if (target.classList.contains("remove-row")) {
       var group = target.closest(".item-group");
-      target.closest("tr").remove();
+      var removed = target.closest("tr");
+      Array.prototype.forEach.call(removed.querySelectorAll(".item-file"), cancelUpload);
+      removed.remove();
       if (group) {
         renumber(group);
         var add = ownInput(group, ".add-row");
@@ -966,6 +1171,17 @@
       }
     } else if (target.classList.contains("clear-choice") && wrapper) {
       writeRaw(wrapper, null);
+    } else if (target.classList.contains("file-cancel") && wrapper) {
+      cancelUpload(wrapper);
+      var picker = ownInput(wrapper, ".file-input");
+      if (picker) picker.focus();
+      return;
+    } else if (target.classList.contains("file-remove") && wrapper) {
+      clearFileErrors(wrapper);
+      writeRaw(wrapper, null);
+      fileStatus(wrapper, M.file_removed);
+      var input = ownInput(wrapper, ".file-input");
+      if (input) input.focus();
     } else {
       return;
     }

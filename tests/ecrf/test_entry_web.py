@@ -26,8 +26,8 @@ pytestmark = pytest.mark.django_db
 crf = test_entries.crf  # the fixture: a study whose D7 visit collects VITALS
 
 # The VITALS form with the remaining widgets: a dropdown, a scale with end labels, help
-# texts, a read-only item and a default. (File items are not on the page yet: uploads
-# need a storage endpoint that does not exist.)
+# texts, a read-only item and a default. (File items on the page: test_entry_page_files.py
+# and tests/browser/test_ecrf_file_upload_browser.py.)
 EVERYTHING = copy.deepcopy(VITALS)
 EVERYTHING["code"] = "VITALS2"
 EVERYTHING["items"][2]["widget"] = "dropdown"

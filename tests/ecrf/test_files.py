@@ -7,6 +7,7 @@ import copy
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 
 from ecrf.samples import VITALS, label
 from tests.ecrf.test_entries import GOOD, crf  # noqa: F401 (fixture)
@@ -89,3 +90,24 @@ def test_files_stay_with_their_tenant_sites_and_roles(with_file, api, world, ema
     _assert_error_shape(_upload(api(world.alpha, email_of("monitor", "alpha")), with_file["files"], PDF), 403)
     _assert_error_shape(_upload(api(world.beta, email_of("coordinator", "beta")), with_file["files"], PDF), 404)
     _assert_error_shape(with_file["coordinator"].get("/api/v1/files/doesnotexist/"), 404)
+
+
+def test_no_upload_into_a_locked_record(with_file, api, world, email_of, in_tenant):
+    """A file for a locked form or casebook could never be saved into it: 409, nothing stored."""
+    from ecrf.models import EntryFile
+
+    coordinator = with_file["coordinator"]
+    entry_id = coordinator.put(with_file["url"], {"values": GOOD, "version": 0}, format="json").json()["entry"]
+    manager = api(world.alpha, email_of("data_manager", "alpha"))
+    assert manager.post(f"/api/v1/entries/{entry_id}/lock/", {}, format="json").json()["locked"] is True
+    assert _assert_error_shape(_upload(coordinator, with_file["files"], PDF), 409)["code"] == "locked"
+    assert manager.post(f"/api/v1/entries/{entry_id}/unlock/", {"reason": "late ECG"},
+                        format="json").status_code == 200
+    casebook = f"/api/v1/subjects/{with_file['subject']}/casebook/"
+    assert manager.post(casebook + "lock/", {}, format="json").status_code == 200
+    assert _assert_error_shape(_upload(coordinator, with_file["files"], PDF), 409)["code"] == "locked"
+    in_tenant(world.alpha)
+    assert not EntryFile.objects.exists()
+    connection.set_schema_to_public()
+    assert manager.post(casebook + "unlock/", {"reason": "ECG"}, format="json").status_code == 200
+    assert _upload(coordinator, with_file["files"], PDF).status_code == 201
