@@ -1,0 +1,129 @@
+"""What the export writers consume: plain, immutable records, with no Django models and
+no database access. The extraction (exports.extract, per tenant) reads the tenant's
+tables into these; the writers (CSV, XLSX, Parquet, ODM, SDTM/XPT, Define-XML) only
+see records, so the same writer serves a study export and a pooled, de-identified one.
+
+Everything that arrives in bulk (entries, audit rows) comes as an iterator, in a stable
+order, so that writers stream: memory stays flat whatever the study size, and the same
+data gives the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FormMeta:
+    """One published version of a form: its definition document is exactly the JSON
+    described in ecrf/definition.py (items, code lists, labels, units, CDISC annotation)."""
+
+    code: str
+    version: int
+    definition: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class EventMeta:
+    """A scheduled event of the study's schedule, in schedule order. `visit_num` is its
+    1-based position (SDTM VISITNUM); `forms` the form codes collected at it."""
+
+    code: str
+    name: str
+    visit_num: float
+    forms: tuple[str, ...] = ()
+    offset_days: int | None = None  # planned study day of the target date, when known
+
+
+@dataclass(frozen=True)
+class StudyMeta:
+    oid: str  # e.g. "ST.ACME.CRF" (unique per export; pooled: per consortium)
+    code: str
+    title: str
+    protocol: str = ""
+    language: str = "en"  # labels are written in this language first ("en" or "zh-hans")
+    events: tuple[EventMeta, ...] = ()
+    forms: tuple[FormMeta, ...] = ()
+
+
+@dataclass(frozen=True)
+class SubjectRecord:
+    """A subject as it may leave the tenant: `subject_key` is the study-level key (the
+    subject code, or the pooled pseudonym). Dates are already shifted when de-identified."""
+
+    subject_key: str
+    site_code: str
+    status: str  # active | completed | withdrawn | lost | deceased
+    enrolment_date: date | None
+    arm: str = ""
+    sex: str = ""  # "M" | "F" | "U" | "" (SDTM SEX)
+    birth_year: int | None = None
+    age: int | None = None  # at enrolment, years (top-coded when de-identified)
+    country: str = ""
+    status_date: date | None = None  # when the current status began (DS)
+    status_reason: str = ""
+
+
+@dataclass(frozen=True)
+class VisitRecord:
+    """An event occurrence that happened (SV): the task completed, or with data."""
+
+    subject_key: str
+    event_code: str
+    sequence: int  # occurrence of a repeating event, 1-based
+    start: date | None
+    end: date | None = None
+    unscheduled: bool = False
+
+
+@dataclass(frozen=True)
+class EntryRecord:
+    """One form of one event occurrence of one subject. `values` is the entry's values
+    document (item code -> value; a repeating group: code -> list of row objects);
+    `missing` item path -> missing-data code."""
+
+    subject_key: str
+    site_code: str
+    event_code: str
+    sequence: int
+    form_code: str
+    form_version: int
+    status: str  # in_progress | complete
+    values: Mapping[str, Any]
+    missing: Mapping[str, str] = field(default_factory=dict)
+    visit_date: date | None = None  # the occurrence's actual date, when known
+    updated: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audit row of an item (ODM AuditRecord)."""
+
+    subject_key: str
+    event_code: str
+    form_code: str
+    item: str  # item path, e.g. "weight" or "meds[0].med_name"
+    action: str
+    at: datetime  # UTC
+    user: str  # a user id or e-mail as the export may show it
+    source: str
+    reason: str = ""
+    old: Any = None
+    new: Any = None
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """Everything one writer run needs. The iterators are consumed once, in order:
+    subjects by subject_key; visits and entries by (subject_key, visit order, event
+    code, sequence, form code); audit by (subject_key, at, item)."""
+
+    study: StudyMeta
+    snapshot_at: datetime
+    subjects: Sequence[SubjectRecord] | Iterator[SubjectRecord]
+    visits: Iterator[VisitRecord]
+    entries: Iterator[EntryRecord]
+    audit: Iterator[AuditRecord] | None = None
