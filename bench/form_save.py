@@ -242,8 +242,8 @@ def main(argv: list[str]) -> None:
         print(json.dumps(run_clients(spec)))
         return
     levels = [int(x) for x in args.clients.split(",") if x.strip()]
-    # A generous bound on what one phase can save: 400 saves/s.
-    per_phase = int(400 * (args.seconds + 3.5))
+    # A generous bound on what one phase can save: 320 saves/s (measured: at most ~250).
+    per_phase = int(320 * (args.seconds + 3.5))
     subject_count = args.subjects or per_phase * len(levels) * args.rounds
     log(f"setup: {subject_count} subjects in a fresh database ...")
     data = setup(subject_count)

@@ -8,16 +8,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from config.db import execute_prepared, instance_from_row, row_insert, row_update
+from config.db import execute_prepared, insert_statement, instance_from_row, update_statement
 from config.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
 from ecrf import audit
 from ecrf.definition import definition_validate, iter_items
@@ -129,6 +130,23 @@ class SaveResult:
     changed: list[str] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def _first_save_race() -> Iterator[None]:
+    """Two first saves of the same form at once both find no entry; the second INSERT
+    meets the first one's row (entry_task_form_uniq) at commit of its batch: a 412, like
+    any save that lost a race, never a 500. Wraps the transaction, so it has rolled back."""
+    try:
+        yield
+    except IntegrityError as error:
+        diag = getattr(error.__cause__, "diag", None)
+        if getattr(diag, "constraint_name", None) == "entry_task_form_uniq":
+            raise PreconditionFailed(
+                "precondition_failed",
+                _("Someone else saved this form after you opened it. Reload it; your changes are kept "
+                  "in the page."), fields={"version": [_("Changed by someone else.")]}) from error
+        raise
+
+
 def entry_save(
     *, subject: Any, task: Any, form: FormDefinition, values: Any, missing: Any = None, base_version: int | None,
     actor: Actor, complete: bool = False, reason: str = "", reasons: dict[str, str] | None = None,
@@ -148,7 +166,7 @@ def entry_save(
         raise ValidationFailed({"task": [_("This visit belongs to another subject.")]})
     if form.study_id != subject.study_id:
         raise ValidationFailed({"form": [_("This form belongs to another study.")]})
-    with transaction.atomic():
+    with _first_save_race(), transaction.atomic():
         locked = _entry_for_update(task_id=task.pk, form_id=form.pk, subject_id=subject.pk)
         entry = locked.entry
         if locked.casebook_locked or (entry is not None and entry.locked):
@@ -209,17 +227,15 @@ def entry_save(
             entry.status = EntryStatus.COMPLETE
             entry.completed_at = now
             entry.first_completed_at = entry.first_completed_at or now
+        # Written with the audit append below, in one round trip (foreign keys to the entry
+        # are checked at commit, so queries raised before the INSERT may refer to it).
         if creating:
-            # Two first saves of the same form at once: the second finds the row the
-            # first inserted (the unique (task, form) constraint) and gets a 412.
-            if row_insert(entry, conflict_target=("task_id", "form_id")) is None:
-                raise PreconditionFailed(
-                    "precondition_failed",
-                    _("Someone else saved this form after you opened it. Reload it; your changes are kept "
-                      "in the page."), fields={"version": [_("Changed by someone else.")]})
+            entry.pk = locked.new_id
+            entry_write = insert_statement(entry)
         else:
-            row_update(entry, fields=("status", "values", "missing", "item_versions", "verified", "version",
-                                      "first_completed_at", "completed_at"))
+            entry_write = update_statement(entry, fields=(
+                "status", "values", "missing", "item_versions", "verified", "version", "first_completed_at",
+                "completed_at"))
         rows = [audit.AuditRow(
             action="item_create" if old is None else ("item_delete" if new is None else "item_update"),
             actor=actor.audit, source=actor.source, subject_id=subject.pk,
@@ -243,7 +259,7 @@ def entry_save(
         task_statements = _complete_task_when_done(task=task, subject=subject, form_code=form.code) \
             if complete else []
         # Last write before commit: from the append on, other saves in this tenant wait.
-        audit.audit_record_many(rows=rows, preceded_by=task_statements)
+        audit.audit_record_many(rows=rows, preceded_by=[entry_write, *task_statements])
     log.info("entry.saved", entry_id=entry.pk, created=creating, version=entry.version, changed=len(changes),
              complete=entry.status == EntryStatus.COMPLETE)
     return result
@@ -256,6 +272,9 @@ _ENTRY_FOR_UPDATE = (
     "SELECT EXISTS (SELECT 1 FROM ecrf_casebooklock c WHERE c.subject_id = %(subject)s), "  # noqa: S608
     "EXISTS (SELECT 1 FROM ecrf_signature g WHERE g.subject_id = %(subject)s AND g.invalidated_at IS NULL), "
     + ", ".join(f"e.{c}" for c in _ENTRY_COLUMNS)  # fixed column names
+    # A new entry's id, taken now, so the entry's INSERT can go with the audit append
+    # (whose rows name it) in one round trip. An id left unused by a refused save is harmless.
+    + ", CASE WHEN e.id IS NULL THEN nextval(pg_get_serial_sequence('ecrf_entry', 'id')) END"
     + " FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT * FROM ecrf_entry WHERE task_id = %(task)s "
     "AND form_id = %(form)s FOR UPDATE) AS e ON true")
 
@@ -265,6 +284,7 @@ class _Locked:
     entry: Entry | None  # row-locked until commit
     casebook_locked: bool
     signed: bool  # the subject has a valid signature
+    new_id: int | None = None  # the id a new entry takes
 
 
 def _entry_for_update(*, task_id: int, form_id: int, subject_id: int) -> _Locked:
@@ -273,9 +293,9 @@ def _entry_for_update(*, task_id: int, form_id: int, subject_id: int) -> _Locked
     with connection.cursor() as cursor:
         execute_prepared(cursor, _ENTRY_FOR_UPDATE, {"subject": subject_id, "task": task_id, "form": form_id})
         row = cursor.fetchone()
-    entry_values = row[2:]
+    entry_values = row[2:-1]
     entry = instance_from_row(Entry, _ENTRY_COLUMNS, entry_values) if entry_values[0] is not None else None
-    return _Locked(entry=entry, casebook_locked=bool(row[0]), signed=bool(row[1]))
+    return _Locked(entry=entry, casebook_locked=bool(row[0]), signed=bool(row[1]), new_id=row[-1])
 
 
 def _form_version_of(entry: Entry) -> FormVersion:

@@ -56,7 +56,8 @@ class SubjectRecord:
 
     subject_key: str
     site_code: str
-    status: str  # active | completed | withdrawn | lost | deceased
+    # studies.models.SubjectStatus: screening | enrolled | completed | withdrawn | lost_to_follow_up | deceased
+    status: str
     enrolment_date: date | None
     arm: str = ""
     sex: str = ""  # "M" | "F" | "U" | "" (SDTM SEX)
@@ -127,3 +128,37 @@ class StudyData:
     visits: Iterator[VisitRecord]
     entries: Iterator[EntryRecord]
     audit: Iterator[AuditRecord] | None = None
+
+
+# --- SDTM dataset metadata (exports.sdtm produces it; the XPT and Define-XML writers use it) ---
+
+@dataclass(frozen=True)
+class VariableSpec:
+    """One SDTM variable. `type` is "Char" or "Num"; `length` in bytes for Char (the XPT
+    width, at most 200), 8 for Num. `origin`: "CRF" (with the form/item it came from),
+    "Derived", "Assigned" or "Protocol"; `codelist`: (code, decode) pairs when the values
+    come from a code list."""
+
+    name: str  # ^[A-Z][A-Z0-9_]{0,7}$
+    label: str  # at most 40 characters
+    type: str
+    length: int
+    role: str = ""  # Identifier, Topic, Timing, Result Qualifier, ...
+    origin: str = "CRF"
+    source: str = ""  # "FORM.item" for CRF origins
+    codelist: tuple[tuple[str, str], ...] = ()
+    mandatory: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One SDTM dataset (domain): DM, SV, DS, VS, LB, QS, AE, or a SUPP-- split."""
+
+    name: str  # "DM"
+    label: str  # "Demographics"
+    domain_class: str  # "SPECIAL PURPOSE", "FINDINGS", "EVENTS", "INTERVENTIONS", "TRIAL DESIGN", "RELATIONSHIP"
+    structure: str  # "One record per subject", ...
+    keys: tuple[str, ...]  # e.g. ("STUDYID", "USUBJID", "VSTESTCD", "VISITNUM")
+    variables: tuple[VariableSpec, ...]
+    rows: int = 0
+    file_name: str = ""  # "dm.xpt"
