@@ -35,6 +35,8 @@ class AuditAction(models.TextChoices):
     FORM_PUBLISH = "form_publish", _("Form version published")
     EPRO_LINK_ISSUED = "epro_link_issued", _("Patient link issued")
     EPRO_SUBMIT = "epro_submit", _("Patient questionnaire submitted")
+    EXPORT_RUN = "export_run", _("Data exported")
+    EXPORT_DOWNLOAD = "export_download", _("Export downloaded")
 
 
 class AuditSource(models.TextChoices):

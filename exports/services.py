@@ -1,0 +1,274 @@
+"""Study exports: start a job (checked at once), run it in Celery (streaming each format
+to a temporary file, then to storage), record a manifest, audit the run and every
+download.
+
+Snapshot: a run reads everything in one REPEATABLE READ transaction, and records the
+audit chain's last sequence number. A retry reads the same data when that number has
+not moved (so its files are byte-identical); when it has, the manifest says the data
+changed between attempts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import date
+from typing import IO, Any
+
+import structlog
+from django.core.cache import cache
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from config.db import tenant_connection as connection
+from config.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from ecrf import audit
+from ecrf.models import FormDefinition
+from exports import extract
+from exports.models import ExportFile, ExportFormat, ExportJob, ExportStatus
+from sites.selectors import site_ids_visible
+from studies.models import Study
+
+log = structlog.get_logger(__name__)
+
+# Who may export a study's clinical data (pooled outputs have their own consortium roles).
+EXPORT_ROLES = frozenset({"tenant_admin", "data_manager", "statistician"})
+# The formats this version writes; the others are refused with a clear message.
+AVAILABLE_FORMATS = (ExportFormat.CSV_LONG,)
+MAX_FILTER_ITEMS = 200
+
+
+def _actor(membership: Any) -> audit.AuditActor:
+    return audit.AuditActor(user_id=membership.user_id, email=getattr(membership.user, "email", ""),
+                            name=getattr(membership, "display_name", "") or "")
+
+
+def export_start(*, membership: Any, study: Study, formats: Sequence[str], forms: Sequence[str] = (),
+                 sites: Sequence[int] = (), date_from: date | None = None, date_to: date | None = None,
+                 source: str = "api", queue: bool = True) -> ExportJob:
+    """Check the request and queue the job. Field errors name the field; nothing is
+    created when anything is wrong."""
+    if membership is None or membership.role not in EXPORT_ROLES:
+        raise PermissionDenied("permission_denied", _("Your role does not allow exporting study data."))
+    problems: dict[str, list[str]] = {}
+    wanted = list(dict.fromkeys(formats))
+    if not wanted:
+        problems["formats"] = [_("Choose at least one format.")]
+    unknown = [f for f in wanted if f not in ExportFormat.values]
+    if unknown:
+        problems["formats"] = [_("Unknown format: %(value)s.") % {"value": ", ".join(map(str, unknown))}]
+    elif any(f not in AVAILABLE_FORMATS for f in wanted):
+        problems["formats"] = [_("Not available yet: %(value)s. Available: %(available)s.") % {
+            "value": ", ".join(f for f in wanted if f not in AVAILABLE_FORMATS),
+            "available": ", ".join(AVAILABLE_FORMATS)}]
+    if len(forms) > MAX_FILTER_ITEMS or len(sites) > MAX_FILTER_ITEMS:
+        problems["forms" if len(forms) > MAX_FILTER_ITEMS else "sites"] = [
+            _("At most %(max)d.") % {"max": MAX_FILTER_ITEMS}]
+    known_forms = set(FormDefinition.objects.filter(study_id=study.pk).values_list("code", flat=True))
+    if set(forms) - known_forms:
+        problems["forms"] = [_("Not a form of this study: %(value)s.") % {
+            "value": ", ".join(sorted(set(forms) - known_forms))[:300]}]
+    visible = site_ids_visible(membership=membership)
+    if visible is not None and (not sites or set(sites) - visible):
+        # A member assigned to sites exports those sites only, and must say which.
+        problems["sites"] = [_("Choose among your own sites.")]
+    if date_from and date_to and date_from > date_to:
+        problems["date_to"] = [_("The end date is before the start date.")]
+    if problems:
+        raise ValidationFailed(problems)
+    job = ExportJob.objects.create(
+        study=study, requested_by_id=membership.user_id, formats=wanted,
+        filters={"forms": sorted(forms), "sites": sorted(sites), "date_from": date_from.isoformat() if date_from
+                 else None, "date_to": date_to.isoformat() if date_to else None, "source": source})
+    if queue:
+        from exports.tasks import export_run_task
+
+        transaction.on_commit(lambda: export_run_task.delay(job.pk))
+    log.info("export.queued", job=job.pk, study=study.pk, formats=wanted)
+    return job
+
+
+def _scope(job: ExportJob) -> extract.ExportScope:
+    filters = job.filters or {}
+    return extract.ExportScope(
+        study_id=job.study_id, forms=tuple(filters.get("forms") or ()), sites=tuple(filters.get("sites") or ()),
+        date_from=date.fromisoformat(filters["date_from"]) if filters.get("date_from") else None,
+        date_to=date.fromisoformat(filters["date_to"]) if filters.get("date_to") else None)
+
+
+# Audit rows that record reading, not changing, data: they do not move the snapshot.
+_READ_ACTIONS = ["export_run", "export_download"]
+
+
+def _audit_head() -> int:
+    """The sequence number of the last audited change of data (exports excluded)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT seq FROM ecrf_auditevent WHERE action <> ALL(%s) ORDER BY seq DESC LIMIT 1",
+                       [_READ_ACTIONS])
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+class _Hashing:
+    """A file object wrapper that hashes and counts what is written through it."""
+
+    def __init__(self, target: IO[bytes]) -> None:
+        self.target, self.digest, self.size = target, hashlib.sha256(), 0
+
+    def write(self, data: bytes | str) -> int:
+        chunk = data.encode() if isinstance(data, str) else data
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        return self.target.write(chunk)
+
+
+Writer = Callable[[extract.ExportScope, IO[bytes]], None]
+WRITERS: dict[str, tuple[str, Writer]] = {
+    ExportFormat.CSV_LONG: ("long.csv", extract.long_csv_copy),
+}
+
+
+PROGRESS_TTL = 24 * 3600
+
+
+def progress_key(schema: str, job_id: int) -> str:
+    return f"export:{schema}:{job_id}"
+
+
+def _progress(schema: str, job: ExportJob) -> None:
+    """Progress goes through the cache: the run's own transaction is read-only."""
+    cache.set(progress_key(schema, job.pk), {"done": job.rows_done, "total": job.rows_total}, PROGRESS_TTL)
+
+
+def export_run(*, job_id: int) -> ExportJob:
+    """Run (or retry) a job in the current tenant schema."""
+    job = ExportJob.objects.select_related("study", "requested_by").filter(pk=job_id).first()
+    if job is None:
+        raise NotFound("not_found", _("No such export."))
+    if job.status == ExportStatus.DONE:
+        return job
+    job.attempts += 1
+    job.status, job.started_at, job.error = ExportStatus.RUNNING, timezone.now(), ""
+    job.save(update_fields=["attempts", "status", "started_at", "error"])
+    scope = _scope(job)
+    schema = connection.schema_name
+    outermost = not connection.in_atomic_block
+    try:
+        with transaction.atomic():
+            if outermost:  # one snapshot for every file and count of the run
+                with connection.cursor() as cursor:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            head = _audit_head()
+            first_attempt = job.snapshot_seq is None
+            changed_since = not first_attempt and head != job.snapshot_seq
+            if first_attempt or changed_since:
+                job.snapshot_seq, job.snapshot_at = head, timezone.now()
+            counts = _counts(scope)
+            job.rows_done, job.rows_total = 0, sum(row["values"] for row in counts) * len(job.formats)
+            _progress(schema, job)
+            files = []
+            for fmt in job.formats:
+                suffix, writer = WRITERS[fmt]
+                name = f"{job.study.code}_{suffix}"
+                files.append(_write_file(job, schema, name, fmt, writer, scope))
+                job.rows_done += sum(row["values"] for row in counts)
+                _progress(schema, job)
+        manifest = {
+            "job": job.pk, "study": job.study.code, "formats": job.formats, "filters": job.filters,
+            "snapshot": {"audit_seq": job.snapshot_seq, "at": job.snapshot_at.isoformat() if job.snapshot_at else None,
+                         "changed_since_first_attempt": changed_since},
+            "form_versions": extract.published_versions(scope),
+            "rows_by_form_and_site": counts,
+            "files": [{"name": f.name, "format": f.format, "bytes": f.size, "sha256": f.sha256, "rows": f.rows}
+                      for f in files],
+        }
+        with transaction.atomic():
+            ExportFile.objects.filter(job=job).delete()
+            ExportFile.objects.bulk_create(files)
+            job.manifest, job.status, job.finished_at = manifest, ExportStatus.DONE, timezone.now()
+            job.save(update_fields=["manifest", "status", "finished_at", "snapshot_seq", "snapshot_at", "rows_done",
+                                    "rows_total"])
+            audit.audit_record(action="export_run", source=(job.filters or {}).get("source", "api"),
+                               actor=audit.AuditActor(user_id=job.requested_by_id, email=job.requested_by.email),
+                               detail={"export": job.pk, "formats": job.formats,
+                                       "files": [f.name for f in files], "snapshot_seq": job.snapshot_seq})
+    except Exception as error:  # recorded on the job (the worker retries); never data in the message
+        job.status, job.error = ExportStatus.FAILED, type(error).__name__
+        job.save(update_fields=["status", "error"])
+        log.exception("export.failed", job=job.pk)
+        raise
+    log.info("export.done", job=job.pk, files=len(files))
+    return job
+
+
+def _counts(scope: extract.ExportScope) -> list[dict[str, Any]]:
+    """Item values per form and site (the manifest's row counts), from the same query."""
+    from psycopg2 import sql as pgsql
+
+    with connection.cursor() as cursor:
+        raw = cursor.cursor
+        cursor.execute(pgsql.SQL("SELECT form, site, count(*) FROM ({}) q GROUP BY form, site ORDER BY form, site")
+                       .format(extract.long_query(scope)).as_string(raw))
+        return [{"form": form, "site": site, "values": int(n)} for form, site, n in cursor.fetchall()]
+
+
+def _write_file(job: ExportJob, schema: str, name: str, fmt: str, writer: Writer,
+                scope: extract.ExportScope) -> ExportFile:
+    """Stream the format into a temporary file, then into storage under a key that names
+    the tenant schema and the job (never guessable from another tenant)."""
+    handle, path = tempfile.mkstemp(prefix="suifang-export-", suffix="-" + name)
+    try:
+        with os.fdopen(handle, "wb") as raw:
+            hashing = _Hashing(raw)
+            writer(scope, hashing)  # type: ignore[arg-type]
+        key = f"exports/{schema}/{job.pk}/{name}"
+        if default_storage.exists(key):
+            default_storage.delete(key)  # a retry replaces the earlier attempt's file
+        with open(path, "rb") as stored:
+            saved = default_storage.save(key, File(stored, name=name))
+        rows = _line_count(path) - 1 if fmt in (ExportFormat.CSV_LONG, ExportFormat.CSV_WIDE) else 0
+        return ExportFile(job=job, name=name, format=fmt, storage_name=saved, size=hashing.size,
+                          sha256=hashing.digest.hexdigest(), rows=max(rows, 0))
+    finally:
+        os.unlink(path)
+
+
+def _line_count(path: str) -> int:
+    """Records in a CSV file: newlines outside quoted fields (values may hold newlines)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return sum(1 for _row in csv.reader(handle))
+
+
+def export_file_open(*, membership: Any, file: ExportFile) -> IO[bytes]:
+    """Open an export file for download, auditing it; only exporting roles, and only
+    exports of their own tenant (the caller found the file in this schema)."""
+    if membership is None or membership.role not in EXPORT_ROLES:
+        raise PermissionDenied("permission_denied", _("Your role does not allow downloading exports."))
+    if file.job.status != ExportStatus.DONE:
+        raise Conflict("export_not_ready", _("This export is not finished."))
+    handle = default_storage.open(file.storage_name, "rb")
+    with transaction.atomic():
+        audit.audit_record(action="export_download", source="api", actor=_actor(membership),
+                           detail={"export": file.job_id, "file": file.name, "sha256": file.sha256})
+    return handle
+
+
+def job_state(job: ExportJob) -> dict[str, Any]:
+    done, total = job.rows_done, job.rows_total
+    if job.status == ExportStatus.RUNNING:
+        live = cache.get(progress_key(connection.schema_name, job.pk)) or {}
+        done, total = int(live.get("done") or 0), int(live.get("total") or 0)
+    return {"id": job.pk, "study": job.study_id, "status": job.status, "rows_done": done, "rows_total": total,
+            "progress": round(done / total, 4) if total else (1.0 if job.status == ExportStatus.DONE else 0.0),
+            "attempts": job.attempts, "formats": job.formats, "filters": job.filters,
+            "created": job.created, "finished_at": job.finished_at, "error": job.error,
+            "snapshot_at": job.snapshot_at, "manifest": job.manifest if job.status == ExportStatus.DONE else None,
+            "files": [{"id": f.pk, "name": f.name, "format": f.format, "bytes": f.size, "sha256": f.sha256,
+                       "rows": f.rows} for f in job.files.all()] if job.status == ExportStatus.DONE else []}
