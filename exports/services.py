@@ -127,7 +127,7 @@ class _Hashing:
         return self.target.write(chunk)
 
 
-Writer = Callable[[extract.ExportScope, IO[bytes]], None]
+Writer = Callable[[extract.ExportScope, IO[bytes]], int]  # returns the rows written
 WRITERS: dict[str, tuple[str, Writer]] = {
     ExportFormat.CSV_LONG: ("long.csv", extract.long_csv_copy),
 }
@@ -208,12 +208,9 @@ def export_run(*, job_id: int) -> ExportJob:
 
 def _counts(scope: extract.ExportScope) -> list[dict[str, Any]]:
     """Item values per form and site (the manifest's row counts), from the same query."""
-    from psycopg2 import sql as pgsql
-
     with connection.cursor() as cursor:
         raw = cursor.cursor
-        cursor.execute(pgsql.SQL("SELECT form, site, count(*) FROM ({}) q GROUP BY form, site ORDER BY form, site")
-                       .format(extract.long_query(scope)).as_string(raw))
+        cursor.execute(extract.count_query(scope).as_string(raw))
         return [{"form": form, "site": site, "values": int(n)} for form, site, n in cursor.fetchall()]
 
 
@@ -225,25 +222,16 @@ def _write_file(job: ExportJob, schema: str, name: str, fmt: str, writer: Writer
     try:
         with os.fdopen(handle, "wb") as raw:
             hashing = _Hashing(raw)
-            writer(scope, hashing)  # type: ignore[arg-type]
+            rows = writer(scope, hashing)  # type: ignore[arg-type]
         key = f"exports/{schema}/{job.pk}/{name}"
         if default_storage.exists(key):
             default_storage.delete(key)  # a retry replaces the earlier attempt's file
         with open(path, "rb") as stored:
             saved = default_storage.save(key, File(stored, name=name))
-        rows = _line_count(path) - 1 if fmt in (ExportFormat.CSV_LONG, ExportFormat.CSV_WIDE) else 0
         return ExportFile(job=job, name=name, format=fmt, storage_name=saved, size=hashing.size,
-                          sha256=hashing.digest.hexdigest(), rows=max(rows, 0))
+                          sha256=hashing.digest.hexdigest(), rows=rows)
     finally:
         os.unlink(path)
-
-
-def _line_count(path: str) -> int:
-    """Records in a CSV file: newlines outside quoted fields (values may hold newlines)."""
-    import csv
-
-    with open(path, newline="", encoding="utf-8") as handle:
-        return sum(1 for _row in csv.reader(handle))
 
 
 def export_file_open(*, membership: Any, file: ExportFile) -> IO[bytes]:
