@@ -11,9 +11,9 @@ the same bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import IO, Any
 
 from psycopg2 import sql as pgsql
@@ -21,6 +21,7 @@ from psycopg2 import sql as pgsql
 from config.db import tenant_connection as connection
 from ecrf.definition import VALUELESS_TYPES
 from ecrf.models import FormDefinition, FormVersion, FormVersionStatus
+from exports.records import EntryRecord, EventMeta, FormMeta, StudyData, StudyMeta, SubjectRecord, VisitRecord
 from studies.models import ScheduleStatus, ScheduleVersion
 
 LONG_COLUMNS = ("study", "site", "subject", "event", "occurrence", "visit_date", "form", "form_version",
@@ -165,7 +166,8 @@ SELECT c.form, c.site, sum(
 """  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
 
 
-def _format(template: str, scope: ExportScope) -> pgsql.Composable:
+def _filters(scope: ExportScope) -> pgsql.Composable:
+    """The scope's narrowing conditions on entries (aliases f, s, t of the queries here)."""
     filters: list[pgsql.Composable] = []
     if scope.forms:
         filters.append(pgsql.SQL("AND f.code = ANY({})").format(pgsql.Literal(list(scope.forms))))
@@ -177,10 +179,14 @@ def _format(template: str, scope: ExportScope) -> pgsql.Composable:
     if scope.date_to:
         filters.append(pgsql.SQL("AND coalesce(t.completed_on, t.target_date) <= {}").format(
             pgsql.Literal(scope.date_to)))
+    return pgsql.SQL(" ").join(filters)
+
+
+def _format(template: str, scope: ExportScope) -> pgsql.Composable:
     return pgsql.SQL(template).format(
         events=_values(_event_order(scope.study_id), ("text", "int")),
         specs=pgsql.Literal(json.dumps(_item_specs(scope.study_id), separators=(",", ":"))),
-        study=pgsql.Literal(scope.study_id), filters=pgsql.SQL(" ").join(filters))
+        study=pgsql.Literal(scope.study_id), filters=_filters(scope))
 
 
 def count_query(scope: ExportScope) -> pgsql.Composable:
@@ -204,3 +210,117 @@ def long_csv_copy(scope: ExportScope, out: IO[bytes]) -> int:
         return int(raw.rowcount)
 
 
+
+
+# --- records for the CDISC writers -------------------------------------------------------------
+#
+# Subjects, visits and entries in one order: subject code by byte ("C" collation, the
+# writers compare keys as Python strings), then event in schedule order, occurrence, form.
+
+_ENTRIES_SQL = """
+WITH event_order(code, position) AS ({events})
+SELECT s.subject_code, si.code, t.event_code, t.sequence, f.code, v.number, e.status, e.values, e.missing,
+       coalesce(t.completed_on, t.target_date), e.updated
+  FROM ecrf_entry e
+  JOIN studies_subject s ON s.id = e.subject_id
+  JOIN sites_site si ON si.id = s.site_id
+  JOIN studies_followuptask t ON t.id = e.task_id
+  JOIN ecrf_formdefinition f ON f.id = e.form_id
+  JOIN ecrf_formversion v ON v.id = e.form_version_id
+  LEFT JOIN event_order eo ON eo.code = t.event_code
+ WHERE s.study_id = {study} {filters}
+ ORDER BY s.subject_code COLLATE "C", coalesce(eo.position, 100000), t.event_code, t.sequence, f.code
+"""
+
+_VISITS_SQL = """
+WITH event_order(code, position) AS ({events})
+SELECT s.subject_code, t.event_code, t.sequence, t.completed_on, t.unscheduled
+  FROM studies_followuptask t
+  JOIN studies_subject s ON s.id = t.subject_id
+ WHERE s.study_id = {study} AND t.status = 'completed' {task_filters}
+ ORDER BY s.subject_code COLLATE "C", coalesce((SELECT position FROM event_order eo WHERE eo.code = t.event_code),
+          100000), t.event_code, t.sequence
+"""
+
+
+def _stream(query: pgsql.Composable, *, batch: int = 2000) -> Iterator[tuple[Any, ...]]:
+    """Rows of a query through a server-side cursor (the caller holds a transaction)."""
+    raw_connection = connection.connection
+    with raw_connection.cursor(name=f"export_{id(query):x}") as cursor:
+        cursor.itersize = batch
+        cursor.execute(query.as_string(raw_connection))
+        yield from cursor
+
+
+def study_meta(scope: ExportScope) -> StudyMeta:
+    from studies.models import Study
+
+    study = Study.objects.get(pk=scope.study_id)
+    version = (ScheduleVersion.objects.filter(study_id=scope.study_id, status=ScheduleStatus.PUBLISHED)
+               .order_by("-number").first())
+    events = tuple(EventMeta(code=str(raw["code"]), name=str(raw.get("name_en") or raw["code"]),
+                             visit_num=float(position), forms=tuple(raw.get("forms") or ()),
+                             offset_days=None)
+                   for position, raw in enumerate(version.events if version else [], start=1))
+    forms = tuple(FormMeta(code=v.form.code, version=v.number, definition=v.definition)
+                  for v in FormVersion.objects.filter(form__in=forms_in_scope(scope))
+                  .exclude(status=FormVersionStatus.DRAFT).select_related("form").order_by("form__code", "number"))
+    return StudyMeta(oid=f"ST.{connection.schema_name}.{study.code}", code=study.code, title=study.title,
+                     protocol=study.code, events=events, forms=forms)
+
+
+def _subjects(scope: ExportScope) -> list[SubjectRecord]:
+    from studies.models import Subject
+
+    subjects = Subject.objects.filter(study_id=scope.study_id).select_related("site", "arm")
+    if scope.sites:
+        subjects = subjects.filter(site_id__in=scope.sites)
+    records = []
+    for subject in subjects.only("subject_code", "status", "enrolment_date", "status_changed_on", "birth_date",
+                                 "site__code", "site__country_region", "arm__name"):
+        try:  # an encrypted text field: "YYYY-MM-DD" when given
+            birth = date.fromisoformat(subject.birth_date) if subject.birth_date else None
+        except ValueError:
+            birth = None
+        age = None
+        if birth is not None and subject.enrolment_date is not None:
+            age = subject.enrolment_date.year - birth.year - (
+                (subject.enrolment_date.month, subject.enrolment_date.day) < (birth.month, birth.day))
+        records.append(SubjectRecord(
+            subject_key=subject.subject_code, site_code=subject.site.code, status=subject.status,
+            enrolment_date=subject.enrolment_date, arm=subject.arm.name if subject.arm else "",
+            birth_year=birth.year if birth else None, age=age, country=subject.site.country_region or "",
+            status_date=subject.status_changed_on))
+    return sorted(records, key=lambda record: record.subject_key)
+
+
+def study_data(scope: ExportScope, *, snapshot_at: datetime) -> StudyData:
+    """The study as records for the CDISC writers (call inside the run's transaction:
+    entries and visits stream through server-side cursors)."""
+    filters = _filters(scope)
+    events = _values(_event_order(scope.study_id), ("text", "int"))
+    entries_query = pgsql.SQL(_ENTRIES_SQL).format(events=events, study=pgsql.Literal(scope.study_id),
+                                                   filters=filters)
+    task_filters = pgsql.SQL(" ").join(
+        ([pgsql.SQL("AND s.site_id = ANY({})").format(pgsql.Literal(list(scope.sites)))] if scope.sites else [])
+        + ([pgsql.SQL("AND t.completed_on >= {}").format(pgsql.Literal(scope.date_from))] if scope.date_from else [])
+        + ([pgsql.SQL("AND t.completed_on <= {}").format(pgsql.Literal(scope.date_to))] if scope.date_to else []))
+    visits_query = pgsql.SQL(_VISITS_SQL).format(events=events, study=pgsql.Literal(scope.study_id),
+                                                 task_filters=task_filters)
+
+    def entries() -> Iterator[EntryRecord]:
+        for (subject, site, event, sequence, form, version, status, values, missing, visit_date,
+             updated) in _stream(entries_query):
+            yield EntryRecord(subject_key=subject, site_code=site, event_code=event, sequence=sequence,
+                              form_code=form, form_version=version, status=status,
+                              values=values if isinstance(values, dict) else json.loads(values or "{}"),
+                              missing=missing if isinstance(missing, dict) else json.loads(missing or "{}"),
+                              visit_date=visit_date, updated=updated)
+
+    def visits() -> Iterator[VisitRecord]:
+        for subject, event, sequence, completed_on, unscheduled in _stream(visits_query):
+            yield VisitRecord(subject_key=subject, event_code=event, sequence=sequence, start=completed_on,
+                              end=completed_on, unscheduled=unscheduled)
+
+    return StudyData(study=study_meta(scope), snapshot_at=snapshot_at, subjects=_subjects(scope),
+                     visits=visits(), entries=entries())

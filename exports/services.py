@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from datetime import date
@@ -39,7 +40,7 @@ log = structlog.get_logger(__name__)
 # Who may export a study's clinical data (pooled outputs have their own consortium roles).
 EXPORT_ROLES = frozenset({"tenant_admin", "data_manager", "statistician"})
 # The formats this version writes; the others are refused with a clear message.
-AVAILABLE_FORMATS = (ExportFormat.CSV_LONG,)
+AVAILABLE_FORMATS = (ExportFormat.CSV_LONG, ExportFormat.ODM, ExportFormat.SDTM)
 MAX_FILTER_ITEMS = 200
 
 
@@ -126,11 +127,59 @@ class _Hashing:
         self.size += len(chunk)
         return self.target.write(chunk)
 
+    def flush(self) -> None:  # zipfile writes to streams it cannot seek (data descriptors)
+        self.target.flush()
+
 
 Writer = Callable[[extract.ExportScope, IO[bytes]], int]  # returns the rows written
 WRITERS: dict[str, tuple[str, Writer]] = {
     ExportFormat.CSV_LONG: ("long.csv", extract.long_csv_copy),
 }
+# Writers that also need the job (the snapshot time and file identity go into the files).
+JOB_WRITERS: dict[str, str] = {ExportFormat.ODM: "odm.xml", ExportFormat.SDTM: "sdtm.zip"}
+
+
+def _odm_writer(job: ExportJob) -> Writer:
+    def write(scope: extract.ExportScope, out: IO[bytes]) -> int:
+        from exports.cdisc.odm import odm_write
+
+        assert job.snapshot_at is not None
+        data = extract.study_data(scope, snapshot_at=job.snapshot_at)
+        counts = odm_write(out, data, file_oid=f"EXP.{job.study.code}.{job.pk}",  # type: ignore[arg-type]
+                           description=job.study.title)
+        return counts.items
+
+    return write
+
+
+def _sdtm_writer(job: ExportJob) -> Writer:
+    """Every SDTM domain as SAS XPORT v5 plus define.xml (Define-XML 2.1), in one ZIP whose
+    entries carry fixed dates, so the same data gives the same bytes."""
+
+    def write(scope: extract.ExportScope, out: IO[bytes]) -> int:
+        import pathlib
+        import zipfile
+
+        from exports.cdisc.define_xml import define_write
+        from exports.sdtm import sdtm_write
+
+        assert job.snapshot_at is not None
+        data = extract.study_data(scope, snapshot_at=job.snapshot_at)
+        with tempfile.TemporaryDirectory(prefix="suifang-sdtm-") as directory:
+            folder = pathlib.Path(directory)
+            specs = sdtm_write(data, studyid=job.study.code, directory=folder)
+            with open(folder / "define.xml", "wb") as define:
+                define_write(define, data.study, specs, file_oid=f"DEF.{job.study.code}.{job.pk}",
+                             created=job.snapshot_at)
+            with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for name in ["define.xml", *sorted(spec.file_name for spec in specs)]:
+                    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    with open(folder / name, "rb") as source, archive.open(info, "w") as target:
+                        shutil.copyfileobj(source, target, 1 << 20)
+        return sum(spec.rows for spec in specs)
+
+    return write
 
 
 PROGRESS_TTL = 24 * 3600
@@ -173,7 +222,11 @@ def export_run(*, job_id: int) -> ExportJob:
             _progress(schema, job)
             files = []
             for fmt in job.formats:
-                suffix, writer = WRITERS[fmt]
+                if fmt in JOB_WRITERS:
+                    suffix = JOB_WRITERS[fmt]
+                    writer = _odm_writer(job) if fmt == ExportFormat.ODM else _sdtm_writer(job)
+                else:
+                    suffix, writer = WRITERS[fmt]
                 name = f"{job.study.code}_{suffix}"
                 files.append(_write_file(job, schema, name, fmt, writer, scope))
                 job.rows_done += sum(row["values"] for row in counts)
