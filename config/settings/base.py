@@ -47,6 +47,7 @@ SHARED_APPS = [
     "django_tenants",
     "tenants",
     "billing",
+    "exports.pooling",  # consortia and pooled runs live in the public schema
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.sessions",
@@ -164,6 +165,25 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+# --- export storage (S3) ---------------------------------------------------------------
+# Export files go to their own bucket when EXPORTS_S3_BUCKET is set (exports/storage.py),
+# otherwise to the default storage. Credentials are never settings: boto3 reads
+# AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN or the pod's role.
+EXPORTS_S3_BUCKET = env_str("EXPORTS_S3_BUCKET", "")
+EXPORTS_S3_REGION = env_str("EXPORTS_S3_REGION", "")  # empty: boto3's (AWS_DEFAULT_REGION)
+EXPORTS_S3_ENDPOINT_URL = env_str("EXPORTS_S3_ENDPOINT_URL", "")  # MinIO, Aliyun OSS...; empty: AWS
+EXPORTS_S3_ADDRESSING_STYLE = env_str("EXPORTS_S3_ADDRESSING_STYLE", "")  # "", "auto", "path", "virtual"
+# Canned ACL on every object; empty for buckets with ACLs disabled (BucketOwnerEnforced).
+EXPORTS_S3_DEFAULT_ACL = env_str("EXPORTS_S3_DEFAULT_ACL", "private")
+# SSE-S3 (AES256); turn off only for stores without it (e.g. MinIO without a KMS).
+EXPORTS_S3_ENCRYPTION = env_bool("EXPORTS_S3_ENCRYPTION", True)
+# A second save under an existing key gets a new name instead of replacing the file.
+EXPORTS_S3_FILE_OVERWRITE = env_bool("EXPORTS_S3_FILE_OVERWRITE", False)
+# boto3 >= 1.36 sends CRC32 checksums on every upload, which some S3-compatible stores
+# refuse; "when_required" restores the old behaviour there.
+EXPORTS_S3_CHECKSUMS = env_str("EXPORTS_S3_CHECKSUMS", "when_supported")
+# --- end export storage (S3) -----------------------------------------------------------
+
 # --- redis, cache, celery --------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
@@ -272,3 +292,5 @@ STATICFILES_DIRS = [BASE_DIR / "static", *[d for d in [BASE_DIR / "static_build"
 PII_ENCRYPTION_KEYS = env_str("PII_ENCRYPTION_KEYS", "")
 # HMAC-SHA256 key for keyed hashes (duplicate national IDs); separate from the above.
 PII_HASH_KEY = env_str("PII_HASH_KEY", "")
+# Pooled exports: the consortium keys (pseudonyms, date shifts) derive from this secret.
+POOLING_SECRET = env_str("POOLING_SECRET", "")

@@ -23,3 +23,4 @@ STATIC_ROOT = None  # type: ignore[assignment]
 # "dev-only-insecure-pii-key-000001" and "dev-only-insecure-pii-hash-key-1".
 PII_ENCRYPTION_KEYS = PII_ENCRYPTION_KEYS or "ZGV2LW9ubHktaW5zZWN1cmUtcGlpLWtleS0wMDAwMDE="  # noqa: F405
 PII_HASH_KEY = PII_HASH_KEY or "ZGV2LW9ubHktaW5zZWN1cmUtcGlpLWhhc2gta2V5LTE="  # noqa: F405
+POOLING_SECRET = POOLING_SECRET or "dev-only-insecure-pooling-secret-0000000000001"  # noqa: F405

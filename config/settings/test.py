@@ -36,3 +36,4 @@ STATIC_ROOT = None  # type: ignore[assignment]
 # "test-only-insecure-pii-key-00001" and "test-only-insecure-pii-hash-key1".
 PII_ENCRYPTION_KEYS = PII_ENCRYPTION_KEYS or "dGVzdC1vbmx5LWluc2VjdXJlLXBpaS1rZXktMDAwMDE="  # noqa: F405
 PII_HASH_KEY = PII_HASH_KEY or "dGVzdC1vbmx5LWluc2VjdXJlLXBpaS1oYXNoLWtleTE="  # noqa: F405
+POOLING_SECRET = POOLING_SECRET or "test-only-insecure-pooling-secret-000000000001"  # noqa: F405
