@@ -21,7 +21,6 @@ from typing import IO, Any
 import structlog
 from django.core.cache import cache
 from django.core.files import File
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -32,6 +31,7 @@ from ecrf import audit
 from ecrf.models import FormDefinition
 from exports import extract
 from exports.models import ExportFile, ExportFormat, ExportJob, ExportStatus
+from exports.storage import export_storage, presigned_download_url
 from sites.selectors import site_ids_visible
 from studies.models import Study
 
@@ -277,10 +277,11 @@ def _write_file(job: ExportJob, schema: str, name: str, fmt: str, writer: Writer
             hashing = _Hashing(raw)
             rows = writer(scope, hashing)  # type: ignore[arg-type]
         key = f"exports/{schema}/{job.pk}/{name}"
-        if default_storage.exists(key):
-            default_storage.delete(key)  # a retry replaces the earlier attempt's file
+        storage = export_storage()
+        if storage.exists(key):
+            storage.delete(key)  # a retry replaces the earlier attempt's file
         with open(path, "rb") as stored:
-            saved = default_storage.save(key, File(stored, name=name))
+            saved = storage.save(key, File(stored, name=name))
         return ExportFile(job=job, name=name, format=fmt, storage_name=saved, size=hashing.size,
                           sha256=hashing.digest.hexdigest(), rows=rows)
     finally:
@@ -294,11 +295,29 @@ def export_file_open(*, membership: Any, file: ExportFile) -> IO[bytes]:
         raise PermissionDenied("permission_denied", _("Your role does not allow downloading exports."))
     if file.job.status != ExportStatus.DONE:
         raise Conflict("export_not_ready", _("This export is not finished."))
-    handle = default_storage.open(file.storage_name, "rb")
+    handle = export_storage().open(file.storage_name, "rb")
+    _audit_download(membership, file)
+    return handle
+
+
+def _audit_download(membership: Any, file: ExportFile) -> None:
     with transaction.atomic():
         audit.audit_record(action="export_download", source="api", actor=_actor(membership),
                            detail={"export": file.job_id, "file": file.name, "sha256": file.sha256})
-    return handle
+
+
+def export_file_download_url(*, membership: Any, file: ExportFile) -> str | None:
+    """A presigned object-store URL (60 s: it works for whoever holds it, so it lives only
+    as long as the redirect needs) after the same checks and audit as a download; None
+    when exports are on local storage (then the API streams the file itself)."""
+    if membership is None or membership.role not in EXPORT_ROLES:
+        raise PermissionDenied("permission_denied", _("Your role does not allow downloading exports."))
+    if file.job.status != ExportStatus.DONE:
+        raise Conflict("export_not_ready", _("This export is not finished."))
+    url = presigned_download_url(export_storage(), file.storage_name, filename=file.name, expires=60)
+    if url is not None:
+        _audit_download(membership, file)
+    return url
 
 
 def job_state(job: ExportJob) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core import signing
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponseRedirect
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -134,6 +134,12 @@ class ExportDownloadView(APIView):
         file = ExportFile.objects.select_related("job").filter(pk=claims.get("f")).first()
         if file is None:
             raise NotFound("not_found", _("No such download link."))
+        url = services.export_file_download_url(membership=membership, file=file)
+        if url is not None:  # object storage: the client fetches the bytes from there
+            redirect = HttpResponseRedirect(url)
+            redirect["Cache-Control"] = "no-store"
+            redirect["Referrer-Policy"] = "no-referrer"
+            return redirect  # type: ignore[return-value]
         handle = services.export_file_open(membership=membership, file=file)
         response = FileResponse(handle, as_attachment=True, filename=file.name)
         response["X-Content-Type-Options"] = "nosniff"

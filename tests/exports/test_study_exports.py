@@ -270,3 +270,28 @@ def test_sdtm_export_is_xpt_v5_with_a_valid_define(exported, world, in_tenant):
     connection.set_schema_to_public()
     again = _run(world, in_tenant, job_id)
     assert again.manifest["files"][0]["sha256"] == state["files"][0]["sha256"]
+
+
+def test_on_s3_the_link_redirects_to_a_short_presigned_url_with_the_same_bytes(exported, world, in_tenant,
+                                                                               s3_settings):
+    """Export files in a real S3 endpoint (moto's server): stored there, private, and the
+    download link answers with a presigned URL after the role check and the audit."""
+    import urllib.request
+
+    manager = exported["manager"]
+    job_id = manager.post(f"/api/v1/studies/{exported['study']}/exports/", {"formats": ["csv_long"]},
+                          format="json").json()["id"]
+    _run(world, in_tenant, job_id)
+    state = manager.get(f"/api/v1/exports/{job_id}/").json()
+    file = state["files"][0]
+    key = f"exports/{world.alpha.schema_name}/{job_id}/{file['name']}"
+    stored = s3_settings.client.get_object(Bucket=s3_settings.bucket, Key=key)
+    assert stored["ServerSideEncryption"] == "AES256"
+    link = manager.post(f"/api/v1/exports/{job_id}/files/{file['id']}/link/").json()["url"]
+    response = manager.get(link)
+    assert response.status_code == 302 and response["Cache-Control"] == "no-store"
+    assert "X-Amz-Expires=60" in response["Location"]
+    with urllib.request.urlopen(response["Location"]) as fetched:  # noqa: S310 (the test's own S3 endpoint)
+        assert hashlib.sha256(fetched.read()).hexdigest() == file["sha256"]
+    in_tenant(world.alpha)
+    assert AuditEvent.objects.filter(action="export_download").count() == 1
