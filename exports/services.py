@@ -94,6 +94,22 @@ def export_start(*, membership: Any, study: Study, formats: Sequence[str], forms
     return job
 
 
+def export_retry(*, membership: Any, job: ExportJob) -> bool:
+    """Queue a failed job again (the update is conditional: a double click queues one run).
+    False when the job is not failed."""
+    if membership is None or membership.role not in EXPORT_ROLES:
+        raise PermissionDenied("permission_denied", _("Your role does not allow exporting study data."))
+    requeued = ExportJob.objects.filter(pk=job.pk, status=ExportStatus.FAILED).update(
+        status=ExportStatus.QUEUED, error="")
+    if requeued:
+        from exports.tasks import export_run_task
+
+        job_pk = job.pk
+        transaction.on_commit(lambda: export_run_task.delay(job_pk))
+        log.info("export.requeued", job=job_pk)
+    return bool(requeued)
+
+
 def _scope(job: ExportJob) -> extract.ExportScope:
     filters = job.filters or {}
     return extract.ExportScope(

@@ -1,0 +1,232 @@
+"""Study export pages (thin: form -> exports.services -> templates).
+
+The export page starts a job with a normal form POST and lists the study's jobs; the job
+page shows progress (static/js/exports.js polls the JSON API while the job runs), then
+the files, each downloaded through a short-lived link from the API, and the manifest.
+Who sees which job follows the API (exports.api.views): tenant admins and data managers
+see every job of the study, other exporting roles the jobs they started."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import translation
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from django.views.decorators.http import require_POST
+
+from config.errors import DomainError
+from ecrf import selectors as ecrf_selectors
+from exports import services
+from exports.models import ExportFormat, ExportJob, ExportStatus
+from sites import selectors as site_selectors
+from studies import selectors as study_selectors
+
+PAGE_SIZE = 20
+# Roles that see every job of a study; the other exporting roles see their own jobs.
+ALL_JOBS_ROLES = frozenset({"tenant_admin", "data_manager"})
+RUNNING_STATES = (ExportStatus.QUEUED, ExportStatus.RUNNING)
+SHA_SHOWN = 12  # hex digits of a SHA-256 shown in the table; the full value is in the title
+
+
+class ExportStartForm(forms.Form):
+    """The choices of the export page. Formats and forms are offered from the study and
+    the model; every business rule (formats available, own sites, date order) is the
+    service's, so the API and this page refuse the same things with the same messages."""
+
+    formats = forms.MultipleChoiceField(label=gettext_lazy("Formats"), required=False,
+                                        choices=ExportFormat.choices)
+    sites = forms.TypedMultipleChoiceField(label=gettext_lazy("Sites"), required=False, choices=(), coerce=int)
+    date_from = forms.DateField(label=gettext_lazy("Visit date from"), required=False,
+                                widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(label=gettext_lazy("Visit date to"), required=False,
+                              widget=forms.DateInput(attrs={"type": "date"}))
+    # Last: from here on the class body's `forms` is this field, not django.forms.
+    forms = forms.MultipleChoiceField(label=gettext_lazy("Forms"), required=False, choices=())
+
+    def __init__(self, *args: Any, form_choices: list[tuple[str, str]], site_choices: list[tuple[int, str]],
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        forms_field = self.fields["forms"]
+        sites_field = self.fields["sites"]
+        assert isinstance(forms_field, forms.MultipleChoiceField)
+        assert isinstance(sites_field, forms.TypedMultipleChoiceField)
+        forms_field.choices = form_choices
+        sites_field.choices = site_choices
+
+
+@dataclass(frozen=True)
+class Option:
+    """One checkbox of a choice list, as the template draws it."""
+
+    value: str
+    label: str
+    checked: bool
+    available: bool = True
+
+
+def _membership(request: HttpRequest) -> Any:
+    membership = getattr(request, "membership", None)
+    if membership is None:
+        raise PermissionDenied
+    return membership
+
+
+def _exporter(request: HttpRequest) -> Any:
+    membership = _membership(request)
+    if membership.role not in services.EXPORT_ROLES:
+        raise PermissionDenied
+    return membership
+
+
+def _study_or_404(membership: Any, study_id: int) -> Any:
+    study = study_selectors.study_get(membership=membership, study_id=study_id)
+    if study is None:
+        raise Http404
+    return study
+
+
+def jobs_visible(*, membership: Any) -> QuerySet[ExportJob]:
+    jobs = ExportJob.objects.select_related("study").prefetch_related("files")
+    if membership.role not in ALL_JOBS_ROLES:
+        jobs = jobs.filter(requested_by_id=membership.user_id)
+    return jobs
+
+
+def _job_or_404(membership: Any, job_id: int) -> ExportJob:
+    job = jobs_visible(membership=membership).filter(pk=job_id).first()
+    if job is None:
+        raise Http404
+    return job
+
+
+def _language() -> str:
+    return "zh-hans" if (translation.get_language() or "").lower().startswith("zh") else "en"
+
+
+def _form_choices(study_id: int) -> list[tuple[str, str]]:
+    """(code, "CODE · title") of the study's forms, the title from the newest version."""
+    language = _language()
+    choices = []
+    for form in ecrf_selectors.forms_of_study(study_id=study_id):
+        versions = sorted(form.versions.all(), key=lambda v: v.number, reverse=True)
+        titles = (versions[0].definition or {}).get("title") if versions else None
+        title = str(titles.get(language) or titles.get("en") or "") if isinstance(titles, dict) else ""
+        choices.append((form.code, f"{form.code} · {title}" if title else form.code))
+    return choices
+
+
+def _site_choices(membership: Any) -> list[tuple[int, str]]:
+    return [(site.pk, f"{site.code} · {site.name}")
+            for site in site_selectors.sites_visible(membership=membership).order_by("code")]
+
+
+def _options(form: ExportStartForm, name: str, choices: list[tuple[Any, Any]],
+             available: frozenset[str] | None = None) -> list[Option]:
+    """The checkboxes of one field, checked as the user left them (a refused form keeps
+    what was chosen)."""
+    if form.is_bound:
+        chosen = {str(v) for v in form.data.getlist(name)} if hasattr(form.data, "getlist") else set()
+    else:
+        chosen = {str(v) for v in (form.initial.get(name) or ())}
+    return [Option(value=str(value), label=str(label), checked=str(value) in chosen,
+                   available=available is None or str(value) in available) for value, label in choices]
+
+
+def _add_domain_error(form: forms.Form, exc: DomainError) -> None:
+    """A service's field errors next to the form's fields (the rest above the form)."""
+    for field_name, field_messages in (exc.fields or {}).items():
+        for message in field_messages:
+            form.add_error(field_name if field_name in form.fields else None, message)
+    if not exc.fields:
+        form.add_error(None, str(exc.message))
+
+
+def _percent(state: dict[str, Any]) -> int:
+    return round(100 * float(state.get("progress") or 0))
+
+
+@login_required
+def study_exports_view(request: HttpRequest, study_id: int) -> HttpResponse:
+    """The export form and, below it, the study's jobs (newest first)."""
+    membership = _exporter(request)
+    study = _study_or_404(membership, study_id)
+    form_choices = _form_choices(study.pk)
+    site_choices = _site_choices(membership)
+    form = ExportStartForm(request.POST if request.method == "POST" else None,
+                           initial={"formats": [ExportFormat.CSV_LONG]},
+                           form_choices=form_choices, site_choices=site_choices)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            job = services.export_start(membership=membership, study=study, formats=data["formats"],
+                                        forms=data["forms"], sites=data["sites"], date_from=data["date_from"],
+                                        date_to=data["date_to"], source="web")
+        except DomainError as exc:
+            _add_domain_error(form, exc)
+        else:
+            messages.success(request, _("Export queued."))
+            return redirect("export-job", job_id=job.pk)
+    page = Paginator(jobs_visible(membership=membership).filter(study=study), PAGE_SIZE).get_page(
+        request.GET.get("page"))
+    rows = []
+    for job in page:
+        state = services.job_state(job)
+        rows.append({"job": job, "state": state, "percent": _percent(state)})
+    available = frozenset(str(f) for f in services.AVAILABLE_FORMATS)
+    return render(request, "exports/study_exports.html", {
+        "study": study, "form": form, "page": page, "rows": rows,
+        "format_options": _options(form, "formats", list(ExportFormat.choices), available),
+        "form_options": _options(form, "forms", list(form_choices)),
+        "site_options": _options(form, "sites", list(site_choices)),
+        "own_sites_only": site_selectors.site_ids_visible(membership=membership) is not None,
+    }, status=400 if form.errors else 200)
+
+
+@login_required
+def export_job_view(request: HttpRequest, job_id: int) -> HttpResponse:
+    """A job's progress, then its files and manifest, or its failure with a retry."""
+    membership = _exporter(request)
+    job = _job_or_404(membership, job_id)
+    state = services.job_state(job)
+    manifest = state.get("manifest") or {}
+    files = [{**f, "short_sha": f["sha256"][:SHA_SHOWN]} for f in state["files"]]
+    versions = sorted((manifest.get("form_versions") or {}).items())
+    return render(request, "exports/export_job.html", {
+        "job": job, "study": job.study, "state": state, "percent": _percent(state), "files": files,
+        "running": job.status in RUNNING_STATES, "failed": job.status == ExportStatus.FAILED,
+        "done": job.status == ExportStatus.DONE, "manifest": manifest,
+        "manifest_rows": manifest.get("rows_by_form_and_site") or [],
+        "form_versions": [(code, ", ".join(str(n) for n in numbers)) for code, numbers in versions],
+        "snapshot": manifest.get("snapshot") or {},
+        "format_labels": [str(ExportFormat(f).label) if f in ExportFormat.values else str(f) for f in job.formats],
+        "js_messages": {
+            "download_failed": _("The download link could not be created. Reload the page and try again."),
+            "poll_failed": _("Lost contact with the server; still trying…"),
+            "copied": _("Copied"),
+            "statuses": {value: str(label) for value, label in ExportStatus.choices},
+        },
+    })
+
+
+@login_required
+@require_POST
+def export_retry_view(request: HttpRequest, job_id: int) -> HttpResponse:
+    """Requeue a failed job. Only a failed job moves back to queued, once (the update is
+    conditional), so a double click queues one run."""
+    membership = _exporter(request)
+    job = _job_or_404(membership, job_id)
+    if services.export_retry(membership=membership, job=job):
+        messages.success(request, _("Export queued again."))
+    else:
+        messages.error(request, _("Only a failed export can be retried."))
+    return redirect("export-job", job_id=job.pk)

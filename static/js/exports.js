@@ -1,0 +1,105 @@
+/*
+ * Suifang export job page (exports/templates/exports/export_job.html).
+ *
+ * The server renders the whole page; this script:
+ *   - polls the JSON API (GET /api/v1/exports/<id>/, with the session) every 2 s while the
+ *     job is queued or running, and moves the progress bar, its text percentage and the
+ *     status; when the job ends it reloads the page, which then lists the files and the
+ *     manifest (rendered by the server, in the user's language);
+ *   - downloads a file: POST .../files/<fid>/link/ (CSRF header), then navigates to the
+ *     short-lived URL returned (the browser saves the attachment, the page stays);
+ *   - copies a file's full SHA-256.
+ */
+(function () {
+  "use strict";
+
+  var root = document.getElementById("export-job");
+  if (!root) return;
+  var messagesNode = document.getElementById("exports-messages");
+  var M = messagesNode ? JSON.parse(messagesNode.textContent) : {};
+  var csrfInput = document.querySelector("input[name=csrfmiddlewaretoken]");
+  var csrfToken = csrfInput ? csrfInput.value : "";
+  var notices = document.getElementById("export-notices");
+  var POLL_MS = 2000;
+  var RUNNING = {queued: true, running: true};
+
+  function notice(text, kind) {
+    if (!notices) return;
+    notices.textContent = "";
+    if (!text) return;
+    var p = document.createElement("p");
+    p.className = "notice notice-" + (kind || "error");
+    p.textContent = text;
+    notices.appendChild(p);
+  }
+
+  function showProgress(state) {
+    var percent = Math.round(100 * (Number(state.progress) || 0));
+    var bar = document.getElementById("export-progress");
+    var text = document.getElementById("export-percent");
+    var status = document.getElementById("export-status");
+    if (bar) {
+      bar.value = percent;
+      bar.textContent = percent + " %";
+    }
+    if (text) text.textContent = percent + " %";
+    if (status && state.status) {
+      status.textContent = (M.statuses && M.statuses[state.status]) || state.status;
+      status.className = "badge status-" + state.status;
+    }
+  }
+
+  function poll() {
+    fetch(root.getAttribute("data-api"), {credentials: "same-origin", headers: {Accept: "application/json"}})
+      .then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.json();
+      })
+      .then(function (state) {
+        notice("");
+        showProgress(state);
+        if (RUNNING[state.status]) {
+          window.setTimeout(poll, POLL_MS);
+        } else {
+          // Finished or failed: the server renders the files, manifest or retry button.
+          window.location.reload();
+        }
+      })
+      .catch(function () {
+        notice(M.poll_failed, "warning");
+        window.setTimeout(poll, POLL_MS);
+      });
+  }
+
+  if (RUNNING[root.getAttribute("data-status")]) window.setTimeout(poll, POLL_MS);
+
+  document.addEventListener("click", function (event) {
+    var target = event.target;
+    if (!(target instanceof Element)) return;
+    var download = target.closest("button.download");
+    if (download) {
+      download.disabled = true;
+      fetch(download.getAttribute("data-link"), {
+        method: "POST", credentials: "same-origin",
+        headers: {Accept: "application/json", "X-CSRFToken": csrfToken}
+      })
+        .then(function (response) {
+          if (!response.ok) throw new Error("HTTP " + response.status);
+          return response.json();
+        })
+        .then(function (link) {
+          notice("");
+          window.location.assign(link.url);
+        })
+        .catch(function () { notice(M.download_failed, "error"); })
+        .then(function () { download.disabled = false; });
+      return;
+    }
+    var copy = target.closest("button.copy-sha");
+    if (copy && navigator.clipboard) {
+      navigator.clipboard.writeText(copy.getAttribute("data-copy")).then(function () {
+        copy.textContent = M.copied || copy.textContent;
+      }, function () { /* the full value stays readable in the title */ });
+    }
+  });
+})();
