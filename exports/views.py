@@ -156,6 +156,17 @@ def _percent(state: dict[str, Any]) -> int:
 
 
 @login_required
+def exports_index_view(request: HttpRequest) -> HttpResponse:
+    """The navigation's way in: the studies, each with its export page (straight there
+    when there is only one)."""
+    membership = _exporter(request)
+    studies = list(study_selectors.studies_visible(membership=membership))
+    if len(studies) == 1:
+        return redirect("study-exports", study_id=studies[0].pk)
+    return render(request, "exports/index.html", {"studies": studies})
+
+
+@login_required
 def study_exports_view(request: HttpRequest, study_id: int) -> HttpResponse:
     """The export form and, below it, the study's jobs (newest first)."""
     membership = _exporter(request)

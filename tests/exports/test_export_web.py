@@ -274,3 +274,13 @@ def test_the_pages_speak_simplified_chinese(exported, page_as, world):
     response = client.post(f"/studies/{exported['study']}/exports/", {"formats": ["csv_long"]})
     tree = _tree(client.get(response["Location"]))
     assert "导出 #" in tree.xpath("string(//h1)") and tree.xpath("string(//*[@id='export-status'])") == "排队中"
+
+
+def test_the_navigation_leads_exporting_roles_to_the_export_pages(exported, page_as):
+    client, study_id, other = page_as("data_manager"), exported["study"], page_as("coordinator")
+    page = client.get("/worklist/", follow=True)
+    assert b'href="/exports/"' in page.content
+    landing = client.get("/exports/")
+    assert landing.status_code == 302 and landing["Location"] == f"/studies/{study_id}/exports/"
+    assert b'href="/exports/"' not in other.get("/worklist/", follow=True).content
+    assert other.get("/exports/").status_code == 403
