@@ -160,6 +160,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         job = export_run(job_id=job.pk)
         size = sum(f["bytes"] for f in job.manifest["files"])
         rows = sum(f["rows"] for f in job.manifest["files"])
+        counted = sum(c["values"] for c in job.manifest["rows_by_form_and_site"])
+        if counted != rows:  # the manifest's counts and the file must agree
+            raise SystemExit(f"manifest counts {counted} != rows written {rows}")
     seconds = time.perf_counter() - began
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": seconds, "peak_mb": peak_kb / 1024, "bytes": size, "rows": rows}

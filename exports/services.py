@@ -10,11 +10,13 @@ changed between attempts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 from typing import IO, Any
 
@@ -233,9 +235,10 @@ def export_run(*, job_id: int) -> ExportJob:
             changed_since = not first_attempt and head != job.snapshot_seq
             if first_attempt or changed_since:
                 job.snapshot_seq, job.snapshot_at = head, timezone.now()
-            counts = _counts(scope)
-            job.rows_done, job.rows_total = 0, sum(row["values"] for row in counts) * len(job.formats)
-            _progress(schema, job)
+            # The manifest's counts run on a second connection that imports this run's
+            # snapshot, on the other core, while this one writes the files.
+            pending = _counts_beside(schema, scope) if outermost else None
+            counts = _counts(scope) if pending is None else None
             files = []
             for fmt in job.formats:
                 if fmt in JOB_WRITERS:
@@ -245,8 +248,15 @@ def export_run(*, job_id: int) -> ExportJob:
                     suffix, writer = WRITERS[fmt]
                 name = f"{job.study.code}_{suffix}"
                 files.append(_write_file(job, schema, name, fmt, writer, scope))
+                if counts is None and pending is not None:
+                    counts = pending.result()
+                assert counts is not None
+                job.rows_total = sum(row["values"] for row in counts) * len(job.formats)
                 job.rows_done += sum(row["values"] for row in counts)
                 _progress(schema, job)
+            if counts is None and pending is not None:
+                counts = pending.result()
+            assert counts is not None
         manifest = {
             "job": job.pk, "study": job.study.code, "formats": job.formats, "filters": job.filters,
             "snapshot": {"audit_seq": job.snapshot_seq, "at": job.snapshot_at.isoformat() if job.snapshot_at else None,
@@ -275,6 +285,29 @@ def export_run(*, job_id: int) -> ExportJob:
     return job
 
 
+def _counts_beside(schema: str, scope: extract.ExportScope) -> Future[list[dict[str, Any]]]:
+    """Start the counts on another connection, in this transaction's snapshot."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_export_snapshot()")
+        snapshot = cursor.fetchone()[0]
+
+    def count() -> list[dict[str, Any]]:
+        # A thread has its own Django connection; it ends with the thread's work.
+        try:
+            connection.set_schema(schema)
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                cursor.execute("SET TRANSACTION SNAPSHOT %s", [snapshot])
+                return _counts(scope)
+        finally:
+            connection.close()
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-counts")
+    future = executor.submit(count)
+    executor.shutdown(wait=False)
+    return future
+
+
 def _counts(scope: extract.ExportScope) -> list[dict[str, Any]]:
     """Item values per form and site (the manifest's row counts), from the same query."""
     with connection.cursor() as cursor:
@@ -297,11 +330,24 @@ def _write_file(job: ExportJob, schema: str, name: str, fmt: str, writer: Writer
         if storage.exists(key):
             storage.delete(key)  # a retry replaces the earlier attempt's file
         with open(path, "rb") as stored:
-            saved = storage.save(key, File(stored, name=name))
+            saved = storage.save(key, _FinishedFile(stored, name=name, path=path))
         return ExportFile(job=job, name=name, format=fmt, storage_name=saved, size=hashing.size,
                           sha256=hashing.digest.hexdigest(), rows=rows)
     finally:
-        os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):  # moved into place by a local storage
+            os.unlink(path)
+
+
+class _FinishedFile(File):
+    """A written temporary file: a file-system storage moves it into place (as it does
+    with large uploads) instead of copying every byte again; S3 reads it."""
+
+    def __init__(self, file: IO[bytes], *, name: str, path: str) -> None:
+        super().__init__(file, name=name)
+        self._path = path
+
+    def temporary_file_path(self) -> str:
+        return self._path
 
 
 def export_file_open(*, membership: Any, file: ExportFile) -> IO[bytes]:
