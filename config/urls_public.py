@@ -12,6 +12,8 @@ urlpatterns = [
     path("", views.public_home, name="public-home"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
+    # Consortium members (exports.pooling): pooled, de-identified outputs only.
+    path("api/v1/consortia/", include("exports.pooling.urls")),
 ]
 
 handler400 = "config.views.bad_request"

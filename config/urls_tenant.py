@@ -35,6 +35,7 @@ urlpatterns = [
     path("api/v1/", include("studies.metrics_api")),
     path("api/v1/", include("ecrf.api.urls")),
     path("api/v1/", include("exports.api.urls")),
+    path("api/v1/", include("exports.pooling.tenant_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),

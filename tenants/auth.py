@@ -22,6 +22,16 @@ def session_tenant_key(request: HttpRequest) -> str:
     return tenant.schema_name if tenant is not None else get_public_schema_name()
 
 
+def public_member(user: Any) -> bool:
+    """Whether a non-operator may be signed in on the public host: a hook named by
+    settings.PUBLIC_MEMBER_CHECK (consortium members), so this app imports no other."""
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    check = getattr(settings, "PUBLIC_MEMBER_CHECK", "")
+    return bool(check) and bool(import_string(check)(user))
+
+
 def is_public_request(request: HttpRequest | None) -> bool:
     tenant = getattr(request, "tenant", None)
     return tenant is None or tenant.schema_name == get_public_schema_name()
@@ -46,7 +56,7 @@ class EmailBackend(ModelBackend):
         if not user.check_password(password) or not self.user_can_authenticate(user):
             return None
         if request is None or is_public_request(request):
-            return user if user.is_staff else None
+            return user if user.is_staff or public_member(user) else None
         tenant = request.tenant  # type: ignore[attr-defined]
         if not TenantMembership.objects.filter(user=user, tenant=tenant, is_active=True).exists():
             return None

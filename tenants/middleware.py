@@ -13,7 +13,7 @@ from django.utils import timezone, translation
 from django_tenants.middleware.main import TenantMainMiddleware
 
 from config.observability import tag_tenant
-from tenants.auth import SESSION_TENANT_KEY, is_public_request, session_tenant_key
+from tenants.auth import SESSION_TENANT_KEY, is_public_request, public_member, session_tenant_key
 from tenants.models import TenantStatus
 from tenants.selectors import membership_for
 
@@ -62,7 +62,10 @@ class TenantMembershipMiddleware:
             if bound_to != session_tenant_key(request):
                 request.user = AnonymousUser()
             elif is_public_request(request):
-                if not user.is_staff:
+                # Operators anywhere on the public host; members of a public-host
+                # community (consortia) only on their own pages.
+                if not user.is_staff and not (
+                        request.path.startswith(tuple(settings.PUBLIC_MEMBER_PATH_PREFIXES)) and public_member(user)):
                     request.user = AnonymousUser()
             else:
                 membership = membership_for(user=user, tenant=request.tenant)  # type: ignore[attr-defined]

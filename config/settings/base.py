@@ -294,3 +294,6 @@ PII_ENCRYPTION_KEYS = env_str("PII_ENCRYPTION_KEYS", "")
 PII_HASH_KEY = env_str("PII_HASH_KEY", "")
 # Pooled exports: the consortium keys (pseudonyms, date shifts) derive from this secret.
 POOLING_SECRET = env_str("POOLING_SECRET", "")
+# Non-operators signed in on the public host: consortium members, on these paths only.
+PUBLIC_MEMBER_CHECK = "exports.pooling.selectors.is_consortium_member"
+PUBLIC_MEMBER_PATH_PREFIXES = ("/consortia/", "/api/v1/consortia/")

@@ -125,3 +125,72 @@ def test_a_withdrawn_tenant_is_not_in_the_next_pool(three_tenants):
     run, long_bytes, _ = _run(three_tenants)
     assert {r["contributor"] for r in csv.DictReader(io.StringIO(long_bytes.decode()))} == {"alpha", "gamma"}
     assert [t["tenant"] for t in run.manifest["tenants"]] == ["alpha", "gamma"]
+
+
+# --- the API: consortium members on the public host, tenant admins on their host --------------
+
+def _public(user):  # type: ignore[no-untyped-def]
+    from rest_framework.test import APIClient
+
+    client = APIClient(HTTP_HOST="localhost")
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+def test_only_members_with_a_consortium_role_see_and_download_pooled_outputs(three_tenants, world):
+    from exports.pooling.models import ConsortiumMember
+    from tenants.models import User
+
+    consortium = three_tenants["consortium"]
+    run, long_bytes, _ = _run(three_tenants)
+    statistician = User.objects.create_user(email="stats@heart.example.org", password=PASSWORD)
+    coordinator = User.objects.create_user(email="lead@heart.example.org", password=PASSWORD)
+    outsider = User.objects.create_user(email="stats@other.example.org", password=PASSWORD)
+    ConsortiumMember.objects.create(consortium=consortium, user=statistician, role="statistician")
+    ConsortiumMember.objects.create(consortium=consortium, user=coordinator, role="coordinator")
+    other = Consortium.objects.create(slug="other", name="Other", coordinating_organisation="X")
+    ConsortiumMember.objects.create(consortium=other, user=outsider, role="statistician")
+    base = f"/api/v1/consortia/{consortium.slug}/runs/"
+    file_url = f"{base}{run.pk}/files/pooled_long.csv/"
+
+    member = _public(statistician)
+    assert [c["slug"] for c in member.get("/api/v1/consortia/").json()] == ["heart"]
+    assert member.get(base).json()[0]["manifest"]["deidentification"]["achieved_k"] >= 3
+    download = member.get(file_url)
+    assert download.status_code == 200 and b"".join(download.streaming_content) == long_bytes
+    # A statistician of another consortium, a tenant's own admin, nobody: 403 with the error shape.
+    from tests.tenants.test_api import _assert_error_shape
+
+    for client in (_public(outsider), _public(world.users["tenant_admin@alpha.example.org"]), _public(None)):
+        _assert_error_shape(client.get(base), 403)
+        _assert_error_shape(client.get(file_url), 403)
+    # Starting a run is the coordinator's; a statistician may not.
+    _assert_error_shape(member.post(base), 403)
+    started = _public(coordinator).post(base)
+    assert started.status_code == 202 and started.json()["status"] == "queued"
+    _assert_error_shape(member.get(f"{base}{run.pk}/files/../../etc/passwd/"), 404)
+
+
+def test_a_tenant_admin_accepts_and_withdraws_an_agreement_for_their_own_organisation(three_tenants, api, world,
+                                                                                    email_of):
+    from tests.tenants.test_api import _assert_error_shape
+
+    url = "/api/v1/consortia/heart/agreement/"
+    admin = api(world.beta, email_of("tenant_admin", "beta"))
+    listed = admin.get("/api/v1/consortia/").json()
+    assert listed[0]["slug"] == "heart" and listed[0]["agreement"]["status"] == "active"
+    _assert_error_shape(admin.post(url, {"study": "CRF", "items": ["VITALS.weight"]}, format="json"), 409)
+    assert admin.delete(url).json()["status"] == "withdrawn"
+    _assert_error_shape(admin.delete(url), 404)
+    for body, field in (({"study": "NOPE", "items": ["VITALS.weight"]}, "study"),
+                        ({"study": "CRF", "items": ["VITALS.email"]}, "items"),  # not a common data element
+                        ({"study": "CRF", "items": []}, "items"),
+                        ({"study": "CRF"}, "items")):
+        assert field in _assert_error_shape(admin.post(url, body, format="json"), 400)["fields"]
+    accepted = admin.post(url, {"study": "CRF", "items": ["VITALS.weight", "VITALS.height"]}, format="json")
+    assert accepted.status_code == 201 and accepted.json()["items"] == ["VITALS.height", "VITALS.weight"]
+    # Only the admin, and only for the organisation whose host it is.
+    _assert_error_shape(api(world.beta, email_of("data_manager", "beta")).delete(url), 403)
+    assert DataSharingAgreement.objects.filter(tenant__slug="beta", status="active").count() == 1
+    assert DataSharingAgreement.objects.filter(tenant__slug="alpha", status="active").count() == 1
