@@ -10,12 +10,14 @@ five scheduled events that each collect a 20-item form (numbers, codes, dates, t
 subjects and their tasks, then entries written straight with SQL until the study holds
 the level's number of item values (untimed setup).
 
-Per level, each in a fresh child process (so its peak resident memory is its own):
+Per level and format (--formats, default csv_long,parquet,sdtm), each in a fresh child
+process (so its peak resident memory is its own):
 - baseline: `COPY (SELECT e.id, kv.key, kv.value FROM ecrf_entry e, jsonb_each(e.values)
   kv) TO STDOUT` into a file: one row per item value, nothing joined, nothing formatted;
-- export (csv_long): exports.services.export_run end to end: the REPEATABLE READ snapshot,
-  the manifest counts, the long CSV (joined to site, subject, visit, form and version;
-  ordered), SHA-256, and the file saved to storage.
+- export: exports.services.export_run end to end for that one format: the REPEATABLE READ
+  snapshot, the manifest counts, the file (csv_long: joined to site, subject, visit, form
+  and version, ordered; parquet: the same rows; sdtm: DM/SV/DS/findings as XPT v5 plus
+  define.xml, zipped), SHA-256, and the file saved to storage.
 
 Prints seconds, peak RSS of the child process, bytes written and the export/COPY ratio.
 Figures, not pass/fail.
@@ -48,6 +50,7 @@ SLUG = "exportbench"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="100000,1000000", help="item values, comma separated")
+    parser.add_argument("--formats", default="csv_long,parquet,sdtm", help="export formats, comma separated")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -60,6 +63,10 @@ def form_definition() -> dict[str, Any]:
         item: dict[str, Any] = {"code": f"i{n:02d}", "type": kind, "label": label}
         if kind == "single_choice":
             item["code_list"] = "YN"
+        if kind in ("decimal", "integer"):  # findings for SDTM: VS for decimals, LB for integers
+            domain = "VS" if kind == "decimal" else "LB"
+            item["cdisc"] = {"domain": domain, "variable": f"{domain}ORRES", "testcd": f"T{n:02d}",
+                             "test": f"Test {n}", "orresu": "kg" if kind == "decimal" else "mmol/L"}
         items.append(item)
     return {"code": "F20", "title": label, "items": items,
             "code_lists": {"YN": [{"value": "1", "labels": label}, {"value": "2", "labels": label}]}}
@@ -155,21 +162,21 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         from exports.models import ExportJob
         from exports.services import export_run
 
-        job = ExportJob.objects.create(study_id=spec["study"], requested_by_id=spec["admin"], formats=["csv_long"],
-                                       filters={})
+        job = ExportJob.objects.create(study_id=spec["study"], requested_by_id=spec["admin"],
+                                       formats=[spec["format"]], filters={})
         job = export_run(job_id=job.pk)
         size = sum(f["bytes"] for f in job.manifest["files"])
         rows = sum(f["rows"] for f in job.manifest["files"])
         counted = sum(c["values"] for c in job.manifest["rows_by_form_and_site"])
-        if counted != rows:  # the manifest's counts and the file must agree
+        if spec["format"] != "sdtm" and counted != rows:  # the manifest's counts and the file must agree
             raise SystemExit(f"manifest counts {counted} != rows written {rows}")
     seconds = time.perf_counter() - began
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": seconds, "peak_mb": peak_kb / 1024, "bytes": size, "rows": rows}
 
 
-def measure(kind: str, world: dict[str, Any]) -> dict[str, Any]:
-    spec = {**world, "kind": kind}
+def measure(kind: str, world: dict[str, Any], fmt: str = "") -> dict[str, Any]:
+    spec = {**world, "kind": kind, "format": fmt}
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, cwd=ROOT,
                           check=True, env={**os.environ, "LOG_LEVEL": "ERROR"})
     return json.loads(done.stdout.decode().strip().splitlines()[-1])
@@ -184,19 +191,21 @@ def main(argv: list[str]) -> None:
     log(f"setup: {max(levels):,} item values at most ...")
     world = setup(levels)
     log(machine_info())
+    formats = [f for f in args.formats.split(",") if f.strip()]
     rows = []
     for level in levels:
         fill_entries(world, level)
         copy = measure("copy", world)
-        export = measure("export", world)
-        log(f"  {level:,}: COPY {copy['seconds']:.2f} s, export {export['seconds']:.2f} s, "
-            f"{export['rows']:,} rows")
-        rows.append([f"{level:,}", f"{copy['seconds']:.2f} s", f"{copy['peak_mb']:.0f} MB",
-                     f"{export['seconds']:.2f} s", f"{export['peak_mb']:.0f} MB",
-                     f"{export['bytes'] / 1e6:.0f} MB", f"{export['rows']:,}",
-                     ratio(export["seconds"], copy["seconds"])])
-    log(table(["item values", "raw COPY", "COPY peak RSS", "export csv_long", "export peak RSS", "CSV size",
-               "CSV rows", "export / COPY"], rows))
+        for fmt in formats:
+            export = measure("export", world, fmt)
+            log(f"  {level:,} {fmt}: COPY {copy['seconds']:.2f} s, export {export['seconds']:.2f} s, "
+                f"{export['rows']:,} rows")
+            rows.append([f"{level:,}", fmt, f"{copy['seconds']:.2f} s", f"{copy['peak_mb']:.0f} MB",
+                         f"{export['seconds']:.2f} s", f"{export['peak_mb']:.0f} MB",
+                         f"{export['bytes'] / 1e6:.0f} MB", f"{export['rows']:,}",
+                         ratio(export["seconds"], copy["seconds"])])
+    log(table(["item values", "format", "raw COPY", "COPY peak RSS", "export", "export peak RSS", "file size",
+               "rows", "export / COPY"], rows))
 
 
 if __name__ == "__main__":

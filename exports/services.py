@@ -31,7 +31,7 @@ from config.db import tenant_connection as connection
 from config.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from ecrf import audit
 from ecrf.models import FormDefinition
-from exports import extract
+from exports import extract, tabular
 from exports.models import ExportFile, ExportFormat, ExportJob, ExportStatus
 from exports.storage import export_storage, presigned_download_url
 from sites.selectors import site_ids_visible
@@ -42,7 +42,8 @@ log = structlog.get_logger(__name__)
 # Who may export a study's clinical data (pooled outputs have their own consortium roles).
 EXPORT_ROLES = frozenset({"tenant_admin", "data_manager", "statistician"})
 # The formats this version writes; the others are refused with a clear message.
-AVAILABLE_FORMATS = (ExportFormat.CSV_LONG, ExportFormat.ODM, ExportFormat.SDTM)
+AVAILABLE_FORMATS = (ExportFormat.CSV_LONG, ExportFormat.CSV_WIDE, ExportFormat.XLSX, ExportFormat.PARQUET,
+                     ExportFormat.ODM, ExportFormat.SDTM)
 MAX_FILTER_ITEMS = 200
 
 
@@ -152,6 +153,9 @@ class _Hashing:
 Writer = Callable[[extract.ExportScope, IO[bytes]], int]  # returns the rows written
 WRITERS: dict[str, tuple[str, Writer]] = {
     ExportFormat.CSV_LONG: ("long.csv", extract.long_csv_copy),
+    ExportFormat.CSV_WIDE: ("wide.zip", tabular.csv_wide),  # one CSV per form; rows = entries
+    ExportFormat.XLSX: ("long.xlsx", tabular.xlsx_long),
+    ExportFormat.PARQUET: ("long.parquet", tabular.parquet_long),
 }
 # Writers that also need the job (the snapshot time and file identity go into the files).
 JOB_WRITERS: dict[str, str] = {ExportFormat.ODM: "odm.xml", ExportFormat.SDTM: "sdtm.zip"}

@@ -181,7 +181,7 @@ def test_roles_other_tenants_and_links(exported, api, world, email_of, in_tenant
     ({"formats": []}, "formats"),
     ({"formats": ["csv"]}, "formats"),
     ({"formats": "csv_long"}, "formats"),
-    ({"formats": ["parquet"]}, "formats"),  # not available yet: said so, not accepted and dropped
+    ({"formats": ["parquet", "pdf"]}, "formats"),  # one unknown format: the whole request is refused
     ({"formats": ["csv_long"], "forms": ["NOPE"]}, "forms"),
     ({"formats": ["csv_long"], "sites": ["x"]}, "sites"),
     ({"formats": ["csv_long"], "forms": ["A"] * 201}, "forms"),
@@ -295,3 +295,26 @@ def test_on_s3_the_link_redirects_to_a_short_presigned_url_with_the_same_bytes(e
         assert hashlib.sha256(fetched.read()).hexdigest() == file["sha256"]
     in_tenant(world.alpha)
     assert AuditEvent.objects.filter(action="export_download").count() == 1
+
+
+def test_every_tabular_format_in_one_job_holds_the_same_values(exported, world, in_tenant):
+    import zipfile
+
+    import openpyxl
+    import pyarrow.parquet as pq
+
+    manager = exported["manager"]
+    job_id = manager.post(f"/api/v1/studies/{exported['study']}/exports/",
+                          {"formats": ["csv_long", "csv_wide", "xlsx", "parquet"]}, format="json").json()["id"]
+    _run(world, in_tenant, job_id)
+    state = manager.get(f"/api/v1/exports/{job_id}/").json()
+    assert state["status"] == "done" and len(state["files"]) == 4
+    long_rows = list(csv.DictReader(io.StringIO(_download(manager, state, "long.csv").decode())))
+    table = pq.read_table(io.BytesIO(_download(manager, state, "long.parquet"))).to_pylist()
+    assert [(r["item"], r["value"] or "") for r in table] == [(r["item"], r["value"]) for r in long_rows]
+    book = openpyxl.load_workbook(io.BytesIO(_download(manager, state, "long.xlsx")), read_only=True)
+    sheet_rows = list(book["long_1"].iter_rows(values_only=True))[1:]
+    assert [(r[9], r[11] or "") for r in sheet_rows] == [(r["item"], r["value"]) for r in long_rows]
+    wide = zipfile.ZipFile(io.BytesIO(_download(manager, state, "wide.zip")))
+    vitals = list(csv.DictReader(io.StringIO(wide.read("VITALS.csv").decode())))
+    assert len(vitals) == 1 and vitals[0]["height"] == "170" and vitals[0]["meds.med_name_2"] == "Metformin, XR"
