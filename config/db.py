@@ -56,12 +56,17 @@ def execute_prepared(cursor: Any, sql: str, params: dict[str, Any]) -> None:
     Safe with schema-per-tenant: PostgreSQL re-parses a prepared statement whenever
     search_path differs from the last use, so unqualified tables always resolve in the
     current tenant's schema (tests/test_db_prepared.py). Prepared statements belong to the
-    session, not the transaction (a rollback keeps them); a new connection starts over.
+    session, not the transaction (a rollback keeps them); on a new connection the set is
+    read from pg_prepared_statements, so a pooled server session that kept them works.
     Not for transaction-pooling proxies, which the Helm chart refuses."""
     raw = tenant_connection.connection
     known: tuple[Any, set[str]] | None = getattr(tenant_connection, "_prepared_statements", None)
     if known is None or known[0] is not raw:
-        known = (raw, set())
+        # A new connection. Behind a session-pooling proxy it may be an old server session
+        # that still holds our statements (no reset query): start from what it has.
+        with raw.cursor() as probe:
+            probe.execute("SELECT name FROM pg_prepared_statements")
+            known = (raw, {name for (name,) in probe.fetchall()})
         tenant_connection._prepared_statements = known
     order: list[str] = []
     for name in _PLACEHOLDER.findall(sql):

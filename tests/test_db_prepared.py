@@ -65,3 +65,13 @@ def test_survives_a_rollback_and_starts_over_on_a_new_connection(world, in_tenan
     connection._prepared_statements = (object(), connection._prepared_statements[1])
     assert _codes() == ["R1"]
     assert connection._prepared_statements[0] is connection.connection
+
+
+def test_a_reused_server_session_that_still_holds_the_statement_works(world, in_tenant):
+    """Behind a session-pooling proxy without a reset query, a "new" connection may be an
+    old server session: PREPARE of an existing name would fail, so it is not repeated."""
+    in_tenant(world.alpha)
+    _site("P1")
+    assert _codes() == ["P1"]  # prepared on this session
+    connection._prepared_statements = (object(), set())  # as if a new client connection
+    assert _codes() == ["P1"]  # no "prepared statement already exists"
