@@ -4,6 +4,7 @@ into a 4xx with field-level messages (config.api.errors)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from django.utils.functional import Promise
 
@@ -46,3 +47,13 @@ class Conflict(DomainError):
 
 class PermissionDenied(DomainError):
     status_code = 403
+
+
+def add_domain_error(form: Any, error: DomainError) -> None:
+    """Put a service's field errors on a Django form's fields (the rest above the form),
+    so a page shows them where the API would name them."""
+    for field_name, field_messages in (error.fields or {}).items():
+        for message in field_messages:
+            form.add_error(field_name if field_name in form.fields else None, message)
+    if not error.fields:
+        form.add_error(None, str(error.message))

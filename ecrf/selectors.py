@@ -3,7 +3,6 @@ and casebooks of the subjects at their sites only (studies.selectors)."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -12,6 +11,7 @@ from django.db import connection
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
+from config.caching import PerSchemaCache
 from config.db import execute_prepared, instance_from_row
 from ecrf.models import Entry, FormDefinition, FormVersion, FormVersionStatus, Query, QueryStatus
 from sites.models import Site
@@ -127,25 +127,18 @@ def entry_target_get(*, membership: Any, task_id: int, form_id: int) -> EntryTar
     return EntryTarget(task=task, form=form, entry_id=entry_id, version=version)
 
 
-# Published form versions never change (ecrf.services refuses to edit them), so they are
-# kept per process, keyed by schema as ids repeat across tenants. Bounded: the least
-# recently used falls out. Callers treat the definition as read-only.
-_VERSION_CACHE: OrderedDict[tuple[str, int], FormVersion] = OrderedDict()
-VERSION_CACHE_SIZE = 256
+# Published form versions never change (ecrf.services refuses to edit them).
+_VERSIONS: PerSchemaCache[FormVersion] = PerSchemaCache(256)
 
 
 def form_version_cached(*, version_id: int) -> FormVersion | None:
-    key = (getattr(connection, "schema_name", "public"), version_id)
-    version = _VERSION_CACHE.get(key)
-    if version is not None:
-        _VERSION_CACHE.move_to_end(key)
+    version = _VERSIONS.get(version_id)
+    if version is not None:  # a fresh instance: callers may set attributes on it
         return FormVersion(pk=version.pk, form_id=version.form_id, number=version.number, status=version.status,
                            definition=version.definition, published_at=version.published_at)
     version = FormVersion.objects.filter(pk=version_id).defer("note").first()
     if version is not None and version.status == FormVersionStatus.PUBLISHED:
-        _VERSION_CACHE[key] = version
-        while len(_VERSION_CACHE) > VERSION_CACHE_SIZE:
-            _VERSION_CACHE.popitem(last=False)
+        _VERSIONS.put(version_id, version)
     return version
 
 

@@ -96,16 +96,9 @@ def _values(rows: Sequence[tuple[Any, ...]], types: Sequence[str]) -> pgsql.Comp
 # in schedule order, occurrence, form); each entry's items follow in form order, a
 # repeating group's cells row by row. Multiple choices are their codes joined by ";", a
 # file is its name. An item given a missing-data code instead of a value is a row too.
-_SCOPED = """
-SELECT e.id, e.values, e.missing, e.status, e.form_version_id,
-       st.code AS study, si.code AS site, s.subject_code AS subject, t.event_code AS event,
-       t.sequence AS occurrence, coalesce(t.completed_on, t.target_date) AS visit_date,
-       f.code AS form, v.number AS form_version,
-       row_number() OVER (ORDER BY si.code, s.subject_code, coalesce(eo.position, 100000), t.event_code,
-                          t.sequence, f.code) AS entry_rank
-  FROM ecrf_entry e
+# An entry with its subject, site, visit, form and version, narrowed to the scope.
+_ENTRY_JOINS = """  FROM ecrf_entry e
   JOIN studies_subject s ON s.id = e.subject_id
-  JOIN studies_study st ON st.id = s.study_id
   JOIN sites_site si ON si.id = s.site_id
   JOIN studies_followuptask t ON t.id = e.task_id
   JOIN ecrf_formdefinition f ON f.id = e.form_id
@@ -113,6 +106,16 @@ SELECT e.id, e.values, e.missing, e.status, e.form_version_id,
   LEFT JOIN event_order eo ON eo.code = t.event_code
  WHERE s.study_id = {study} {filters}
 """
+
+_SCOPED = """
+SELECT e.id, e.values, e.missing, e.status, e.form_version_id,
+       (SELECT st.code FROM studies_study st WHERE st.id = s.study_id) AS study, si.code AS site,
+       s.subject_code AS subject, t.event_code AS event,
+       t.sequence AS occurrence, coalesce(t.completed_on, t.target_date) AS visit_date,
+       f.code AS form, v.number AS form_version,
+       row_number() OVER (ORDER BY si.code, s.subject_code, coalesce(eo.position, 100000), t.event_code,
+                          t.sequence, f.code) AS entry_rank
+""" + _ENTRY_JOINS  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
 
 # {specs}: {"<form version id>": [{"grp", "code", "grp_position", "position"}, ...]}: each
 # entry reads its own version's items (a key lookup), whatever the number of forms.
@@ -221,15 +224,8 @@ _ENTRIES_SQL = """
 WITH event_order(code, position) AS ({events})
 SELECT s.subject_code, si.code, t.event_code, t.sequence, f.code, v.number, e.status, e.values, e.missing,
        coalesce(t.completed_on, t.target_date), e.updated
-  FROM ecrf_entry e
-  JOIN studies_subject s ON s.id = e.subject_id
-  JOIN sites_site si ON si.id = s.site_id
-  JOIN studies_followuptask t ON t.id = e.task_id
-  JOIN ecrf_formdefinition f ON f.id = e.form_id
-  JOIN ecrf_formversion v ON v.id = e.form_version_id
-  LEFT JOIN event_order eo ON eo.code = t.event_code
- WHERE s.study_id = {study} {filters}
- ORDER BY s.subject_code COLLATE "C", coalesce(eo.position, 100000), t.event_code, t.sequence, f.code
+""" + _ENTRY_JOINS + """ ORDER BY s.subject_code COLLATE "C", coalesce(eo.position, 100000), t.event_code,
+          t.sequence, f.code
 """
 
 _VISITS_SQL = """

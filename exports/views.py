@@ -24,7 +24,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
-from config.errors import DomainError
+from config.errors import DomainError, add_domain_error
 from ecrf import selectors as ecrf_selectors
 from exports import services
 from exports.models import ExportFormat, ExportJob, ExportStatus
@@ -142,15 +142,6 @@ def _options(form: ExportStartForm, name: str, choices: list[tuple[Any, Any]],
                    available=available is None or str(value) in available) for value, label in choices]
 
 
-def _add_domain_error(form: forms.Form, exc: DomainError) -> None:
-    """A service's field errors next to the form's fields (the rest above the form)."""
-    for field_name, field_messages in (exc.fields or {}).items():
-        for message in field_messages:
-            form.add_error(field_name if field_name in form.fields else None, message)
-    if not exc.fields:
-        form.add_error(None, str(exc.message))
-
-
 def _percent(state: dict[str, Any]) -> int:
     return round(100 * float(state.get("progress") or 0))
 
@@ -183,7 +174,7 @@ def study_exports_view(request: HttpRequest, study_id: int) -> HttpResponse:
                                         forms=data["forms"], sites=data["sites"], date_from=data["date_from"],
                                         date_to=data["date_to"], source="web")
         except DomainError as exc:
-            _add_domain_error(form, exc)
+            add_domain_error(form, exc)
         else:
             messages.success(request, _("Export queued."))
             return redirect("export-job", job_id=job.pk)

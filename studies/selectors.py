@@ -3,14 +3,13 @@ member's sites (sites.selectors.site_ids_visible); identifying data is shown by 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from datetime import timedelta
 from typing import Any
 
-from django.db import connection
 from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
+from config.caching import PerSchemaCache
 from sites.selectors import site_ids_visible
 from studies.models import (
     TASK_URGENCY,
@@ -129,22 +128,16 @@ def worklist(
     return tasks.annotate(urgency=URGENCY).order_by("urgency", "window_close", "target_date", "pk")
 
 
-# Published schedule versions never change (only drafts are edited), so each process keeps
-# the ones it has read, keyed by schema since ids repeat across tenants; bounded, least
-# recently used out first. A form save reads its visit's schedule on every completion.
-_SCHEDULE_CACHE: OrderedDict[tuple[str, int], ScheduleVersion] = OrderedDict()
-SCHEDULE_CACHE_SIZE = 256
+# Published schedule versions never change (only drafts are edited); a form save reads its
+# visit's schedule on every completion.
+_SCHEDULES: PerSchemaCache[ScheduleVersion] = PerSchemaCache(256)
 
 
 def schedule_version_cached(*, version_id: int) -> ScheduleVersion | None:
-    key = (getattr(connection, "schema_name", "public"), version_id)
-    version = _SCHEDULE_CACHE.get(key)
+    version = _SCHEDULES.get(version_id)
     if version is not None:
-        _SCHEDULE_CACHE.move_to_end(key)
         return version
     version = ScheduleVersion.objects.filter(pk=version_id).first()
     if version is not None and version.status == ScheduleStatus.PUBLISHED:
-        _SCHEDULE_CACHE[key] = version
-        while len(_SCHEDULE_CACHE) > SCHEDULE_CACHE_SIZE:
-            _SCHEDULE_CACHE.popitem(last=False)
+        _SCHEDULES.put(version_id, version)
     return version

@@ -16,7 +16,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
-from config.errors import DomainError
+from config.errors import DomainError, add_domain_error
 from studies import import_tasks, selectors, services, subject_services
 from studies.imports import MAX_FILE_BYTES
 from studies.models import ContactOutcome, FollowUpTask, Study, StudyStatus, Subject, SubjectStatus, VisitMode
@@ -115,15 +115,6 @@ class SubjectStatusForm(forms.Form):
         status_field.choices = [(value, label) for value, label in SubjectStatus.choices if value in allowed]
 
 
-def _add_domain_error(form: forms.Form, exc: DomainError) -> None:
-    """Put a service's field errors on the form's fields (the rest above the form)."""
-    for field_name, field_messages in (exc.fields or {}).items():
-        for message in field_messages:
-            form.add_error(field_name if field_name in form.fields else None, message)
-    if not exc.fields:
-        form.add_error(None, str(exc.message))
-
-
 def _subject_for(request: HttpRequest, subject_id: int) -> tuple[Any, Subject]:
     membership = _membership(request)
     subject = selectors.subject_get(membership=membership, subject_id=subject_id)
@@ -174,7 +165,7 @@ def _subject_action(request: HttpRequest, subject_id: int, *, form_for: Callable
         try:
             message = act(subject, form.cleaned_data)
         except DomainError as exc:
-            _add_domain_error(form, exc)
+            add_domain_error(form, exc)
         else:
             messages.success(request, message)
             return redirect("subject", subject_id=subject.pk)
@@ -246,7 +237,7 @@ def subject_import_view(request: HttpRequest) -> HttpResponse:
                 study=form.cleaned_data["study"], membership=membership, file_name=upload.name,
                 content=upload.read(), valid_rows_only=form.cleaned_data["valid_rows_only"])
         except DomainError as exc:
-            _add_domain_error(form, exc)
+            add_domain_error(form, exc)
         else:
             return redirect("subject-import-job", job_id=state["job"])
     return render(request, "studies/import.html", {"form": form, "columns": IMPORT_COLUMNS},
