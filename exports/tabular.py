@@ -26,6 +26,7 @@ import io
 import itertools
 import os
 import re
+import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from psycopg2 import sql as pgsql
 from config.db import tenant_connection as connection
 from ecrf.definition import VALUELESS_TYPES
 from ecrf.models import FormVersion, FormVersionStatus
+from exports import extract
 from exports.extract import LONG_COLUMNS, ExportScope, forms_in_scope, long_query
 from studies.models import Study
 
@@ -66,6 +68,9 @@ MISSING_SUFFIX = "__missing"
 
 _COLUMN = {name: index for index, name in enumerate(LONG_COLUMNS)}
 _INT_COLUMNS = frozenset({"occurrence", "form_version", "item_row"})
+
+# Arrow parses the long CSV in blocks of this size (memory per block, roughly 3x this).
+PARQUET_BLOCK_BYTES = 4 << 20
 
 PARQUET_SCHEMA = pa.schema([
     pa.field(name, pa.int32() if name in _INT_COLUMNS else pa.date32() if name == "visit_date" else pa.string(),
@@ -207,18 +212,32 @@ def _record_batch(rows: Sequence[tuple[Any, ...]]) -> pa.RecordBatch:
 
 
 def parquet_long(scope: ExportScope, out: IO[bytes]) -> int:
-    """The long rows (LONG_COLUMNS, in the long CSV's order) as one Parquet file, written
-    to `out` one row group per fetched batch. Strings stay strings (NULL stays null);
-    occurrence, form_version and item_row are int32, visit_date is date32. Returns the
-    number of rows."""
+    """The long rows (LONG_COLUMNS, in the long CSV's order) as one Parquet file. The rows
+    come from the same COPY as the long CSV (into a temporary file) and are parsed by
+    Arrow's CSV reader in C, block by block, so no row becomes a Python object and memory
+    is bounded by one block. Strings stay strings (a NULL is null, an empty text stays
+    empty); occurrence, form_version and item_row are int32, visit_date is date32.
+    Returns the number of rows."""
+    import pyarrow.csv as pacsv
+
     written = 0
-    sink = pa.PythonFile(_Sink(out), mode="w")
-    # No wall-clock time is stored in Parquet; created_by names the pyarrow version only.
-    with pq.ParquetWriter(sink, PARQUET_SCHEMA, compression="zstd", use_dictionary=True,
-                          write_statistics=True) as writer, _snapshot(), _long_batches(scope) as batches:
-        for rows in batches:
-            writer.write_batch(_record_batch(rows))
-            written += len(rows)
+    with tempfile.TemporaryFile(prefix="suifang-parquet-") as spool:
+        with _snapshot():
+            extract.long_csv_copy(scope, spool)
+        spool.seek(0)
+        reader = pacsv.open_csv(
+            spool, read_options=pacsv.ReadOptions(block_size=PARQUET_BLOCK_BYTES),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={field.name: field.type for field in PARQUET_SCHEMA}, strings_can_be_null=True,
+                quoted_strings_can_be_null=False))  # COPY writes NULL bare and "" quoted
+        sink = pa.PythonFile(_Sink(out), mode="w")
+        # No wall-clock time is stored in Parquet; created_by names the pyarrow version only.
+        with pq.ParquetWriter(sink, PARQUET_SCHEMA, compression="zstd", use_dictionary=True,
+                              write_statistics=True) as writer:
+            for batch in reader:
+                writer.write_table(pa.Table.from_batches([batch]).cast(PARQUET_SCHEMA))
+                written += batch.num_rows
     return written
 
 

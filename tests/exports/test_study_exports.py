@@ -139,7 +139,9 @@ def test_exports_and_downloads_are_audited(exported, world, in_tenant):
     _run(world, in_tenant, job_id)
     _download(manager, manager.get(f"/api/v1/exports/{job_id}/").json())
     in_tenant(world.alpha)
-    actions = list(AuditEvent.objects.filter(action__in=["export_run", "export_download"])
+    # (Filtered by this job: the audit trail is append-only, so rows committed by a browser
+    # test earlier in the session stay.)
+    actions = list(AuditEvent.objects.filter(action__in=["export_run", "export_download"], detail__export=job_id)
                    .order_by("seq").values_list("action", "detail"))
     assert [a for a, _ in actions] == ["export_run", "export_download"]
     assert actions[0][1]["export"] == job_id and actions[1][1]["file"] == "CRF_long.csv"
@@ -294,7 +296,7 @@ def test_on_s3_the_link_redirects_to_a_short_presigned_url_with_the_same_bytes(e
     with urllib.request.urlopen(response["Location"]) as fetched:  # noqa: S310 (the test's own S3 endpoint)
         assert hashlib.sha256(fetched.read()).hexdigest() == file["sha256"]
     in_tenant(world.alpha)
-    assert AuditEvent.objects.filter(action="export_download").count() == 1
+    assert AuditEvent.objects.filter(action="export_download", detail__export=job_id).count() == 1
 
 
 def test_every_tabular_format_in_one_job_holds_the_same_values(exported, world, in_tenant):
