@@ -15,7 +15,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 from typing import IO, Any
@@ -216,13 +216,42 @@ def _progress(schema: str, job: ExportJob) -> None:
     cache.set(progress_key(schema, job.pk), {"done": job.rows_done, "total": job.rows_total}, PROGRESS_TTL)
 
 
+@contextlib.contextmanager
+def _run_lock(schema: str, job_id: int) -> Iterator[bool]:
+    """One run of a job at a time, across workers (a manual retry and Celery's own retry
+    could otherwise overlap): a session-level advisory lock named by schema and job, since
+    job ids repeat across tenants. Yields whether this run holds it."""
+    key = f"suifang:export:{schema}:{job_id}"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(('x' || substr(md5(%s), 1, 16))::bit(64)::bigint)", [key])
+        acquired = bool(cursor.fetchone()[0])
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(('x' || substr(md5(%s), 1, 16))::bit(64)::bigint)", [key])
+
+
 def export_run(*, job_id: int) -> ExportJob:
-    """Run (or retry) a job in the current tenant schema."""
+    """Run (or retry) a job in the current tenant schema; a job already running elsewhere
+    is left to that run."""
     job = ExportJob.objects.select_related("study", "requested_by").filter(pk=job_id).first()
     if job is None:
         raise NotFound("not_found", _("No such export."))
     if job.status == ExportStatus.DONE:
         return job
+    with _run_lock(connection.schema_name, job.pk) as acquired:
+        if not acquired:
+            log.info("export.already_running", job=job.pk)
+            return job
+        job.refresh_from_db()
+        if job.status == ExportStatus.DONE:  # finished while this one waited for the lock
+            return job
+        return _export_run(job)
+
+
+def _export_run(job: ExportJob) -> ExportJob:
     job.attempts += 1
     job.status, job.started_at, job.error = ExportStatus.RUNNING, timezone.now(), ""
     job.save(update_fields=["attempts", "status", "started_at", "error"])

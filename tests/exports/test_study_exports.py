@@ -320,3 +320,29 @@ def test_every_tabular_format_in_one_job_holds_the_same_values(exported, world, 
     wide = zipfile.ZipFile(io.BytesIO(_download(manager, state, "wide.zip")))
     vitals = list(csv.DictReader(io.StringIO(wide.read("VITALS.csv").decode())))
     assert len(vitals) == 1 and vitals[0]["height"] == "170" and vitals[0]["meds.med_name_2"] == "Metformin, XR"
+
+
+def test_a_job_already_running_elsewhere_is_not_run_twice(exported, world, in_tenant):
+    """A manual retry and Celery's own retry must not write the same job at once: the
+    second run finds the job's lock held (here by another database session) and leaves it."""
+    import psycopg2
+    from django.conf import settings
+
+    from exports.services import export_run
+
+    job_id = exported["manager"].post(f"/api/v1/studies/{exported['study']}/exports/", {"formats": ["csv_long"]},
+                                      format="json").json()["id"]
+    db = settings.DATABASES["default"]
+    other = psycopg2.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], password=db["PASSWORD"],
+                             dbname=connection.settings_dict["NAME"])
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(('x' || substr(md5(%s), 1, 16))::bit(64)::bigint)",
+                           [f"suifang:export:{world.alpha.schema_name}:{job_id}"])
+        in_tenant(world.alpha)
+        job = export_run(job_id=job_id)
+        assert job.status == "queued" and job.attempts == 0 and not job.files.exists()
+    finally:
+        other.close()  # the lock goes with the session
+    job = export_run(job_id=job_id)
+    assert job.status == "done" and job.attempts == 1
