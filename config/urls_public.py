@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.utils.translation import gettext_lazy as _
 
+from exports.pooling import views as pooling_views
 from tenants import views
 
 admin.site.site_header = _("Suifang operator console")
@@ -13,6 +14,9 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
     # Consortium members (exports.pooling): pooled, de-identified outputs only.
+    path("consortia/", pooling_views.consortia_page, name="consortia"),
+    path("consortia/login/", views.login_view, name="consortium-login"),
+    path("consortia/logout/", pooling_views.consortia_logout, name="consortium-logout"),
     path("api/v1/consortia/", include("exports.pooling.urls")),
 ]
 

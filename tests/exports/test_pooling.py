@@ -194,3 +194,36 @@ def test_a_tenant_admin_accepts_and_withdraws_an_agreement_for_their_own_organis
     _assert_error_shape(api(world.beta, email_of("data_manager", "beta")).delete(url), 403)
     assert DataSharingAgreement.objects.filter(tenant__slug="beta", status="active").count() == 1
     assert DataSharingAgreement.objects.filter(tenant__slug="alpha", status="active").count() == 1
+
+
+def test_the_consortium_page_signs_members_in_and_shows_organisations_and_runs(three_tenants, world):
+    from django.test import Client
+
+    from exports.pooling.models import ConsortiumMember
+    from tenants.models import User
+
+    consortium = three_tenants["consortium"]
+    run, _long, _subjects = _run(three_tenants)
+    lead = User.objects.create_user(email="lead@heart.example.org", password=PASSWORD)
+    ConsortiumMember.objects.create(consortium=consortium, user=lead, role="coordinator")
+    client = Client(HTTP_HOST="localhost")
+    client.cookies["django_language"] = "en"
+    first = client.get("/consortia/")
+    assert first.status_code == 302 and first["Location"].startswith("/consortia/login/")
+    # A tenant's own administrator has no consortium role: no sign-in here.
+    refused = client.post("/consortia/login/", {"email": "tenant_admin@alpha.example.org", "password": PASSWORD,
+                                                "next": "/consortia/"})
+    assert refused.status_code == 400
+    signed_in = client.post("/consortia/login/", {"email": "lead@heart.example.org", "password": PASSWORD,
+                                                  "next": "/consortia/"})
+    assert signed_in.status_code == 302 and signed_in["Location"] == "/consortia/"
+    page = client.get("/consortia/").content.decode()
+    assert "Heart registry" in page and "Alpha Org" in page and "Gamma Org" in page
+    assert f"/api/v1/consortia/heart/runs/{run.pk}/files/pooled_long.csv/" in page
+    assert "Start a pooled run" in page
+    assert client.post("/consortia/", {"consortium": "heart"}).status_code == 302
+    assert PooledRun.objects.filter(consortium=consortium).count() == 2
+    # The session only counts on consortium pages: the operator console stays closed.
+    assert client.get("/admin/").status_code == 302
+    assert client.post("/consortia/logout/").status_code == 302
+    assert client.get("/consortia/").status_code == 302
