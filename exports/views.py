@@ -16,7 +16,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import translation
@@ -28,12 +27,12 @@ from config.errors import DomainError, add_domain_error
 from ecrf import selectors as ecrf_selectors
 from exports import services
 from exports.models import ExportFormat, ExportJob, ExportStatus
+from exports.selectors import job_get, jobs_visible
 from sites import selectors as site_selectors
 from studies import selectors as study_selectors
 
 PAGE_SIZE = 20
 # Roles that see every job of a study; the other exporting roles see their own jobs.
-ALL_JOBS_ROLES = frozenset({"tenant_admin", "data_manager"})
 RUNNING_STATES = (ExportStatus.QUEUED, ExportStatus.RUNNING)
 SHA_SHOWN = 12  # hex digits of a SHA-256 shown in the table; the full value is in the title
 
@@ -95,15 +94,8 @@ def _study_or_404(membership: Any, study_id: int) -> Any:
     return study
 
 
-def jobs_visible(*, membership: Any) -> QuerySet[ExportJob]:
-    jobs = ExportJob.objects.select_related("study").prefetch_related("files")
-    if membership.role not in ALL_JOBS_ROLES:
-        jobs = jobs.filter(requested_by_id=membership.user_id)
-    return jobs
-
-
 def _job_or_404(membership: Any, job_id: int) -> ExportJob:
-    job = jobs_visible(membership=membership).filter(pk=job_id).first()
+    job = job_get(membership=membership, job_id=job_id)
     if job is None:
         raise Http404
     return job

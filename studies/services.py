@@ -538,10 +538,11 @@ def task_complete(*, task: FollowUpTask, completed_on: date,
         if row is not None:
             task.status, task.completed_on, task.updated = TaskStatus.COMPLETED, completed_on, now
             sequence, unscheduled, event_code, assignee_id = row
-            version = schedule if schedule is not None else schedule_for_subject(subject=subject) \
-                if sequence == 1 and not unscheduled else None
-            if _anchors_others(sequence=sequence, unscheduled=unscheduled, event_code=event_code, version=version):
-                assert version is not None
+            # Only a first, scheduled occurrence can anchor others: read the schedule then only.
+            anchor_candidate = sequence == 1 and not unscheduled
+            version = (schedule or schedule_for_subject(subject=subject)) if anchor_candidate else None
+            if version is not None and _anchors_others(sequence=sequence, unscheduled=unscheduled,
+                                                       event_code=event_code, version=version):
                 plan = ReplanPlan()
                 _replan_subject(subject=subject, version=version, today=today, assignee_id=assignee_id, plan=plan)
                 _apply(plan)

@@ -21,6 +21,7 @@ from config.db import tenant_connection
 from config.errors import NotFound, PermissionDenied
 from exports import services
 from exports.models import ExportFile, ExportFormat, ExportJob
+from exports.selectors import job_get, jobs_visible
 from studies import selectors as study_selectors
 
 LINK_MAX_AGE = 300  # seconds a download link works
@@ -53,11 +54,8 @@ def _exporter(request: Request) -> Any:
 
 
 def _job(request: Request, job_id: int) -> ExportJob:
-    membership = _exporter(request)
-    job = ExportJob.objects.filter(pk=job_id).select_related("study").prefetch_related("files").first()
-    # Members bound to sites see the jobs they started only.
-    if job is None or (membership.role != "tenant_admin" and membership.role != "data_manager"
-                       and job.requested_by_id != membership.user_id):
+    job = job_get(membership=_exporter(request), job_id=job_id)
+    if job is None:
         raise NotFound("not_found", _("No such export."))
     return job
 
@@ -69,9 +67,7 @@ class StudyExportsView(APIView):
     def get(self, request: Request, study_id: int) -> Response:
         membership = _exporter(request)
         study = _study(request, study_id)
-        jobs = ExportJob.objects.filter(study=study).prefetch_related("files")
-        if membership.role not in ("tenant_admin", "data_manager"):
-            jobs = jobs.filter(requested_by_id=membership.user_id)
+        jobs = jobs_visible(membership=membership).filter(study=study)
         paginator = Pagination()
         page = paginator.paginate_queryset(jobs, request, view=self)
         return paginator.get_paginated_response([services.job_state(job) for job in page or []])

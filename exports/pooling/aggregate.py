@@ -157,7 +157,12 @@ def pooled_run_execute(*, run_id: int) -> PooledRun:
     consortium = run.consortium
     run.status = "running"
     run.save(update_fields=["status"])
-    keys = consortium_keys(consortium)
+    try:
+        keys = consortium_keys(consortium)
+    except ImproperlyConfigured:
+        run.status, run.error = "failed", "POOLING_SECRET is not set"
+        run.save(update_fields=["status", "error"])
+        raise
     agreements = list(DataSharingAgreement.objects.filter(consortium=consortium, status=AgreementStatus.ACTIVE)
                       .select_related("tenant").order_by("tenant__slug"))
     handle, spool_path = tempfile.mkstemp(prefix="suifang-pool-")
@@ -192,7 +197,8 @@ def pooled_run_execute(*, run_id: int) -> PooledRun:
                       "records_out": deid_report.records_out, "records_suppressed": deid_report.records_suppressed,
                       "levels": [list(level) for level in deid_report.levels], "rules": list(deid_report.rules)}
         else:
-            kept = set() if hierarchies else set(frame["pseudonym"]) if len(frame) else set()
+            # Too few subjects for k: nothing is released. No quasi-identifiers: all are.
+            kept = set() if hierarchies else set(frame["pseudonym"])
             released = frame[frame["pseudonym"].isin(kept)]
             report = {"requested_k": consortium.k, "achieved_k": None, "records_in": len(frame),
                       "records_out": len(kept), "records_suppressed": len(frame) - len(kept),

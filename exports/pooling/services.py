@@ -74,7 +74,12 @@ def _require(user: Any, consortium: Consortium, roles: set[str]) -> str:
 
 
 def pooled_run_start(*, user: Any, consortium: Consortium, queue: bool = True) -> PooledRun:
+    from django.conf import settings
+
     _require(user, consortium, {ConsortiumRole.COORDINATOR})
+    if len(getattr(settings, "POOLING_SECRET", "") or "") < 32:  # the run could only fail
+        raise Conflict("pooling_not_configured",
+                       _("Pooling is not configured on this platform yet; ask the platform operator."))
     run = PooledRun.objects.create(consortium=consortium, requested_by_id=user.pk)
     if queue:
         from exports.pooling.tasks import pooled_run_task

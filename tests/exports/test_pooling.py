@@ -227,3 +227,24 @@ def test_the_consortium_page_signs_members_in_and_shows_organisations_and_runs(t
     assert client.get("/admin/").status_code == 302
     assert client.post("/consortia/logout/").status_code == 302
     assert client.get("/consortia/").status_code == 302
+
+
+def test_without_the_pooling_secret_no_run_starts_and_none_stays_running(three_tenants, settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from exports.pooling.models import ConsortiumMember
+    from tenants.models import User
+    from tests.tenants.test_api import _assert_error_shape
+
+    consortium = three_tenants["consortium"]
+    lead = User.objects.create_user(email="lead@heart.example.org", password=PASSWORD)
+    ConsortiumMember.objects.create(consortium=consortium, user=lead, role="coordinator")
+    settings.POOLING_SECRET = ""
+    refused = _public(lead).post(f"/api/v1/consortia/{consortium.slug}/runs/")
+    assert _assert_error_shape(refused, 409)["code"] == "pooling_not_configured"
+    assert not PooledRun.objects.exists()
+    run = PooledRun.objects.create(consortium=consortium, requested_by=lead)  # queued before the secret went
+    with pytest.raises(ImproperlyConfigured):
+        pooled_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == "failed" and "POOLING_SECRET" in run.error
