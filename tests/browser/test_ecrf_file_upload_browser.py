@@ -165,6 +165,11 @@ def test_a_refused_file_is_explained_and_an_upload_survives_a_reload(browser, se
 def test_a_row_file_chosen_by_keyboard_is_saved_even_when_save_is_pressed_during_upload(
         browser, server, file_world, world, django_db_blocker):  # noqa: F811
     context, page, base = _login(browser, server, "coordinator")
+    # Playwright turns on file-chooser interception without waiting for the browser to
+    # confirm it; a listener added before the page loads has it in place long before the
+    # keypress (added inside expect_file_chooser, the real dialog sometimes won the race).
+    choosers: list[Any] = []
+    page.on("filechooser", lambda chooser: choosers.append(chooser))
     page.goto(_entry_url(base, file_world, "conflict"))
     _ready(page)
     page.click('[data-path="meds"] .add-row')
@@ -177,6 +182,7 @@ def test_a_row_file_chosen_by_keyboard_is_saved_even_when_save_is_pressed_during
     assert page.evaluate("document.activeElement.closest('.item').dataset.path") == "meds[0].scan"
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")
+    assert len(choosers) == 1  # one dialog, seen by both listeners
     chooser.value.set_files({"name": "rx.png", "mimeType": "image/png", "buffer": PNG})
     scan = page.locator('.item[data-path="meds[0].scan"]')
     assert "Uploading “rx.png”" in _text(scan.locator(".file-status"))
