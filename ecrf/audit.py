@@ -144,8 +144,9 @@ def _row_payload(index: int, row: AuditRow, problems: dict[str, list[str]]) -> d
             bad(name, _("Text may not contain NUL characters."))
         elif name in _TEXT_LIMITS and len(text) > _TEXT_LIMITS[name]:
             bad(name, _("At most %(n)d characters.") % {"n": _TEXT_LIMITS[name]})
-    detail = _json(dict(row.detail or {}), label=f"rows[{index}].detail", problems=problems)
-    if detail is not None and len(json.dumps(detail)) > MAX_DETAIL_BYTES:
+    # Most rows (every item change of a save) carry no detail: nothing to round-trip.
+    detail = _json(dict(row.detail), label=f"rows[{index}].detail", problems=problems) if row.detail else {}
+    if detail and len(json.dumps(detail)) > MAX_DETAIL_BYTES:
         bad("detail", _("The detail is limited to %(n)d bytes.") % {"n": MAX_DETAIL_BYTES})
     for name in ("user_id", "subject_id", "entry_id", "form_version"):
         value = row.actor.user_id if name == "user_id" else getattr(row, name)

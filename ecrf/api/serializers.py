@@ -51,6 +51,53 @@ class EntrySaveSerializer(serializers.Serializer):
                                     default=dict)
 
 
+_SAVE_KEYS = frozenset(EntrySaveSerializer().fields)
+_REASON_MAX = 1000
+_MISSING_CODE_MAX = 10
+
+
+def _plain_text(value: Any, *, limit: int, blank: bool) -> bool:
+    """Text the serializer's CharField would return unchanged: no surrounding blanks to
+    trim, within the limit, no NUL and no lone surrogate (both refused there)."""
+    if type(value) is not str or len(value) > limit or value != value.strip() or (not blank and not value):
+        return False
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def entry_save_input(data: Any) -> dict[str, Any]:
+    """The validated body of an entry save, as EntrySaveSerializer gives it.
+
+    A well-formed body (nearly every save) is checked here directly: building and running
+    the DRF serializer costs about a quarter of a millisecond, a tenth of the save's own
+    Python time (bench/form_save.py). Anything this check does not accept as is, including
+    every malformed body, goes through the serializer, so the messages are its messages.
+    tests/ecrf/test_entry_save_input.py holds the two to the same results."""
+    if type(data) is dict and data.keys() <= _SAVE_KEYS and type(data.get("values")) is dict:
+        version = data.get("version")
+        missing = data.get("missing", {})
+        complete = data.get("complete", False)
+        reason = data.get("reason", "")
+        reasons = data.get("reasons", {})
+        if ((version is None or (type(version) is int and version >= 0)) and type(complete) is bool
+                and type(missing) is dict and type(reasons) is dict
+                and _plain_text(reason, limit=_REASON_MAX, blank=True)
+                and all(_plain_text(code, limit=_MISSING_CODE_MAX, blank=False) for code in missing.values())
+                and all(_plain_text(text, limit=_REASON_MAX, blank=True) for text in reasons.values())):
+            return {"version": version, "values": data["values"], "missing": missing, "complete": complete,
+                    "reason": reason, "reasons": reasons}
+    serializer = EntrySaveSerializer(data=data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
 class QueryMessageSerializer(serializers.ModelSerializer):
     class Meta:
         model = QueryMessage

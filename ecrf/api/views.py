@@ -31,6 +31,7 @@ from ecrf.api.serializers import (
     SignSerializer,
     VerifySerializer,
     entry_payload,
+    entry_save_input,
 )
 from ecrf.audit_selectors import audit_for_subject
 from ecrf.models import FormDefinition, FormVersion, FormVersionStatus, Signature
@@ -190,9 +191,7 @@ class EntryView(APIView):
         if membership.role not in selectors.ENTRY_ROLES:
             raise PermissionDenied("permission_denied", _("Your role does not allow entering data."))
         task, form, version, _entry_id = _visit_target(request, task_id, form_id)
-        serializer = EntrySaveSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = entry_save_input(request.data)
         base = data["version"]
         if_match = (request.META.get("HTTP_IF_MATCH") or "").strip().strip('"').removeprefix("W/").strip('"')
         if if_match:
