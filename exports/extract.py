@@ -28,6 +28,12 @@ LONG_COLUMNS = ("study", "site", "subject", "event", "occurrence", "visit_date",
                 "entry_status", "item", "item_row", "value", "missing_code")
 
 
+# For the transaction of an export run. JIT compiles the big flattening queries anew on
+# every run (about 0.15 s, more than it saves on them); the entry ranking sorts narrow rows
+# that spill to disk past PostgreSQL's default 4 MB of sort memory on a large study.
+TRANSACTION_SETTINGS = "SET LOCAL jit = off; SET LOCAL work_mem = '32MB'"
+
+
 @dataclass(frozen=True)
 class ExportScope:
     """What one export reads: a study, optionally narrowed to forms (codes), sites (ids)
@@ -48,21 +54,27 @@ def _event_order(study_id: int) -> list[tuple[str, int]]:
     return [(code, index) for index, code in enumerate(dict.fromkeys(codes), start=1)]
 
 
-def _item_specs(study_id: int) -> dict[str, list[dict[str, Any]]]:
-    """Form version id -> its value-holding items in the definition's order: a group child
-    sorts at its group's place (then row by row, then by its own place in the group)."""
-    specs: dict[str, list[dict[str, Any]]] = {}
+def _item_specs(study_id: int) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """(plain, grouped): form version id -> its value-holding items in the definition's
+    order, items outside groups and group children apart (a group child sorts at its
+    group's place, then row by row, then by its own place in the group). A version
+    without groups has no key in `grouped`: its entries skip the group expansion."""
+    plain: dict[str, list[dict[str, Any]]] = {}
+    grouped: dict[str, list[dict[str, Any]]] = {}
     for version in FormVersion.objects.filter(form__study_id=study_id).only("pk", "definition").order_by("pk"):
-        items: list[dict[str, Any]] = []
+        own: list[dict[str, Any]] = []
+        children: list[dict[str, Any]] = []
         for position, item in enumerate(version.definition.get("items") or [], start=1):
             if item.get("type") == "group":
-                items += [{"grp": item["code"], "code": child["code"], "grp_position": position,
-                           "position": child_position}
-                          for child_position, child in enumerate(item.get("items") or [], start=1)]
+                children += [{"grp": item["code"], "code": child["code"], "grp_position": position,
+                              "position": child_position}
+                             for child_position, child in enumerate(item.get("items") or [], start=1)]
             elif item.get("type") not in VALUELESS_TYPES:
-                items.append({"grp": "", "code": item["code"], "grp_position": position, "position": 0})
-        specs[str(version.pk)] = items
-    return specs
+                own.append({"code": item["code"], "grp_position": position})
+        plain[str(version.pk)] = own
+        if children:
+            grouped[str(version.pk)] = children
+    return plain, grouped
 
 
 def forms_in_scope(scope: ExportScope) -> list[FormDefinition]:
@@ -107,8 +119,10 @@ _ENTRY_JOINS = """  FROM ecrf_entry e
  WHERE s.study_id = {study} {filters}
 """
 
-_SCOPED = """
-SELECT e.id, e.values, e.missing, e.status, e.form_version_id,
+# The entries in scope, ranked, without their values: the ranking sorts narrow rows (the
+# values, most of an entry's bytes, would make that sort spill to disk on a big study).
+_RANKED = """
+SELECT e.id, e.status, e.form_version_id,
        (SELECT st.code FROM studies_study st WHERE st.id = s.study_id) AS study, si.code AS site,
        s.subject_code AS subject, t.event_code AS event,
        t.sequence AS occurrence, coalesce(t.completed_on, t.target_date) AS visit_date,
@@ -117,10 +131,34 @@ SELECT e.id, e.values, e.missing, e.status, e.form_version_id,
                           t.sequence, f.code) AS entry_rank
 """ + _ENTRY_JOINS  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
 
-# {specs}: {"<form version id>": [{"grp", "code", "grp_position", "position"}, ...]}: each
-# entry reads its own version's items (a key lookup), whatever the number of forms.
-_ITEMS_OF_ENTRY = ("jsonb_to_recordset(({specs}::jsonb) -> (c.form_version_id::text)) "
-                   "AS io(grp text, code text, grp_position int, position int)")
+# Each ranked entry, in rank order, with its values read by primary key (LIMIT 1 keeps it
+# a per-row lookup, so the rank order carries through to the cells' incremental sort).
+_RANKED_WITH_VALUES = """(""" + _RANKED + """ ORDER BY entry_rank) c
+ CROSS JOIN LATERAL (SELECT x.values, x.missing FROM ecrf_entry x WHERE x.id = c.id LIMIT 1) ev"""  # noqa: S608
+
+# {plain}, {grouped}: {"<form version id>": [items...]} (see _item_specs): each entry reads
+# its own version's items (a key lookup), whatever the number of forms.
+_PLAIN_ITEMS = ("jsonb_to_recordset(({plain}::jsonb) -> (c.form_version_id::text)) "
+                "AS io(code text, grp_position int)")
+_GROUP_ITEMS = ("jsonb_to_recordset(({grouped}::jsonb) -> (c.form_version_id::text)) "
+                "AS io(grp text, code text, grp_position int, position int)")
+
+# The cells of one entry: its items with a value or a missing-data code, then (only for a
+# version with groups) its repeating groups' cells.
+_CELLS = """
+       SELECT io.code AS item, NULL::int AS item_row, ev.values -> io.code AS value,
+              ev.missing ->> io.code AS missing_code, io.grp_position, 0::bigint AS row_n, 0 AS position
+         FROM """ + _PLAIN_ITEMS + """
+        WHERE ev.values ? io.code OR ev.missing ? io.code
+       UNION ALL
+       SELECT io.grp || '.' || io.code, r.n::int, r.row_value -> io.code,
+              ev.missing ->> (io.grp || '[' || (r.n - 1) || '].' || io.code), io.grp_position, r.n, io.position
+         FROM """ + _GROUP_ITEMS + """
+        CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(ev.values -> io.grp) = 'array'
+                                                     THEN ev.values -> io.grp ELSE '[]' END)
+              WITH ORDINALITY AS r(row_value, n)
+        WHERE r.row_value ? io.code OR ev.missing ? (io.grp || '[' || (r.n - 1) || '].' || io.code)
+"""  # noqa: S608 (constant fragments)
 
 _LONG_SQL = """
 WITH event_order(code, position) AS ({events})
@@ -134,37 +172,18 @@ SELECT c.study, c.site, c.subject, c.event, c.occurrence, c.visit_date, c.form, 
          WHEN 'null' THEN NULL
          ELSE cell.value::text END AS value,
        cell.missing_code
-  FROM (""" + _SCOPED + """ ORDER BY entry_rank) c
- CROSS JOIN LATERAL (
-       SELECT io.code AS item, NULL::int AS item_row, c.values -> io.code AS value,
-              c.missing ->> io.code AS missing_code, io.grp_position, 0::bigint AS row_n, io.position
-         FROM """ + _ITEMS_OF_ENTRY + """
-        WHERE io.grp = '' AND (c.values ? io.code OR c.missing ? io.code)
-       UNION ALL
-       SELECT io.grp || '.' || io.code, r.n::int, r.row_value -> io.code,
-              c.missing ->> (io.grp || '[' || (r.n - 1) || '].' || io.code), io.grp_position, r.n, io.position
-         FROM """ + _ITEMS_OF_ENTRY + """
-        CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(c.values -> io.grp) = 'array'
-                                                     THEN c.values -> io.grp ELSE '[]' END)
-              WITH ORDINALITY AS r(row_value, n)
-        WHERE io.grp <> '' AND (r.row_value ? io.code OR c.missing ? (io.grp || '[' || (r.n - 1) || '].' || io.code))
-       ) cell
+  FROM """ + _RANKED_WITH_VALUES + """
+ CROSS JOIN LATERAL (""" + _CELLS + """) cell
  ORDER BY c.entry_rank, cell.grp_position, cell.row_n, cell.position
 """  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
 
 # The manifest's counts: the same cells, counted, without formatting or order.
 _COUNT_SQL = """
 WITH event_order(code, position) AS ({events})
-SELECT c.form, c.site, sum(
-         (SELECT count(*) FROM """ + _ITEMS_OF_ENTRY + """
-           WHERE io.grp = '' AND (c.values ? io.code OR c.missing ? io.code))
-       + (SELECT count(*) FROM """ + _ITEMS_OF_ENTRY + """
-           CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(c.values -> io.grp) = 'array'
-                                                        THEN c.values -> io.grp ELSE '[]' END)
-                 WITH ORDINALITY AS r(row_value, n)
-          WHERE io.grp <> ''
-            AND (r.row_value ? io.code OR c.missing ? (io.grp || '[' || (r.n - 1) || '].' || io.code))))
-  FROM (""" + _SCOPED + """) c
+SELECT c.form, c.site, count(cell.item)
+  FROM (""" + _RANKED + """) c
+ CROSS JOIN LATERAL (SELECT x.values, x.missing FROM ecrf_entry x WHERE x.id = c.id LIMIT 1) ev
+  LEFT JOIN LATERAL (""" + _CELLS + """) cell ON true
  GROUP BY c.form, c.site ORDER BY c.form, c.site
 """  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
 
@@ -186,9 +205,11 @@ def _filters(scope: ExportScope) -> pgsql.Composable:
 
 
 def _format(template: str, scope: ExportScope) -> pgsql.Composable:
+    plain, grouped = _item_specs(scope.study_id)
     return pgsql.SQL(template).format(
         events=_values(_event_order(scope.study_id), ("text", "int")),
-        specs=pgsql.Literal(json.dumps(_item_specs(scope.study_id), separators=(",", ":"))),
+        plain=pgsql.Literal(json.dumps(plain, separators=(",", ":"))),
+        grouped=pgsql.Literal(json.dumps(grouped, separators=(",", ":"))),
         study=pgsql.Literal(scope.study_id), filters=_filters(scope))
 
 

@@ -151,6 +151,7 @@ def _snapshot() -> Iterator[None]:
         if outermost:
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                cursor.execute(extract.TRANSACTION_SETTINGS)
         yield
 
 
