@@ -44,7 +44,11 @@ class ExportJob(models.Model):
     snapshot_seq = models.BigIntegerField(null=True, blank=True)
     snapshot_at = models.DateTimeField(null=True, blank=True)
     manifest = models.JSONField(default=dict)
+    # Why the last attempt failed, for the people who run exports (never a data value):
+    # a data problem's message names the dataset, variable and row (error_is_data), an
+    # unexpected error only its kind (the details are in the logs).
     error = models.TextField(blank=True)
+    error_is_data = models.BooleanField(default=False)
     created = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -318,13 +318,35 @@ def _export_run(job: ExportJob) -> ExportJob:
                                actor=audit.AuditActor(user_id=job.requested_by_id, email=job.requested_by.email),
                                detail={"export": job.pk, "formats": job.formats,
                                        "files": [f.name for f in files], "snapshot_seq": job.snapshot_seq})
-    except Exception as error:  # recorded on the job (the worker retries); never data in the message
-        job.status, job.error = ExportStatus.FAILED, type(error).__name__
-        job.save(update_fields=["status", "error"])
-        log.exception("export.failed", job=job.pk)
+    except Exception as error:  # recorded on the job (the worker retries)
+        job.status = ExportStatus.FAILED
+        job.error, job.error_is_data = _failure(error)
+        job.save(update_fields=["status", "error", "error_is_data"])
+        if job.error_is_data:  # the data cannot be written in that format: nothing to debug
+            log.warning("export.data_error", job=job.pk, kind=type(error).__name__)
+        else:
+            log.exception("export.failed", job=job.pk)
         raise
     log.info("export.done", job=job.pk, files=len(files))
     return job
+
+
+def is_data_error(error: BaseException) -> bool:
+    """The data cannot be written in the format as it is (a writer's own error, naming
+    the dataset, variable and row): the people who run the export fix the data."""
+    from exports.cdisc.odm import CdiscInputError
+    from exports.sdtm import SdtmError
+    from exports.xpt import XptError
+
+    return isinstance(error, tabular.ExportDataError | SdtmError | XptError | CdiscInputError)
+
+
+def _failure(error: Exception) -> tuple[str, bool]:
+    """(message for the job, is a data problem). Anything but a data error is recorded by
+    kind only: its message may hold anything (the details are in the logs)."""
+    if is_data_error(error):
+        return str(error)[:2000], True
+    return type(error).__name__, False
 
 
 def _counts_beside(schema: str, scope: extract.ExportScope) -> Future[list[dict[str, Any]]]:
@@ -443,6 +465,7 @@ def job_state(job: ExportJob) -> dict[str, Any]:
             "progress": round(done / total, 4) if total else (1.0 if job.status == ExportStatus.DONE else 0.0),
             "attempts": job.attempts, "formats": job.formats, "filters": job.filters,
             "created": job.created, "finished_at": job.finished_at, "error": job.error,
+            "error_is_data": job.error_is_data,
             "snapshot_at": job.snapshot_at, "manifest": job.manifest if job.status == ExportStatus.DONE else None,
             "files": [{"id": f.pk, "name": f.name, "format": f.format, "bytes": f.size, "sha256": f.sha256,
                        "rows": f.rows} for f in job.files.all()] if job.status == ExportStatus.DONE else []}

@@ -12,10 +12,12 @@ from config.celery import app
 @app.task(bind=True, name="exports.tasks.export_run_task", max_retries=3, default_retry_delay=30,
           acks_late=True)
 def export_run_task(self: Any, job_id: int) -> dict[str, Any]:
-    from exports.services import export_run
+    from exports.services import export_run, is_data_error
 
     try:
         job = export_run(job_id=job_id)
     except Exception as error:
+        if is_data_error(error):  # recorded on the job; the same data would fail again
+            return {"job": job_id, "status": "failed"}
         raise self.retry(exc=error) from error
     return {"job": job.pk, "status": job.status}

@@ -284,3 +284,41 @@ def test_the_navigation_leads_exporting_roles_to_the_export_pages(exported, page
     assert landing.status_code == 302 and landing["Location"] == f"/studies/{study_id}/exports/"
     assert b'href="/exports/"' not in other.get("/worklist/", follow=True).content
     assert other.get("/exports/").status_code == 403
+
+
+def test_a_failed_run_shows_a_data_problem_and_never_an_unexpected_errors_message(exported, page_as, world,
+                                                                                   email_of, monkeypatch):
+    from exports.tabular import ExportDataError
+    from exports.tasks import export_run_task
+
+    manager = world.users[email_of("data_manager", "alpha")]
+
+    def refuse(scope: Any, out: Any) -> int:
+        raise ExportDataError("long.csv, subject A-001, item notes: too long for this format.",
+                              dataset="long.csv", variable="notes", row="A-001")
+
+    def crash(scope: Any, out: Any) -> int:
+        raise RuntimeError("Zhang San 13800138000")  # what an unexpected error's message could hold
+
+    monkeypatch.setitem(services.WRITERS, ExportFormat.CSV_LONG, ("long.csv", refuse))
+    data_job = _job(world, study_id=exported["study"], requested_by=manager, formats=["csv_long"])
+    connection.set_tenant(world.alpha)
+    # A data problem is not retried (the same data would fail again) and is told as it is.
+    assert export_run_task.apply(args=[data_job.pk]).get() == {"job": data_job.pk, "status": "failed"}
+    data_job.refresh_from_db()
+    assert (data_job.status, data_job.error_is_data, data_job.attempts) == ("failed", True, 1)
+    monkeypatch.setitem(services.WRITERS, ExportFormat.CSV_LONG, ("long.csv", crash))
+    crash_job = ExportJob.objects.create(study_id=exported["study"], requested_by=manager, formats=["csv_long"])
+    with pytest.raises(RuntimeError):
+        services.export_run(job_id=crash_job.pk)
+    crash_job.refresh_from_db()
+    assert (crash_job.status, crash_job.error, crash_job.error_is_data) == ("failed", "RuntimeError", False)
+    connection.set_schema_to_public()
+
+    client = page_as("data_manager")
+    shown = _tree(client.get(f"/exports/{data_job.pk}/")).xpath("string(//*[@id='export-failed'])")
+    assert "cannot be written in this format" in shown and "subject A-001, item notes: too long" in shown
+    shown = _tree(client.get(f"/exports/{crash_job.pk}/")).xpath("string(//*[@id='export-failed'])")
+    assert "unexpected error" in shown and "RuntimeError" in shown and "Zhang San" not in shown
+    state = client.get(f"/api/v1/exports/{crash_job.pk}/").json()
+    assert state["error"] == "RuntimeError" and state["error_is_data"] is False and "Zhang" not in str(state)
