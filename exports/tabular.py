@@ -26,7 +26,7 @@ import io
 import itertools
 import os
 import re
-import tempfile
+import threading
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -214,32 +214,56 @@ def _record_batch(rows: Sequence[tuple[Any, ...]]) -> pa.RecordBatch:
 
 def parquet_long(scope: ExportScope, out: IO[bytes]) -> int:
     """The long rows (LONG_COLUMNS, in the long CSV's order) as one Parquet file. The rows
-    come from the same COPY as the long CSV (into a temporary file) and are parsed by
-    Arrow's CSV reader in C, block by block, so no row becomes a Python object and memory
-    is bounded by one block. Strings stay strings (a NULL is null, an empty text stays
-    empty); occurrence, form_version and item_row are int32, visit_date is date32.
-    Returns the number of rows."""
+    come from the same COPY as the long CSV, through a pipe, and are parsed by Arrow's CSV
+    reader in C, block by block, in a second thread while PostgreSQL still sends them: no
+    row becomes a Python object, memory is bounded by a block, and the conversion costs
+    little more time than the COPY alone. Strings stay strings (a NULL is null, an empty
+    text stays empty); occurrence, form_version and item_row are int32, visit_date is
+    date32. Returns the number of rows."""
+    read_end, write_end = os.pipe()
+    outcome: dict[str, Any] = {}
+    converter = threading.Thread(target=_parquet_from_csv, args=(read_end, out, outcome), name="export-parquet")
+    converter.start()
+    broken: BrokenPipeError | None = None
+    try:
+        with os.fdopen(write_end, "wb") as pipe, _snapshot():
+            extract.long_csv_copy(scope, pipe)
+    except BrokenPipeError as error:  # the converter stopped reading: its own error tells why
+        broken = error
+    finally:
+        converter.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    if broken is not None:
+        raise broken
+    return int(outcome["rows"])
+
+
+def _parquet_from_csv(read_end: int, out: IO[bytes], outcome: dict[str, Any]) -> None:
+    """The converter thread: CSV from the pipe to Parquet in `out`. Blocks are read whole
+    (a buffered read of a pipe returns the full block until the end), so the row groups,
+    and the file's bytes, do not depend on how the COPY's writes were timed."""
     import pyarrow.csv as pacsv
 
     written = 0
-    with tempfile.TemporaryFile(prefix="suifang-parquet-") as spool:
-        with _snapshot():
-            extract.long_csv_copy(scope, spool)
-        spool.seek(0)
-        reader = pacsv.open_csv(
-            spool, read_options=pacsv.ReadOptions(block_size=PARQUET_BLOCK_BYTES),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types={field.name: field.type for field in PARQUET_SCHEMA}, strings_can_be_null=True,
-                quoted_strings_can_be_null=False))  # COPY writes NULL bare and "" quoted
-        sink = pa.PythonFile(_Sink(out), mode="w")
-        # No wall-clock time is stored in Parquet; created_by names the pyarrow version only.
-        with pq.ParquetWriter(sink, PARQUET_SCHEMA, compression="zstd", use_dictionary=True,
-                              write_statistics=True) as writer:
-            for batch in reader:
-                writer.write_table(pa.Table.from_batches([batch]).cast(PARQUET_SCHEMA))
-                written += batch.num_rows
-    return written
+    try:
+        with os.fdopen(read_end, "rb") as source:
+            reader = pacsv.open_csv(
+                source, read_options=pacsv.ReadOptions(block_size=PARQUET_BLOCK_BYTES),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={field.name: field.type for field in PARQUET_SCHEMA}, strings_can_be_null=True,
+                    quoted_strings_can_be_null=False))  # COPY writes NULL bare and "" quoted
+            sink = pa.PythonFile(_Sink(out), mode="w")
+            # No wall-clock time is stored in Parquet; created_by names the pyarrow version only.
+            with pq.ParquetWriter(sink, PARQUET_SCHEMA, compression="zstd", use_dictionary=True,
+                                  write_statistics=True) as writer:
+                for batch in reader:
+                    writer.write_table(pa.Table.from_batches([batch]).cast(PARQUET_SCHEMA))
+                    written += batch.num_rows
+        outcome["rows"] = written
+    except BaseException as error:  # handed to the exporting thread, which raises it
+        outcome["error"] = error
 
 
 # --- XLSX --------------------------------------------------------------------------------
