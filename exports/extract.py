@@ -177,15 +177,16 @@ SELECT c.study, c.site, c.subject, c.event, c.occurrence, c.visit_date, c.form, 
  ORDER BY c.entry_rank, cell.grp_position, cell.row_n, cell.position
 """  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
 
-# The manifest's counts: the same cells, counted, without formatting or order.
+# The manifest's counts: the same cells, counted, without ranking, formatting or order.
 _COUNT_SQL = """
 WITH event_order(code, position) AS ({events})
 SELECT c.form, c.site, count(cell.item)
-  FROM (""" + _RANKED + """) c
- CROSS JOIN LATERAL (SELECT x.values, x.missing FROM ecrf_entry x WHERE x.id = c.id LIMIT 1) ev
+  FROM (SELECT e.form_version_id, e.values, e.missing, f.code AS form, si.code AS site
+""" + _ENTRY_JOINS + """) c
+ CROSS JOIN LATERAL (SELECT c.values, c.missing) ev
   LEFT JOIN LATERAL (""" + _CELLS + """) cell ON true
  GROUP BY c.form, c.site ORDER BY c.form, c.site
-"""  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
+"""
 
 
 def _filters(scope: ExportScope) -> pgsql.Composable:
