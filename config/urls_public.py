@@ -17,6 +17,8 @@ urlpatterns = [
     path("consortia/", pooling_views.consortia_page, name="consortia"),
     path("consortia/login/", views.login_view, name="consortium-login"),
     path("consortia/logout/", pooling_views.consortia_logout, name="consortium-logout"),
+    path("consortia/<slug:slug>/", pooling_views.consortium_page, name="consortium"),
+    path("consortia/<slug:slug>/runs/", pooling_views.consortium_run_start, name="consortium-run-start"),
     path("api/v1/consortia/", include("exports.pooling.urls")),
 ]
 

@@ -22,6 +22,7 @@ urlpatterns = [
     path("tasks/<int:task_id>/attempts/", study_views.contact_attempt_view, name="contact-attempt"),
     path("sites/", include("sites.urls")),
     path("", include("exports.urls")),
+    path("consortia/", include("exports.pooling.tenant_page_urls")),
     path("dashboard/", dashboard_views.dashboard_view, name="dashboard"),
     path("", include("ecrf.urls")),
     path("members/<int:membership_id>/resend-invitation/", views.member_resend_invitation_view,

@@ -14,7 +14,14 @@ from django.utils.translation import gettext as _
 
 from config.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from exports.pooling import selectors
-from exports.pooling.models import AgreementStatus, Consortium, ConsortiumRole, DataSharingAgreement, PooledRun
+from exports.pooling.models import (
+    AgreementStatus,
+    Consortium,
+    ConsortiumRole,
+    DataSharingAgreement,
+    PooledRun,
+    common_data_elements_problems,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +87,11 @@ def pooled_run_start(*, user: Any, consortium: Consortium, queue: bool = True) -
     if len(getattr(settings, "POOLING_SECRET", "") or "") < 32:  # the run could only fail
         raise Conflict("pooling_not_configured",
                        _("Pooling is not configured on this platform yet; ask the platform operator."))
+    problems = common_data_elements_problems(consortium.common_data_elements)
+    if problems:  # the run would fail at once; the operator must fix the declaration
+        raise Conflict("common_data_elements_invalid",
+                       _("The consortium's common data elements are not valid; ask the platform operator."),
+                       fields=problems)
     run = PooledRun.objects.create(consortium=consortium, requested_by_id=user.pk)
     if queue:
         from exports.pooling.tasks import pooled_run_task

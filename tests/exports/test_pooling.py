@@ -13,6 +13,7 @@ import pytest
 from django.core.files.storage import default_storage
 from django.db import connection
 
+from ecrf.samples import VITALS
 from exports.pooling.aggregate import pooled_run_execute
 from exports.pooling.models import Consortium, DataSharingAgreement, PooledRun
 from tests.conftest import PASSWORD
@@ -29,10 +30,14 @@ def _identity(tenant: str, n: int) -> dict[str, str]:
             "birth_date": f"19{60 + n}-03-0{1 + n % 8}"}
 
 
-@pytest.fixture
-def three_tenants(world, in_tenant, email_of, api):  # type: ignore[no-untyped-def]
+def _seed(world, in_tenant, email_of, api, *, definitions=None, values_of=None):  # type: ignore[no-untyped-def]
+    """Alpha, beta and a new tenant gamma, each with the CRF study collecting VITALS (or
+    definitions[slug]) and six subjects with identifying data and one entry each (GOOD,
+    or values_of[slug](n), with identifying free text in notes)."""
     from tenants import services as tenant_services
 
+    # Gamma's schema is new in every test, so its ids start again at 1: the per-process
+    # cache of published versions tells it apart by the tenant (config/caching.py).
     gamma = tenant_services.tenant_create(name="Gamma Org", slug="gamma", kind="cdc",
                                           admin_email="tenant_admin@gamma.example.org", admin_password=PASSWORD)
     for role in ("coordinator", "investigator", "monitor"):
@@ -42,7 +47,7 @@ def three_tenants(world, in_tenant, email_of, api):  # type: ignore[no-untyped-d
     seeded: dict[str, list[dict[str, str]]] = {}
     codes: list[str] = []
     for tenant in (world.alpha, world.beta, gamma):
-        crf = _crf_in(tenant, world, in_tenant, email_of, api)
+        crf = _crf_in(tenant, world, in_tenant, email_of, api, definition=(definitions or {}).get(tenant.slug, VITALS))
         seeded[tenant.slug] = []
         for n in range(6):
             identity = _identity(tenant.slug, n)
@@ -54,22 +59,32 @@ def three_tenants(world, in_tenant, email_of, api):  # type: ignore[no-untyped-d
             codes.append(body["subject_code"])
             seeded[tenant.slug].append(identity)
             task = crf["coordinator"].get(f"/api/v1/subjects/{body['id']}/").json()["tasks"][0]
-            values = {**GOOD, "notes": f"Called {identity['name']} on {identity['phone']}"}
+            chosen = (values_of or {}).get(tenant.slug, lambda n: GOOD)(n)
+            values = {**chosen, "notes": f"Called {identity['name']} on {identity['phone']}"}
             saved = crf["coordinator"].put(f"/api/v1/tasks/{task['id']}/forms/{crf['form']}/entry/",
                                            {"values": values, "version": 0}, format="json")
             assert saved.status_code == 200, saved.content
     connection.set_schema_to_public()
+    return {"seeded": seeded, "codes": codes, "tenants": [world.alpha, world.beta, gamma],
+            "admin": world.users["tenant_admin@alpha.example.org"]}
+
+
+def _consortium(setup: dict[str, Any], *, fields: list[str] = FIELDS, **extra: Any) -> Consortium:
     consortium = Consortium.objects.create(
         slug="heart", name="Heart registry", coordinating_organisation="CDC",
-        common_data_elements=[{"form": "VITALS", "items": ["visit_date", "sex", "weight", "height", "notes", "meds"],
-                               "safe_text": []}],
-        quasi_identifiers=["age"], k=3)
-    admin = world.users["tenant_admin@alpha.example.org"]
-    for tenant in (world.alpha, world.beta, gamma):
-        DataSharingAgreement.objects.create(consortium=consortium, tenant=tenant, study_code="CRF", fields=FIELDS,
-                                            accepted_by=admin)
-    return {"consortium": consortium, "seeded": seeded, "codes": codes, "tenants": [world.alpha, world.beta, gamma],
-            "admin": admin}
+        **{"common_data_elements": [{"form": "VITALS", "items": ["visit_date", "sex", "weight", "height", "notes",
+                                                                 "meds"], "safe_text": []}],
+           "quasi_identifiers": ["age"], "k": 3, **extra})
+    for tenant in setup["tenants"]:
+        DataSharingAgreement.objects.create(consortium=consortium, tenant=tenant, study_code="CRF", fields=fields,
+                                            accepted_by=setup["admin"])
+    return consortium
+
+
+@pytest.fixture
+def three_tenants(world, in_tenant, email_of, api):  # type: ignore[no-untyped-def]
+    setup = _seed(world, in_tenant, email_of, api)
+    return {**setup, "consortium": _consortium(setup)}
 
 
 def _run(setup: dict[str, Any]) -> tuple[PooledRun, bytes, bytes]:
@@ -217,11 +232,12 @@ def test_the_consortium_page_signs_members_in_and_shows_organisations_and_runs(t
     signed_in = client.post("/consortia/login/", {"email": "lead@heart.example.org", "password": PASSWORD,
                                                   "next": "/consortia/"})
     assert signed_in.status_code == 302 and signed_in["Location"] == "/consortia/"
-    page = client.get("/consortia/").content.decode()
+    assert "/consortia/heart/" in client.get("/consortia/").content.decode()
+    page = client.get("/consortia/heart/").content.decode()
     assert "Heart registry" in page and "Alpha Org" in page and "Gamma Org" in page
     assert f"/api/v1/consortia/heart/runs/{run.pk}/files/pooled_long.csv/" in page
     assert "Start a pooled run" in page
-    assert client.post("/consortia/", {"consortium": "heart"}).status_code == 302
+    assert client.post("/consortia/heart/runs/").status_code == 302
     assert PooledRun.objects.filter(consortium=consortium).count() == 2
     # The session only counts on consortium pages: the operator console stays closed.
     assert client.get("/admin/").status_code == 302
@@ -248,3 +264,256 @@ def test_without_the_pooling_secret_no_run_starts_and_none_stays_running(three_t
         pooled_run_execute(run_id=run.pk)
     run.refresh_from_db()
     assert run.status == "failed" and "POOLING_SECRET" in run.error
+
+
+# --- the steps of a run: parts in storage, a failed tenant, a withdrawal mid-run -------------
+
+def _parts_left(run: PooledRun) -> list[str]:
+    folder = f"pooling/{run.consortium.slug}/{run.pk}/parts"
+    try:
+        return sorted(default_storage.listdir(folder)[1])
+    except FileNotFoundError:
+        return []
+
+
+def test_a_tenant_part_is_gzip_csv_and_json_lines_in_storage_and_is_deleted_after_the_run(three_tenants):
+    import gzip
+    import json
+
+    from exports.pooling.aggregate import POOLED_COLUMNS, pooled_run_combine, pooled_run_prepare, tenant_part_extract
+
+    run = PooledRun.objects.create(consortium=three_tenants["consortium"], requested_by=three_tenants["admin"])
+    agreement_ids = pooled_run_prepare(run_id=run.pk)
+    assert PooledRun.objects.get(pk=run.pk).status == "running"
+    assert pooled_run_prepare(run_id=run.pk) is None  # a second start (a redelivered task) does nothing
+    parts = [tenant_part_extract(run_id=run.pk, agreement_id=pk) for pk in agreement_ids]
+    alpha = parts[0]
+    assert alpha["tenant"] == "alpha" and alpha["values_extracted"] > 0
+    assert sorted(_parts_left(run)) == sorted(f"{t}.{kind}" for t in ("alpha", "beta", "gamma")
+                                              for kind in ("cells.csv.gz", "index.jsonl.gz", "subjects.jsonl.gz"))
+    raw = {}
+    for kind, key in alpha["parts"].items():
+        assert key.startswith(f"pooling/heart/{run.pk}/parts/alpha.")
+        with default_storage.open(key, "rb") as handle:
+            raw[kind] = handle.read()
+        assert raw[kind][:2] == b"\x1f\x8b"  # gzip, not a pickle
+    cells = gzip.decompress(raw["cells"])
+    rows = list(csv.reader(io.StringIO(cells.decode("utf-8"))))
+    assert rows and all(len(row) == len(POOLED_COLUMNS) and row[0] == "alpha" for row in rows)
+    assert len(rows) == alpha["values_extracted"]
+    index = [json.loads(line) for line in gzip.decompress(raw["index"]).decode().splitlines()]
+    assert sum(s["bytes"] for s in index) == len(cells) and sum(s["rows"] for s in index) == len(rows)
+    assert [s["subject"] for s in index] == list(dict.fromkeys(row[1] for row in rows))  # one run per subject
+    subjects = [json.loads(line) for line in gzip.decompress(raw["subjects"]).decode().splitlines()]
+    assert len(subjects) == alpha["subjects"] == 7  # six seeded, one from the CRF set-up
+    assert all(set(s) == {"pseudonym", "age", "country"} and s["pseudonym"].startswith("P-") for s in subjects)
+    everything = b"".join([cells, gzip.decompress(raw["index"]), gzip.decompress(raw["subjects"])])
+    for identity in three_tenants["seeded"]["alpha"]:
+        assert not any(value.encode() in everything for value in identity.values())
+
+    every_cell = []
+    for part in parts:
+        with default_storage.open(part["parts"]["cells"], "rb") as handle:
+            every_cell += list(csv.reader(io.StringIO(gzip.decompress(handle.read()).decode("utf-8"))))
+
+    done = pooled_run_combine(run_id=run.pk, parts=parts)
+    assert done.status == "done" and _parts_left(done) == []
+    files = {f["name"]: f for f in done.manifest["files"]}
+    with default_storage.open(files["pooled_subjects.csv"]["storage"], "rb") as handle:
+        released = set(pd.read_csv(handle, dtype=str)["pseudonym"])
+    with default_storage.open(files["pooled_long.csv"]["storage"], "rb") as handle:
+        pooled = list(csv.reader(io.StringIO(handle.read().decode("utf-8"))))
+    # The pooled file is the parts' rows of the released subjects, in tenant order.
+    assert pooled == [list(POOLED_COLUMNS), *(row for row in every_cell if row[1] in released)]
+    assert len(pooled) - 1 == files["pooled_long.csv"]["rows"]
+    # A redelivered combine leaves the finished run as it is.
+    assert pooled_run_combine(run_id=run.pk, parts=[]).manifest == done.manifest
+
+
+def _corrupt_one_entry(tenant, in_tenant, text: str) -> None:  # type: ignore[no-untyped-def]
+    """A visit date the form would refuse, written behind the services' back (as a bad
+    import or a manual fix might): de-identification cannot shift it."""
+    from ecrf.models import Entry
+
+    in_tenant(tenant)
+    entry = Entry.objects.order_by("pk").first()
+    assert entry is not None
+    Entry.objects.filter(pk=entry.pk).update(values={**entry.values, "visit_date": text})
+    connection.set_schema_to_public()
+
+
+def test_a_failed_tenant_part_fails_the_run_naming_the_tenant_and_no_value(three_tenants, world, in_tenant):
+    from structlog.testing import capture_logs
+
+    phi = three_tenants["seeded"]["beta"][0]["name"]
+    _corrupt_one_entry(world.beta, in_tenant, f"{phi} 2026-13-45")
+    run = PooledRun.objects.create(consortium=three_tenants["consortium"], requested_by=three_tenants["admin"])
+    with capture_logs() as logs:
+        run = pooled_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == "failed" and run.finished_at is not None
+    assert "beta" in run.error and "DeidError" in run.error and "alpha" not in run.error
+    assert phi not in run.error and "2026-13-45" not in run.error
+    assert run.manifest == {} and _parts_left(run) == []  # the other tenants' parts are gone too
+    failures = [event for event in logs if event["event"] == "pooling.tenant_failed"]
+    assert [event["tenant"] for event in failures] == ["beta"]
+    assert phi not in repr(logs) and "2026-13-45" not in repr(logs)
+
+
+def test_a_tenant_withdrawn_during_a_run_contributes_nothing_to_it(three_tenants):
+    from django.utils import timezone
+
+    from exports.pooling.aggregate import pooled_run_combine, pooled_run_prepare, tenant_part_extract
+
+    run = PooledRun.objects.create(consortium=three_tenants["consortium"], requested_by=three_tenants["admin"])
+    agreement_ids = pooled_run_prepare(run_id=run.pk)
+    DataSharingAgreement.objects.filter(tenant__slug="beta").update(status="withdrawn", withdrawn_at=timezone.now())
+    run = pooled_run_combine(run_id=run.pk, parts=[tenant_part_extract(run_id=run.pk, agreement_id=pk)
+                                                   for pk in agreement_ids])
+    assert run.status == "done" and [t["tenant"] for t in run.manifest["tenants"]] == ["alpha", "gamma"]
+    with default_storage.open(run.manifest["files"][0]["storage"], "rb") as handle:
+        assert {r["contributor"] for r in csv.DictReader(io.StringIO(handle.read().decode()))} == {"alpha", "gamma"}
+
+
+# --- harmonisation of code lists and units ---------------------------------------------------
+
+def _vitals(*, sex_codes: list[str], pregnant_if: str, units: dict[str, str | None] | None = None,
+            ranges: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """VITALS with another SEX code list (and the branching on it), units and ranges."""
+    import copy
+
+    from ecrf.samples import label
+
+    definition = copy.deepcopy(VITALS)
+    definition["code_lists"]["SEX"] = [{"value": code, "labels": label(code)} for code in sex_codes]
+    items = [*definition["items"], *(child for item in definition["items"] for child in item.get("items", []))]
+    for item in items:
+        if item["code"] == "pregnant":
+            item["show_if"] = {"==": [{"var": "sex"}, pregnant_if]}
+        if item["code"] in (units or {}):
+            item.pop("unit", None)
+            if units[item["code"]] is not None:  # type: ignore[index]
+                item["unit"] = units[item["code"]]  # type: ignore[index]
+        if item["code"] in (ranges or {}):
+            item["range"] = ranges[item["code"]]  # type: ignore[index]
+    return definition
+
+
+HARMONISE = {
+    "sex": {"codes": {"1": "M", "2": "F", "M": "M", "F": "F"}, "codes_by_tenant": {"gamma": {"1": "F", "2": "M"}}},
+    "symptoms": {"codes": {"a": "COUGH", "b": "FEVER", "c": "DYSPNOEA"}},
+    "weight": {"unit": "kg", "factors": {"lb": 0.45359237}, "precision": 1},
+    "height": {"unit": "cm", "factors": {"in": 2.54}, "precision": 0},
+    "med_dose": {"unit": "mg", "factors": {"g": 1000}},
+}
+
+
+@pytest.fixture
+def varied_tenants(world, in_tenant, email_of, api):  # type: ignore[no-untyped-def]
+    """alpha: VITALS, its SEX list with an extra "9" (one subject); beta: sex "M"/"F",
+    weight in lb, height in inches; gamma: sex "1" = female, "2" = male (the reverse of
+    alpha), weight in stone (no factor declared), height without a unit, doses in g."""
+    without_pregnant = {k: v for k, v in GOOD.items() if k != "pregnant"}
+    setup = _seed(world, in_tenant, email_of, api, definitions={
+        "alpha": _vitals(sex_codes=["1", "2", "9"], pregnant_if="2"),
+        "beta": _vitals(sex_codes=["M", "F"], pregnant_if="F", units={"weight": "lb", "height": "in"},
+                        ranges={"height": {"hard": {"min": 20, "max": 100}}}),
+        "gamma": _vitals(sex_codes=["1", "2"], pregnant_if="1", units={"weight": "st", "height": None, "med_dose": "g"},
+                         ranges={"weight": {"hard": {"min": 3, "max": 50}}}),
+    }, values_of={
+        "alpha": lambda n: GOOD if n < 5 else {**without_pregnant, "sex": "9"},
+        "beta": lambda n: {**GOOD, "sex": "F", "weight": "155.5", "height": 67},
+        "gamma": lambda n: {**GOOD, "sex": "1", "weight": "11.1", "meds": [{"med_name": "Aspirin", "med_dose": 0.1}]},
+    })
+    consortium = _consortium(
+        setup, fields=[*FIELDS, "VITALS.symptoms"], quasi_identifiers=[],
+        common_data_elements=[{"form": "VITALS", "items": ["visit_date", "sex", "weight", "height", "notes", "meds",
+                                                           "symptoms"], "safe_text": [], "harmonise": HARMONISE}])
+    return {**setup, "consortium": consortium}
+
+
+def test_code_lists_and_units_are_harmonised_and_what_cannot_be_is_counted(varied_tenants):
+    run, long_bytes, _subjects = _run(varied_tenants)
+    assert run.status == "done", run.error
+    rows = list(csv.DictReader(io.StringIO(long_bytes.decode())))
+
+    def values(tenant: str, item: str) -> list[str]:
+        return [r["value"] for r in rows if r["contributor"] == tenant and r["item"] == item]
+
+    # Codes: the common map ("2" -> "F", "F" -> "F"); gamma's own map ("1" is female there).
+    assert values("alpha", "sex") == ["F"] * 5 and values("beta", "sex") == ["F"] * 6
+    assert values("gamma", "sex") == ["F"] * 6
+    # Multiple choices: each code mapped, in the stored order.
+    assert {v for t in ("alpha", "beta", "gamma") for v in values(t, "symptoms")} == {"COUGH;FEVER"}
+    # Units: already the consortium's unit, unchanged; converted and rounded to the precision.
+    assert values("alpha", "weight") == ["70.5"] * 6 and values("alpha", "height") == ["170"] * 6
+    assert values("beta", "weight") == ["70.5"] * 6  # 155.5 lb = 70.53 kg, 1 digit
+    assert values("beta", "height") == ["170"] * 6  # 67 in = 170.18 cm, 0 digits
+    assert values("alpha", "meds.med_dose") == ["100.0"] * 6  # mg: unchanged
+    assert values("gamma", "meds.med_dose") == ["100.00"] * 6  # 0.1 g, inside the repeating group, 2 digits
+    # No factor for stone, no unit at all: those values are left out, and counted.
+    assert values("gamma", "weight") == [] and values("gamma", "height") == []
+    tenants = {t["tenant"]: t for t in run.manifest["tenants"]}
+    assert tenants["alpha"]["values_unmapped"] == {"VITALS.sex": 1}
+    assert tenants["beta"]["values_unmapped"] == {}
+    assert tenants["gamma"]["values_unmapped"] == {"VITALS.height": 6, "VITALS.weight": 6}
+    assert tenants["beta"]["values_harmonised"] == {"VITALS.height": 6, "VITALS.sex": 6, "VITALS.symptoms": 6,
+                                                    "VITALS.weight": 6}
+    assert tenants["gamma"]["values_harmonised"] == {"VITALS.meds.med_dose": 6, "VITALS.sex": 6,
+                                                     "VITALS.symptoms": 6}
+    for name, tenant in tenants.items():  # rows written = values extracted - values left out
+        assert tenant["rows_released"] == len([r for r in rows if r["contributor"] == name])
+    assert run.manifest["harmonisation"]["VITALS.weight"] == {"unit": "kg"}
+    assert run.manifest["harmonisation"]["VITALS.sex"] == {"codes": ["F", "M"]}
+    # Never a value in the counts, and nothing identifying anywhere.
+    for identities in varied_tenants["seeded"].values():
+        for identity in identities:
+            assert not any(value.encode() in long_bytes for value in identity.values())
+
+
+# --- the common data elements' declaration is checked -----------------------------------------
+
+VALID_CDE = [{"form": "VITALS", "items": ["sex", "weight"], "safe_text": [], "harmonise": HARMONISE}]
+
+
+@pytest.mark.parametrize(("harmonise", "path"), [
+    ([], "common_data_elements[0].harmonise"),
+    ({"Weight": {"unit": "kg"}}, "common_data_elements[0].harmonise.Weight"),
+    ({"weight": {"unit": "kg", "offset": 32}}, "common_data_elements[0].harmonise.weight"),
+    ({"sex": {"codes": {"1": "M"}, "unit": "kg"}}, "common_data_elements[0].harmonise.sex"),
+    ({"sex": {"codes": {"1": 1}}}, "common_data_elements[0].harmonise.sex.codes"),
+    ({"sex": {"codes": {}}}, "common_data_elements[0].harmonise.sex.codes"),
+    ({"sex": {"codes_by_tenant": {"gamma": ["1"]}}}, "common_data_elements[0].harmonise.sex.codes_by_tenant.gamma"),
+    ({"weight": {"unit": "", "factors": {}}}, "common_data_elements[0].harmonise.weight.unit"),
+    ({"weight": {"unit": "kg", "factors": {"lb": -0.45}}}, "common_data_elements[0].harmonise.weight.factors"),
+    ({"weight": {"unit": "kg", "factors": {"lb": True}}}, "common_data_elements[0].harmonise.weight.factors"),
+    ({"weight": {"unit": "kg", "factors": {"lb": "0.45"}}}, "common_data_elements[0].harmonise.weight.factors"),
+    ({"weight": {"unit": "kg", "precision": 11}}, "common_data_elements[0].harmonise.weight.precision"),
+])
+def test_a_bad_declaration_is_refused_naming_its_path_and_no_run_starts(world, harmonise, path):
+    from django.core.exceptions import ValidationError
+
+    from config.errors import Conflict
+    from exports.pooling.models import ConsortiumMember, common_data_elements_problems
+    from tenants.models import User
+    from tests.tenants.test_api import _assert_error_shape
+
+    assert common_data_elements_problems(VALID_CDE) == {}
+    bad = [{**VALID_CDE[0], "harmonise": harmonise}]
+    assert list(common_data_elements_problems(bad)) == [path]
+    consortium = Consortium.objects.create(slug="heart", name="Heart registry", coordinating_organisation="CDC",
+                                           common_data_elements=bad)
+    with pytest.raises(ValidationError) as refused:
+        consortium.full_clean()
+    assert path in str(refused.value)
+    lead = User.objects.create_user(email="lead@heart.example.org", password=PASSWORD)
+    ConsortiumMember.objects.create(consortium=consortium, user=lead, role="coordinator")
+    body = _assert_error_shape(_public(lead).post("/api/v1/consortia/heart/runs/"), 409)
+    assert body["code"] == "common_data_elements_invalid" and path in body["fields"]
+    assert not PooledRun.objects.exists()
+    # A run queued before the declaration went bad fails at once; it is never left running.
+    run = PooledRun.objects.create(consortium=consortium, requested_by=lead)
+    with pytest.raises(Conflict):
+        pooled_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == "failed" and path in run.error
