@@ -16,9 +16,10 @@ value flows), harmonises the codes and the lb values to kg, and asks for 5-anony
 age; every tenant has an active agreement.
 
 Measured, in the same run:
-- baseline: per tenant schema, `COPY (<the study export's long flattening query>) TO
-  STDOUT` into a file (exports.extract.long_query: the same rows, joined and ordered),
-  summed over the tenants;
+- baseline: per tenant schema, `COPY (SELECT e.id, kv.key, kv.value FROM ecrf_entry e,
+  jsonb_each(e.values) kv) TO STDOUT` into a file (the same rows, nothing joined or
+  formatted: the baseline of bench/export_study.py), summed over the tenants; printed
+  beside it, the COPY of the study export's long query (joined, ordered, formatted);
 - pooled run: from publishing exports.pooling.tasks.pooled_run_task to the run marked
   done, on `celery -A config worker --concurrency 2` started here against the bench
   database (the chord: one part per tenant on either process, then the combine step);
@@ -176,27 +177,39 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     return {"consortium": consortium.pk, "studies": studies, "admin": studies[0]["admin"]}
 
 
-def copy_baseline(world: dict[str, Any]) -> tuple[float, int]:
-    """The long query's COPY in every tenant schema, summed: (seconds, rows)."""
+RAW_COPY = "COPY (SELECT e.id, kv.key, kv.value FROM ecrf_entry e, jsonb_each(e.values) kv) TO STDOUT"
+
+
+def copy_baseline(world: dict[str, Any]) -> tuple[float, int, float]:
+    """In every tenant schema, summed: the raw COPY of the item values (the baseline of
+    bench/export_study.py: one row per value, nothing joined or formatted) and, for
+    reference, the COPY of the study export's long query (joined, ordered, formatted).
+    Returns (raw seconds, raw rows, long-query seconds)."""
     from psycopg2 import sql as pgsql
 
     from config.db import tenant_connection as connection
     from exports import extract
 
-    seconds, rows = 0.0, 0
+    raw_seconds, raw_rows, long_seconds = 0.0, 0, 0.0
     for study in world["studies"]:
         connection.set_schema(study["schema"])
         query = extract.long_query(extract.ExportScope(study_id=study["study"], forms=("F20",)))
-        with tempfile.NamedTemporaryFile("wb") as out, connection.cursor() as cursor:
+        with connection.cursor() as cursor:
             raw = cursor.cursor
-            statement = pgsql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query).as_string(raw)
-            began = time.perf_counter()
-            raw.copy_expert(statement, out, size=1 << 20)
-            out.flush()
-            seconds += time.perf_counter() - began
-            rows += int(raw.rowcount)
+            long_statement = pgsql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query).as_string(raw)
+            for statement in (RAW_COPY, long_statement):
+                with tempfile.NamedTemporaryFile("wb") as out:
+                    began = time.perf_counter()
+                    raw.copy_expert(statement, out, size=1 << 20)
+                    out.flush()
+                    elapsed = time.perf_counter() - began
+                if statement == RAW_COPY:
+                    raw_seconds += elapsed
+                    raw_rows += int(raw.rowcount)
+                else:
+                    long_seconds += elapsed
     connection.set_schema_to_public()
-    return seconds, rows
+    return raw_seconds, raw_rows, long_seconds
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -299,8 +312,8 @@ def main(argv: list[str]) -> None:
     from bench.common import purge_bench_queue
 
     purge_bench_queue()  # the pool refills tenant_create queued: the worker must not run them
-    copy_seconds, copy_rows = copy_baseline(world)
-    log(f"  raw COPY: {copy_seconds:.2f} s, {copy_rows:,} rows")
+    copy_seconds, copy_rows, long_seconds = copy_baseline(world)
+    log(f"  raw COPY: {copy_seconds:.2f} s, {copy_rows:,} rows; the export's long query COPY: {long_seconds:.2f} s")
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.bench", "BENCH_DATABASE_URL": db_url(),
            "LOG_LEVEL": "ERROR"}
     worker = Worker(concurrency=args.concurrency, env=env, log_path=Path(media) / "worker.log")
