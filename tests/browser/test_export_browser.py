@@ -11,7 +11,6 @@ import hashlib
 import io
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from sites import services as site_services
 from sites.models import Site
 from studies import services as study_services
 from studies.models import Study, Subject
+from tests.browser.server_env import isolated_media_and_queue
 from tests.browser.test_ecrf_browser import _email, _login
 from tests.browser.test_login_browser import browser, server  # noqa: F401  (fixtures)
 from tests.ecrf.test_entries import GOOD
@@ -49,26 +49,10 @@ def _storage(folder: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module", autouse=True)
 def server_env(tmp_path_factory) -> Iterator[Path]:  # type: ignore[no-untyped-def]
-    """Before the server starts (it inherits the environment): its files go to a
-    temporary folder, which this process writes the export into too, and the tasks it
-    queues go to a queue of their own (no worker reads it), emptied afterwards."""
-    folder = tmp_path_factory.mktemp("export-media")
-    queue = f"test-exports-{uuid.uuid4().hex[:10]}"
-    before = {name: os.environ.get(name) for name in ("MEDIA_ROOT", "CELERY_TASK_DEFAULT_QUEUE")}
-    os.environ["MEDIA_ROOT"] = str(folder)
-    os.environ["CELERY_TASK_DEFAULT_QUEUE"] = queue
-    try:
+    """Before the server starts: its files and this process's go to a temporary folder,
+    its tasks to a queue of their own (tests/browser/server_env.py)."""
+    with isolated_media_and_queue(tmp_path_factory.mktemp("export-media"), "test-exports") as folder:
         yield folder
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        from config.celery import app
-
-        with app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(queue)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,32 @@
+"""For browser tests whose server writes files or queues tasks: the environment the test
+server inherits when it starts (a module-scoped fixture sets it up before the server)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def isolated_media_and_queue(folder: Path, queue_prefix: str) -> Iterator[Path]:
+    """Files go to `folder` (the test process writes there too) and tasks to a Celery
+    queue of their own, which no worker reads and which is deleted afterwards."""
+    queue = f"{queue_prefix}-{uuid.uuid4().hex[:10]}"
+    before = {name: os.environ.get(name) for name in ("MEDIA_ROOT", "CELERY_TASK_DEFAULT_QUEUE")}
+    os.environ["MEDIA_ROOT"] = str(folder)
+    os.environ["CELERY_TASK_DEFAULT_QUEUE"] = queue
+    try:
+        yield folder
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        from config.celery import app
+
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
