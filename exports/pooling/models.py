@@ -18,6 +18,7 @@ from django.utils.translation import gettext_lazy as _
 ITEM_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # as ecrf.definition.ITEM_CODE_RE
 MAX_PRECISION = 10
 DEFAULT_PRECISION = 2  # digits a converted value is rounded to when "precision" is not given
+RESERVED_SLUGS = ("login", "logout")  # paths of config/urls_public.py under /consortia/
 
 
 class Consortium(models.Model):
@@ -50,6 +51,11 @@ class Consortium(models.Model):
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            # /consortia/login/ and /consortia/logout/ are the members' sign-in and sign-out.
+            models.CheckConstraint(condition=~models.Q(slug__in=RESERVED_SLUGS), name="consortium_slug_not_reserved",
+                                   violation_error_message=_("This name is reserved; choose another.")),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -303,3 +303,19 @@ def test_only_coordinators_start_runs_and_non_members_get_a_403_page_with_a_way_
     out = lead.post("/consortia/logout/", follow=True)
     assert "You have signed out." in out.content.decode()
     assert lead.get("/consortia/cardio/").status_code == 302
+
+
+@pytest.mark.parametrize("slug", ["login", "logout"])
+def test_a_consortium_cannot_take_the_name_of_the_sign_in_pages(slug):
+    from django.core.exceptions import ValidationError
+    from django.db import IntegrityError, transaction
+
+    consortium = Consortium(slug=slug, name="Reserved", coordinating_organisation="Org")
+    with pytest.raises(ValidationError) as refused:
+        consortium.full_clean()
+    assert "reserved" in str(refused.value)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Consortium.objects.create(slug=slug, name="Reserved", coordinating_organisation="Org")
+    assert not Consortium.objects.filter(slug=slug).exists()
+    Consortium(slug=f"{slug}-study", name="Fine", coordinating_organisation="Org").full_clean(
+        exclude=["common_data_elements", "quasi_identifiers"])
