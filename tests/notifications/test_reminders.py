@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -21,7 +22,9 @@ pytestmark = pytest.mark.django_db
 
 UTC = zoneinfo.ZoneInfo("UTC")
 SHANGHAI = zoneinfo.ZoneInfo("Asia/Shanghai")
-TODAY = dt.date.today()
+# The sites here are in Asia/Shanghai, and "today" is theirs (the server keeps dates by
+# the site's time zone): from 16:00 UTC it is already tomorrow there.
+TODAY = dt.datetime.now(ZoneInfo("Asia/Shanghai")).date()
 NOON_SHANGHAI = dt.datetime.combine(TODAY, dt.time(12, 0), tzinfo=SHANGHAI).astimezone(UTC)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection
@@ -23,7 +24,9 @@ from tests.studies.test_studies_api import _active_site
 
 pytestmark = pytest.mark.django_db
 
-TODAY = dt.date.today()
+# The sites here are in Asia/Shanghai, and "today" is theirs (the server keeps dates by
+# the site's time zone): from 16:00 UTC it is already tomorrow there.
+TODAY = dt.datetime.now(ZoneInfo("Asia/Shanghai")).date()
 CONSENT = (TODAY - dt.timedelta(days=20)).isoformat()
 HEADER = ["site", "arm", "consent_date", "name", "phone", "national_id", "external_ref"]
 

@@ -4,6 +4,7 @@ every endpoint, masking of identifying data, tenant isolation and bad input."""
 from __future__ import annotations
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -16,7 +17,9 @@ from tests.tenants.test_api import _assert_error_shape
 
 pytestmark = pytest.mark.django_db
 
-TODAY = dt.date.today()
+# The sites here are in Asia/Shanghai, and "today" is theirs (the server keeps dates by
+# the site's time zone): from 16:00 UTC it is already tomorrow there.
+TODAY = dt.datetime.now(ZoneInfo("Asia/Shanghai")).date()
 
 
 def _active_site(code: str):  # type: ignore[no-untyped-def]
