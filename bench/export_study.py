@@ -20,7 +20,9 @@ process (so its peak resident memory is its own):
   define.xml, zipped), SHA-256, and the file saved to storage.
 
 Prints seconds, peak RSS of the child process, bytes written and the export/COPY ratio.
-Figures, not pass/fail.
+Figures, not pass/fail. With --profile DIR, each export child also runs under cProfile and
+leaves DIR/<level>-<format>.prof (read it with `python -m pstats`); its seconds are then
+the profiled ones, slower than the plain run's.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="100000,1000000", help="item values, comma separated")
     parser.add_argument("--formats", default="csv_long,parquet,sdtm", help="export formats, comma separated")
+    parser.add_argument("--profile", default="", help="a directory for each export's cProfile statistics")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -164,7 +167,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
         job = ExportJob.objects.create(study_id=spec["study"], requested_by_id=spec["admin"],
                                        formats=[spec["format"]], filters={})
-        job = export_run(job_id=job.pk)
+        if spec.get("profile"):
+            import cProfile
+
+            with cProfile.Profile() as profile:
+                job = export_run(job_id=job.pk)
+            profile.dump_stats(spec["profile"])
+        else:
+            job = export_run(job_id=job.pk)
         size = sum(f["bytes"] for f in job.manifest["files"])
         rows = sum(f["rows"] for f in job.manifest["files"])
         counted = sum(c["values"] for c in job.manifest["rows_by_form_and_site"])
@@ -175,8 +185,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "peak_mb": peak_kb / 1024, "bytes": size, "rows": rows}
 
 
-def measure(kind: str, world: dict[str, Any], fmt: str = "") -> dict[str, Any]:
-    spec = {**world, "kind": kind, "format": fmt}
+def measure(kind: str, world: dict[str, Any], fmt: str = "", profile: str = "") -> dict[str, Any]:
+    spec = {**world, "kind": kind, "format": fmt, "profile": profile}
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, cwd=ROOT,
                           check=True, env={**os.environ, "LOG_LEVEL": "ERROR"})
     return json.loads(done.stdout.decode().strip().splitlines()[-1])
@@ -197,7 +207,11 @@ def main(argv: list[str]) -> None:
         fill_entries(world, level)
         copy = measure("copy", world)
         for fmt in formats:
-            export = measure("export", world, fmt)
+            profile = str(Path(args.profile).resolve() / f"{level}-{fmt}.prof") if args.profile else ""
+            if profile:
+                Path(args.profile).mkdir(parents=True, exist_ok=True)
+                log(f"  profile: {profile}")
+            export = measure("export", world, fmt, profile)
             log(f"  {level:,} {fmt}: COPY {copy['seconds']:.2f} s, export {export['seconds']:.2f} s, "
                 f"{export['rows']:,} rows")
             rows.append([f"{level:,}", fmt, f"{copy['seconds']:.2f} s", f"{copy['peak_mb']:.0f} MB",

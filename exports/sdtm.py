@@ -3,7 +3,8 @@
 ``sdtm_build`` reads StudyData once, subject by subject: subjects, visits and entries come
 in the same subject order, so one subject's visits and entries are merged, numbered
 (--SEQ, VISITNUM) and spooled to one temporary file per domain as a block. Memory holds
-one subject's rows plus a small index per domain (one tuple per subject). The domains are
+one subject's rows, the rows whose widths are not measured yet (Spool.CHECK_ROWS per
+domain at most) and a small index per domain (one tuple per subject). The domains are
 then yielded one after the other, rows sorted by USUBJID, each with its final DatasetSpec
 (Char widths = longest value in bytes, row count), ready for exports.xpt.
 
@@ -13,6 +14,9 @@ and QS when items are annotated with those domains.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
 import math
 import pickle
 import re
@@ -204,6 +208,11 @@ class FindingItem:
     testcd: str
     test: str
     unit: str
+    # Worked out once per item for the rows: (--TESTCD, --TEST[, QSCAT]), the start of the
+    # sort key (QSCAT or --TESTCD, --TESTCD), and whether a decimal is written as entered.
+    topic: tuple[str, ...] = ()
+    sort_head: tuple[str, str] = ("", "")
+    as_entered: bool = True
 
 
 @dataclass(frozen=True)
@@ -232,6 +241,7 @@ def _text_of(labels: Any, fallback: str) -> str:
 def _plan_form(code: str, version: int, definition: Mapping[str, Any]) -> FormPlan:
     findings: list[FindingItem] = []
     groups: list[AeGroup] = []
+    category = _text_of(definition.get("title"), code).upper()
     for item in definition.get("items", ()):
         where = f"Form {code} v{version}, item {item.get('code')}"
         cdisc = item.get("cdisc") or {}
@@ -254,9 +264,10 @@ def _plan_form(code: str, version: int, definition: Mapping[str, Any]) -> FormPl
         if len(test) > 40:
             raise SdtmError(f"{where}: {domain}TEST is {len(test)} characters; give cdisc.test of at most 40.")
         findings.append(FindingItem(domain, item["code"], item, testcd, test, cdisc.get("orresu") or
-                                    item.get("unit") or ""))
-    return FormPlan(definition.get("code_lists") or {}, _text_of(definition.get("title"), code).upper(),
-                    tuple(findings), tuple(groups))
+                                    item.get("unit") or "", (testcd, test, category) if domain == "QS" else
+                                    (testcd, test), (category if domain == "QS" else testcd, testcd),
+                                    item.get("precision") is None))
+    return FormPlan(definition.get("code_lists") or {}, category, tuple(findings), tuple(groups))
 
 
 def _ae_variable(child: Mapping[str, Any], where: str) -> str:
@@ -273,7 +284,10 @@ def _number_text(value: int | float, item: Mapping[str, Any]) -> str:
         return str(value)
     if item.get("precision") is not None:
         return f"{value:.{item['precision']}f}"
-    return format(Decimal(repr(value)).normalize(), "f")
+    text = repr(value)
+    if "." in text and "e" not in text:  # plain notation: what Decimal.normalize() gives, without it
+        return text.rstrip("0").rstrip(".")
+    return format(Decimal(text).normalize(), "f")
 
 
 def _decode(item: Mapping[str, Any], code_lists: Mapping[str, Any], code: str) -> str:
@@ -322,7 +336,7 @@ def study_day(dtc: str, reference: date | None) -> int | None:
 def _dtc(value: Any, where: str) -> str:
     text = "" if value is None else str(value)
     if text and not iso_dtc_valid(text):
-        raise SdtmError(f"{where}: {text!r} is not an ISO 8601 date.")
+        raise SdtmError(f"{where}: the value is not an ISO 8601 date.")  # never the value itself
     return text
 
 
@@ -425,12 +439,48 @@ def _visit_of(ctx: Context, entry: EntryRecord, numbers: Mapping[tuple[str, int]
     return None, ""
 
 
-def _finding_row(ctx: Context, plan: FormPlan, finding: FindingItem, entry: EntryRecord, usubjid: str,
-                 visit: tuple[float | None, str], reference: date | None) -> tuple[object, ...] | None:
-    value = entry.values.get(finding.code)
-    missing = entry.missing.get(finding.code, "")
-    if value is None and not missing:
-        return None  # not collected (hidden by branching, or left empty)
+FindingKey = tuple[str, str, float, str]
+
+
+def _entry_findings(plan: FormPlan, entry: EntryRecord, visit: tuple[float | None, str], reference: date | None,
+                    found: Mapping[str, list[tuple[FindingKey, tuple[object, ...]]]]) -> None:
+    """The entry's findings rows (from --TESTCD on; STUDYID to --SEQ are added when the
+    subject's rows are numbered), each with its sort key: (QSCAT or --TESTCD, --TESTCD,
+    VISITNUM, --DTC). Nearly every item value of a study passes through here: the visit's
+    columns and sort key are worked out once per entry, and a number has a short path."""
+    values, missing = entry.values, entry.missing
+    dtc = entry.visit_date.isoformat() if entry.visit_date else ""
+    visitnum, visit_name = visit
+    timing = (visitnum, visit_name, dtc, study_day(dtc, reference))
+    key_tail = (_num_key(visitnum), dtc)
+    for finding in plan.findings:
+        value: Any = values.get(finding.code)
+        kind = type(value)
+        if kind is float or kind is int:  # ORRES as entered, STRESC the same, STRESN the number
+            text = repr(value)
+            if kind is int:
+                orres = text
+            elif finding.as_entered and "." in text and "e" not in text:
+                orres = text.rstrip("0").rstrip(".")  # what Decimal(text).normalize() gives, faster
+            else:
+                orres = _number_text(value, finding.item)
+            unit = finding.unit
+            # Tuple concatenation: a third faster than unpacking, once per item value.
+            columns = (orres, unit, orres, float(value), unit, "", "")
+            row: tuple[object, ...] = finding.topic + columns + timing
+        else:
+            row = _finding_columns(plan, finding, value, missing.get(finding.code, "") if missing else "", timing)
+            if not row:
+                continue  # not collected (hidden by branching, or left empty)
+        found[finding.domain].append((finding.sort_head + key_tail, row))
+
+
+def _finding_columns(plan: FormPlan, finding: FindingItem, value: Any, missing_code: str,
+                     timing: tuple[object, ...]) -> tuple[object, ...]:
+    """A finding's columns from --TESTCD on, for a value other than a number (or for a
+    missing-data code); empty when the item was not collected."""
+    if value is None and not missing_code:
+        return ()
     orres = _value_text(finding.item, plan.code_lists, value)
     stresn: float | None
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -439,12 +489,22 @@ def _finding_row(ctx: Context, plan: FormPlan, finding: FindingItem, entry: Entr
         stresc, stresn = str(value), _as_number(str(value))  # a scored answer: the score
     else:
         stresc, stresn = orres, None
-    stat, reasnd = ("NOT DONE", MISSING_CODE_TEXT.get(missing, missing)) if value is None else ("", "")
-    dtc = entry.visit_date.isoformat() if entry.visit_date else ""
-    category = (plan.category,) if finding.domain == "QS" else ()
-    return (ctx.studyid, finding.domain, usubjid, None, finding.testcd, finding.test, *category, orres,
-            finding.unit if orres else "", stresc, stresn, finding.unit if stresn is not None else "", stat, reasnd,
-            visit[0], visit[1], dtc, study_day(dtc, reference))
+    stat, reasnd = ("NOT DONE", MISSING_CODE_TEXT.get(missing_code, missing_code)) if value is None else ("", "")
+    unit = finding.unit
+    return (*finding.topic, orres, unit if orres else "", stresc, stresn, unit if stresn is not None else "", stat,
+            reasnd, *timing)
+
+
+def _numbered_findings(studyid: str, domain: str, usubjid: str,
+                       keyed: list[tuple[FindingKey, tuple[object, ...]]]) -> list[tuple[object, ...]]:
+    """--SEQ 1..n within the subject, in the domain's key order (stable for ties)."""
+    keyed.sort(key=_first)
+    head = (studyid, domain, usubjid)
+    return [head + (number,) + row for number, (_, row) in enumerate(keyed, 1)]  # noqa: RUF005 - faster, see above
+
+
+def _first(pair: tuple[FindingKey, tuple[object, ...]]) -> FindingKey:
+    return pair[0]
 
 
 def _ae_rows(ctx: Context, plan: FormPlan, entry: EntryRecord, usubjid: str, reference: date | None
@@ -485,19 +545,78 @@ def _num_key(value: object) -> float:
 
 # --- spooling ----------------------------------------------------------------------------------
 
-class Spool:
-    """One domain's rows on disk, one pickled block per subject; read back in USUBJID order."""
+SpoolError = tuple[int, SdtmError]  # (the place of the block in the build, the error)
 
-    def __init__(self, domain: Domain) -> None:
+
+class Spool:
+    """One domain's rows on disk, one pickled block per subject; read back in USUBJID order.
+
+    The Char widths (and the 200-byte limit) are measured a few thousand rows at a time,
+    column by column (measuring each subject's block alone cost a tenth of an export).
+    A block that is measured late keeps its place in the build (``clock``, shared by the
+    spools of a build), so that ``sdtm_build`` still raises the error that came first."""
+
+    CHECK_ROWS = 8192
+
+    def __init__(self, domain: Domain, clock: Iterator[int]) -> None:
         self.domain = domain
         self.file: IO[bytes] = tempfile.TemporaryFile(prefix=f"sdtm-{domain.name}-")  # noqa: SIM115 - closed by close()
         self.index: list[tuple[str, int, int]] = []
         self.count = 0
         self.widths = [0] * len(domain.variables)
+        self.char_indexes = [index for index, variable in enumerate(domain.variables) if variable.type == "Char"]
+        self._clock = clock
+        self._unmeasured: list[tuple[int, str, list[tuple[object, ...]]]] = []
+        self._unmeasured_rows = 0
+        self.error: SpoolError | None = None  # the first too-long value measured
 
     def add(self, usubjid: str, rows: list[tuple[object, ...]]) -> None:
         if not rows:
             return
+        block = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+        self.index.append((usubjid, self.file.tell(), len(block)))
+        self.file.write(block)
+        self.count += len(rows)
+        self._unmeasured.append((next(self._clock), usubjid, rows))
+        self._unmeasured_rows += len(rows)
+        if self._unmeasured_rows >= self.CHECK_ROWS:
+            self.measure()
+
+    def measure(self) -> None:
+        """Widen the Char widths to the unmeasured rows; keep the first too-long value's error."""
+        blocks, self._unmeasured, self._unmeasured_rows = self._unmeasured, [], 0
+        if not blocks or self.error is not None or self._widen([row for _, _, rows in blocks for row in rows]):
+            return
+        for place, usubjid, rows in blocks:
+            try:
+                self._widen_by_value(usubjid, rows)
+            except SdtmError as error:
+                self.error = (place, error)
+                return
+
+    def _widen(self, rows: list[tuple[object, ...]]) -> bool:
+        """Widen the Char widths to the block's longest values a column at a time (C loops);
+        False, widening nothing, when a column holds other than text or a value is too
+        long: then ``_widen_by_value`` does it, and words the error."""
+        columns = list(zip(*rows, strict=True))
+        widths = list(self.widths)
+        for index in self.char_indexes:
+            texts = columns[index]
+            if None in texts:
+                texts = tuple(text or "" for text in texts)
+            try:
+                joined = "".join(texts)
+            except TypeError:  # not all text
+                return False
+            longest = max(map(len, texts)) if joined.isascii() else max(
+                len(text.encode("utf-8")) for text in texts)
+            if longest > MAX_CHAR:
+                return False
+            widths[index] = max(widths[index], longest)
+        self.widths = widths
+        return True
+
+    def _widen_by_value(self, usubjid: str, rows: list[tuple[object, ...]]) -> None:
         for row in rows:
             for index, (variable, value) in enumerate(zip(self.domain.variables, row, strict=True)):
                 if variable.type == "Char" and value:
@@ -506,10 +625,6 @@ class Spool:
                         raise SdtmError(f"{self.domain.name}, USUBJID {usubjid}, {variable.name}: the value is "
                                         f"{size} bytes; XPT allows {MAX_CHAR} (shorten it or split it to SUPP--).")
                     self.widths[index] = max(self.widths[index], size)
-        block = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
-        self.index.append((usubjid, self.file.tell(), len(block)))
-        self.file.write(block)
-        self.count += len(rows)
 
     def spec(self) -> DatasetSpec:
         variables = tuple(
@@ -578,33 +693,36 @@ def _subject(ctx: Context, subject: SubjectRecord, visits: list[VisitRecord], en
     spools["DS"].add(usubjid, _ds_rows(ctx, subject, usubjid))
     numbers = _visit_numbers(ctx, visits, usubjid)
     spools["SV"].add(usubjid, _sv_rows(ctx, visits, numbers, usubjid, reference))
-    found: dict[str, list[tuple[object, ...]]] = {name: [] for name in ctx.domains}
+    findings: dict[str, list[tuple[FindingKey, tuple[object, ...]]]] = {
+        name: [] for name in ctx.domains if name in FINDINGS}
+    found: dict[str, list[tuple[object, ...]]] = {name: [] for name in ctx.domains if name == "AE"}
     for entry in entries:
         plan = ctx.plans.get((entry.form_code, entry.form_version))
         if plan is None:
             raise SdtmError(f"Entry of subject {subject.subject_key}: form {entry.form_code} "
                             f"v{entry.form_version} is not in the study's forms.")
         visit = _visit_of(ctx, entry, numbers)
-        for finding in plan.findings:
-            row = _finding_row(ctx, plan, finding, entry, usubjid, visit, reference)
-            if row is not None:
-                found[finding.domain].append(row)
+        if plan.findings:
+            _entry_findings(plan, entry, visit, reference, findings)
         if plan.ae_groups:
             found["AE"].extend(_ae_rows(ctx, plan, entry, usubjid, reference))
     for name, rows in found.items():
-        if name in FINDINGS:
-            names = [variable.name for variable in ctx.domains[name].variables]
-            at = {variable: names.index(variable) for variable in (f"{name}TESTCD", "VISITNUM", f"{name}DTC")}
-            category = names.index("QSCAT") if name == "QS" else at[f"{name}TESTCD"]
-            spools[name].add(usubjid, _numbered(rows, 3, lambda row, at=at, category=category, name=name: (
-                _text_key(row[category]), _text_key(row[at[f"{name}TESTCD"]]), _num_key(row[at["VISITNUM"]]),
-                _text_key(row[at[f"{name}DTC"]]))))
-        elif name == "AE":
+        if name == "AE":
             names = [variable.name for variable in ctx.domains["AE"].variables]
             start = names.index("AESTDTC") if "AESTDTC" in names else None
             term = names.index("AETERM") if "AETERM" in names else None
             spools["AE"].add(usubjid, _numbered(rows, 3, lambda row, start=start, term=term: (
                 _text_key(row[start]) if start is not None else "", _text_key(row[term]) if term is not None else "")))
+    for name, keyed in findings.items():
+        spools[name].add(usubjid, _numbered_findings(ctx.studyid, name, usubjid, keyed))
+
+
+def _first_error(spools: Mapping[str, Spool]) -> SdtmError | None:
+    """The spools' error that came first in the build, once every row is measured."""
+    for spool in spools.values():
+        spool.measure()
+    found = [spool.error for spool in spools.values() if spool.error is not None]
+    return min(found, key=lambda error: error[0])[1] if found else None
 
 
 def sdtm_build(data: StudyData, *, studyid: str) -> Iterator[tuple[DatasetSpec, Iterator[tuple[object, ...]]]]:
@@ -615,16 +733,27 @@ def sdtm_build(data: StudyData, *, studyid: str) -> Iterator[tuple[DatasetSpec, 
         raise SdtmError(f"STUDYID {studyid!r}: use 1-40 letters, digits, '-', '_' or '.'.")
     plans, domains = _plan(data.study)
     ctx = Context(studyid, {event.code: event for event in data.study.events}, plans, domains)
-    spools = {name: Spool(domain) for name, domain in domains.items()}
+    clock = itertools.count()
+    spools = {name: Spool(domain, clock) for name, domain in domains.items()}
     try:
         visits = Cursor(data.visits, "Visits")
         entries = Cursor(data.entries, "Entries")
         seen: set[str] = set()
-        for subject in data.subjects:
-            if subject.subject_key in seen:
-                raise SdtmError(f"DM: subject {subject.subject_key!r} is listed twice.")
-            seen.add(subject.subject_key)
-            _subject(ctx, subject, visits.take(subject.subject_key), entries.take(subject.subject_key), spools)
+        try:
+            for subject in data.subjects:
+                if subject.subject_key in seen:
+                    raise SdtmError(f"DM: subject {subject.subject_key!r} is listed twice.")
+                seen.add(subject.subject_key)
+                _subject(ctx, subject, visits.take(subject.subject_key), entries.take(subject.subject_key), spools)
+                if any(spool.error is not None for spool in spools.values()):
+                    break
+        except Exception:
+            # A too-long value spooled before this error, but not measured yet, came first.
+            if (first := _first_error(spools)) is not None:
+                raise first from None
+            raise
+        if (first := _first_error(spools)) is not None:
+            raise first
         visits.finish()
         entries.finish()
         for spool in spools.values():
@@ -639,10 +768,25 @@ def sdtm_write(data: StudyData, *, studyid: str, directory: Path, ascii_only: bo
     from exports.xpt import xpt_write
 
     written = []
-    for spec, rows in sdtm_build(data, studyid=studyid):
-        written.append(xpt_write(directory / spec.file_name, spec, rows, created=data.snapshot_at.replace(tzinfo=None),
-                                 ascii_only=ascii_only))
+    with _no_cycle_collection():
+        for spec, rows in sdtm_build(data, studyid=studyid):
+            written.append(xpt_write(directory / spec.file_name, spec, rows,
+                                     created=data.snapshot_at.replace(tzinfo=None), ascii_only=ascii_only))
     return written
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """The cyclic garbage collector off while a build runs: its rows (tuples of text and
+    numbers) form no cycles, yet each full pass walks every live tuple, a fifth of the
+    build's time at a million values. Memory is freed by reference counting as before."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # --- checks ------------------------------------------------------------------------------------

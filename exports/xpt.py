@@ -1,22 +1,25 @@
 """A streaming SAS XPORT version 5 writer (the transport format of SDTM submissions).
 
-The bytes are pyreadstat's (readstat's TS-140 implementation, IBM floats included), but
-written batch by batch so that memory is bounded by one batch, not by the dataset:
+The bytes are those pyreadstat writes (readstat's TS-140 implementation), produced here
+batch by batch so that memory is bounded by one batch, not by the dataset:
 
-- each batch is written by ``pyreadstat.write_xport`` to a temporary file, with one extra
-  *sentinel* row appended whose character values are exactly ``spec.length`` bytes long.
-  pyreadstat has no width parameter: it sizes a character variable as the longest UTF-8
-  encoding in the column (at least 1 byte). The sentinel makes that maximum the spec width
-  in every batch, so every batch has the same header;
-- the header records (library, member, descriptor, namestr, obs header) are kept once. In
-  version 5 they do not contain the row count, so they are known before the rows;
-- each batch's first ``n * row_length`` observation bytes are appended (the sentinel row
-  and the final 80-byte padding are dropped); the padding is written once at the end.
+- the header records (library, member, descriptor, namestr, obs header) are written as
+  readstat writes them, with the spec's widths. In version 5 they do not contain the row
+  count, so they are known before the rows;
+- the observations are encoded a batch at a time and column by column with numpy: a
+  character value is its UTF-8 bytes padded with spaces to the width; a number is an IBM
+  370 double (big-endian, base-16 exponent), missing is ``.`` (0x2E) and seven zero
+  bytes, zero (signed or not) is eight zero bytes. (Per-value Python, and a pyreadstat
+  call per batch, cost several times the rest of an SDTM export.) A number outside the
+  range where the conversion is exact (tiny, or near the IBM maximum, where readstat has
+  its own rules) is encoded by pyreadstat itself;
+- the final 80-byte padding is written once at the end.
 
 The result is byte for byte what one ``pyreadstat.write_xport(frame, path,
 file_format_version=5, ...)`` of the whole frame writes when each character column reaches
-its spec width, except for the creation timestamps, which readstat takes from the clock:
-they are set to ``created`` so that the same input gives the same bytes.
+its spec width (tests/exports/test_xpt.py holds the two to each other), except for the
+creation timestamps, which readstat takes from the clock: they are ``created`` here, so
+that the same input gives the same bytes.
 
 Encoding: character values are written as UTF-8 and their length is counted in bytes.
 SDTM submissions expect ASCII; Chinese text is written intact rather than mangled (pass
@@ -29,16 +32,16 @@ from __future__ import annotations
 import math
 import os
 import re
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
-from itertools import islice
+from itertools import islice, repeat
 from types import TracebackType
 from typing import IO, Any
 
-import pandas as pd
-import pyreadstat
+import numpy as np
 
 from exports.records import DatasetSpec, VariableSpec
 
@@ -51,10 +54,12 @@ RECORD = 80
 SAS_EPOCH = datetime(1960, 1, 1)
 OBS_HEADER = b"HEADER RECORD*******OBS     HEADER RECORD!!!!!!!"
 LIBRARY_HEADER_V5 = b"HEADER RECORD*******LIBRARY HEADER RECORD!!!!!!!"
-# (record index, offset) of the 16-byte "ddMMMyy:hh:mm:ss" stamps in a version 5 header.
-STAMPS = ((1, 64), (2, 0), (5, 64), (6, 0))
-STAMP_RE = re.compile(rb"\d\d[A-Z]{3}\d\d:\d\d:\d\d:\d\d")
 DEFAULT_BATCH = 10_000
+# IBM exponents (excess 64, base 16) encoded here; outside them readstat's own rules apply
+# (it writes the largest number for values near the top of the range, for one), so such a
+# rare number is encoded by pyreadstat.
+IBM_EXPONENTS = (2, 120)
+IBM_MISSING = np.uint64(0x2E << 56)
 
 
 class XptError(ValueError):
@@ -154,14 +159,13 @@ class XptWriter:
         out = self._require_open()
         if not rows:
             return 0
-        columns = self._validate(rows)
-        header, data = self._encode(columns, len(rows))
+        columns = self._columns(rows)
+        if columns is None:  # something to refuse, or unusual types: value by value
+            columns = self._validate(rows)
+        data = self._encode(columns, len(rows))
         if self._header is None:
-            self._header = header
-            out.write(header)
-        elif header != self._header:
-            # Cannot happen unless pyreadstat changes how it sizes columns; never write a corrupt file.
-            raise XptError(f"Dataset {self.spec.name}: a batch produced a different XPT header.")
+            self._header = self._header_records()
+            out.write(self._header)
         out.write(data)
         self._data_bytes += len(data)
         self.rows += len(rows)
@@ -177,12 +181,40 @@ class XptWriter:
 
     def _finish(self) -> None:
         out = self._require_open()
-        if self._header is None:  # no rows: the header alone, from the sentinel-only batch
-            self._header, _ = self._encode([[] for _ in self.spec.variables], 0)
+        if self._header is None:  # no rows: the header alone
+            self._header = self._header_records()
             out.write(self._header)
         padding = -self._data_bytes % RECORD
         out.write(b" " * padding)
         out.flush()
+
+    def _columns(self, rows: Sequence[Sequence[object]]) -> list[Any] | None:
+        """The batch by column when every value is plainly valid (checked a column at a
+        time, in C loops); None when a value must be refused or converted, which
+        ``_validate`` then does value by value (with the row number in its message)."""
+        spec = self.spec
+        if set(map(len, rows)) != {len(spec.variables)}:
+            return None
+        columns: list[Any] = list(zip(*rows, strict=True))
+        for index, (variable, column) in enumerate(zip(spec.variables, columns, strict=True)):
+            kinds = set(map(type, column))
+            if variable.type == "Num":
+                if not kinds <= {float, int, type(None)}:
+                    return None
+                numbers = np.array(column, dtype=np.float64)  # None -> NaN
+                if int(np.count_nonzero(~np.isfinite(numbers))) != column.count(None):
+                    return None  # NaN or infinity given as a value
+                columns[index] = numbers
+                continue
+            if not kinds <= {str, type(None)}:
+                return None
+            if self._ascii_only and not "".join(filter(None, column)).isascii():
+                return None
+            cells = _char_cells(column, variable.length)
+            if cells is None:  # a value is too long or holds a NUL
+                return None
+            columns[index] = cells
+        return columns
 
     def _validate(self, rows: Sequence[Sequence[object]]) -> list[list[Any]]:
         """Check every value and return the batch by column."""
@@ -210,44 +242,122 @@ class XptWriter:
         if not isinstance(value, str):
             raise XptError(f"{where}: give text or None, not {type(value).__name__}.")
         if self._ascii_only and not value.isascii():
-            raise XptError(f"{where}: {value[:20]!r} is not ASCII.")
+            # The position, never the text: these messages are shown on the export and logged.
+            at = next(i for i, c in enumerate(value) if not c.isascii())
+            raise XptError(f"{where}: the text is not ASCII (character {at + 1}, U+{ord(value[at]):04X}).")
+        if "\x00" in value:  # readstat used to cut the value there, silently
+            raise XptError(f"{where}: the value holds a NUL character, which XPT cannot carry.")
         size = len(value.encode("utf-8"))
         if size > variable.length:
             raise XptError(f"{where}: the value is {size} bytes in UTF-8; the variable holds "
                            f"{variable.length}{'' if variable.length == MAX_CHAR else ' (its spec length)'}.")
         return value
 
-    def _encode(self, columns: list[list[Any]], count: int) -> tuple[bytes, bytes]:
-        """pyreadstat's bytes for the batch plus the sentinel row: (header, n rows of data)."""
+    def _encode(self, columns: Sequence[Any], count: int) -> bytes:
+        """The observation bytes of one batch (checked values by column), as readstat writes them."""
+        block = np.full((count, self._row_length), 0x20, dtype=np.uint8)
+        offset = 0
+        for variable, column in zip(self.spec.variables, columns, strict=True):
+            width = variable.length
+            if variable.type == "Num":
+                numbers = column if isinstance(column, np.ndarray) else np.array(column, dtype=np.float64)
+                block[:, offset:offset + 8] = self._ibm(numbers)
+            else:
+                cells = column if isinstance(column, np.ndarray) else _char_cells(column, width)
+                if cells is None:  # checked by _validate: cannot happen
+                    raise XptError(f"Dataset {self.spec.name}, variable {variable.name}: a value cannot be written.")
+                block[:, offset:offset + width] = cells
+            offset += width
+        return block.tobytes()
+
+    def _ibm(self, numbers: np.ndarray) -> np.ndarray:
+        """IBM 370 doubles, big-endian, one row of 8 bytes per number (NaN: missing).
+
+        A normal IEEE double is (1 + m / 2**52) * 2**(e - 1023); the IBM fraction holds 56
+        bits after a base-16 exponent, so the 53-bit significand shifted left by 0-3 bits
+        fits exactly (no rounding) and the leading hexadecimal digit is not zero."""
+        bits = numbers.view(np.uint64)
+        biased = ((bits >> np.uint64(52)) & np.uint64(0x7FF)).astype(np.int64)
+        shift = (biased - 763) % 4
+        exponent = (biased - 763 - shift) // 4
+        significand = (bits & np.uint64((1 << 52) - 1)) | np.uint64(1 << 52)
+        words = ((bits >> np.uint64(63)) << np.uint64(63)) | (exponent.astype(np.uint64) << np.uint64(56)) | (
+            significand << shift.astype(np.uint64))
+        words[numbers == 0] = 0
+        missing = np.isnan(numbers)
+        words[missing] = IBM_MISSING
+        cells = words.astype(">u8").view(np.uint8).reshape(len(numbers), 8)
+        low, high = IBM_EXPONENTS
+        outside = ~missing & (numbers != 0) & ((exponent < low) | (exponent > high))
+        for at in np.flatnonzero(outside):
+            cells[at] = np.frombuffer(self._readstat_number(float(numbers[at])), dtype=np.uint8)
+        return cells
+
+    def _readstat_number(self, number: float) -> bytes:
+        import pandas as pd  # only for such a rare number: importing them takes half a second
+        import pyreadstat
+
+        frame = pd.DataFrame({"X": pd.Series([number], dtype="float64")})
         assert self._tmpdir is not None
-        frame = pd.DataFrame({
-            variable.name: pd.Series([*column, _sentinel(variable)], dtype="float64" if variable.type == "Num"
-                                     else object)
-            for variable, column in zip(self.spec.variables, columns, strict=True)
-        })
-        path = os.path.join(self._tmpdir.name, "batch.xpt")
-        pyreadstat.write_xport(frame, path, file_format_version=5, table_name=self.spec.name,
-                               file_label=self.spec.label,
-                               column_labels=[variable.label for variable in self.spec.variables])
+        path = os.path.join(self._tmpdir.name, "number.xpt")
+        pyreadstat.write_xport(frame, path, file_format_version=5, table_name="X")
         with open(path, "rb") as handle:
-            header = _read_header(handle, self.spec.name)
-            data = handle.read(count * self._row_length)
-        if len(data) != count * self._row_length:
-            raise XptError(f"Dataset {self.spec.name}: pyreadstat wrote fewer observation bytes than expected.")
-        return self._stamped(header), data
+            _read_header(handle, self.spec.name)
+            return handle.read(8)
 
-    def _stamped(self, header: bytes) -> bytes:
-        stamped = bytearray(header)
-        for record, offset in STAMPS:
-            start = record * RECORD + offset
-            if not STAMP_RE.fullmatch(header[start:start + 16]):
-                raise XptError(f"Dataset {self.spec.name}: unexpected XPT header layout (no timestamp at {start}).")
-            stamped[start:start + 16] = self._stamp
-        return bytes(stamped)
+    def _header_records(self) -> bytes:
+        """The header records as readstat writes them for the spec (TS-140, version 5):
+        library, member and descriptor records, one 140-byte namestr per variable (no
+        formats; numbers right-justified), then the observation header. Written here, so
+        that an export does not import pandas and pyreadstat (half a second) for them."""
+        spec = self.spec
+        stamp = self._stamp
+        namestrs = b"".join(
+            struct.pack(">hhhh8s40s8shhh2s8shhi52s", 1 if variable.type == "Num" else 2, 0, variable.length, number,
+                        _padded(variable.name, 8), _padded(variable.label, 40), b" " * 8, 0, 0,
+                        1 if variable.type == "Num" else 0, b"\x00\x00", b" " * 8, 0, 0, position, b"\x00" * 52)
+            for number, (variable, position) in enumerate(zip(spec.variables, self._positions(), strict=True), 1))
+        records = [
+            LIBRARY_HEADER_V5 + b"000000000000000000000000000000  ",
+            b"SAS     SAS     SASLIB  6.06    bsd4.2  " + b" " * 24 + stamp,
+            stamp + b" " * 64,
+            b"HEADER RECORD*******MEMBER  HEADER RECORD!!!!!!!000000000000000001600000000140  ",
+            b"HEADER RECORD*******DSCRPTR HEADER RECORD!!!!!!!000000000000000000000000000000  ",
+            b"SAS     " + _padded(spec.name, 8) + b"SASDATA 6.06    bsd4.2  " + b" " * 24 + stamp,
+            stamp + b" " * 16 + _padded(spec.label, 40) + b" " * 8,
+            b"HEADER RECORD*******NAMESTR HEADER RECORD!!!!!!!000000%04d00000000000000000000  " % len(spec.variables),
+            namestrs + b" " * (-len(namestrs) % RECORD),
+            OBS_HEADER + b"000000000000000000000000000000  ",
+        ]
+        return b"".join(records)
+
+    def _positions(self) -> list[int]:
+        positions, at = [], 0
+        for variable in self.spec.variables:
+            positions.append(at)
+            at += variable.length
+        return positions
 
 
-def _sentinel(variable: VariableSpec) -> object:
-    return 0.0 if variable.type == "Num" else "X" * variable.length
+def _padded(text: str, size: int) -> bytes:
+    return text.encode("utf-8").ljust(size)
+
+
+def _char_cells(texts: Sequence[str | None], width: int) -> np.ndarray | None:
+    """Text values (None: empty) as UTF-8 bytes padded with spaces: (rows, width) bytes,
+    or None when a value is longer than ``width`` bytes or holds a NUL. map() over C
+    methods: no Python frame per value."""
+    texts = [text or "" for text in texts] if None in texts else texts
+    joined = "".join(map(str.ljust, texts, repeat(width)))  # type: ignore[arg-type]
+    if "\x00" in joined:
+        return None
+    if joined.isascii():  # characters are bytes: pad before encoding (half the work)
+        padded = joined.encode("ascii")
+    else:
+        padded = b"".join(map(bytes.ljust, map(str.encode, texts), repeat(width)))  # type: ignore[arg-type]
+    if len(padded) != len(texts) * width:  # ljust never cuts: some value is longer
+        return None
+    return np.frombuffer(padded, dtype=np.uint8).reshape(len(texts), width)
 
 
 def _read_header(handle: IO[bytes], name: str) -> bytes:

@@ -6,6 +6,7 @@ import math
 import re
 import tracemalloc
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -347,6 +348,74 @@ def test_a_value_over_200_bytes_is_refused_naming_domain_and_subject() -> None:
     with pytest.raises(SdtmError, match=re.escape(f"AE, USUBJID {_usubjid(1)}, AETERM: the value is 201 bytes")):
         next(sdtm_build(data, studyid=STUDYID))
 
+
+
+def _with_entries(data: StudyData, entries: list[EntryRecord]) -> StudyData:
+    return StudyData(study=STUDY, snapshot_at=SNAPSHOT, subjects=data.subjects, visits=data.visits,
+                     entries=iter(entries))
+
+
+def _unknown_form(entry: EntryRecord) -> EntryRecord:
+    return EntryRecord(entry.subject_key, entry.site_code, entry.event_code, entry.sequence, "NOFORM", 1,
+                       "complete", {}, visit_date=entry.visit_date)
+
+
+def _long_term(entry: EntryRecord) -> EntryRecord:
+    return EntryRecord(entry.subject_key, entry.site_code, entry.event_code, entry.sequence, entry.form_code, 1,
+                       "complete", {"ae": [{"term": "头" * 67}]}, visit_date=entry.visit_date)
+
+
+@pytest.mark.parametrize(("long_in", "unknown_in", "message"), [
+    ("S001", "S004", f"AE, USUBJID {_usubjid(1)}, AETERM: the value is 201 bytes"),
+    ("S004", "S001", "Entry of subject S001: form NOFORM v1 is not in the study's forms."),
+])
+def test_the_first_of_two_errors_is_the_one_raised(long_in: str, unknown_in: str, message: str) -> None:
+    # Widths are measured a few thousand rows at a time: a too-long value seen before
+    # another error must still win over it, and one seen after must not.
+    data = _study(6)
+    entries = [_long_term(e) if e.subject_key == long_in and e.form_code == "AE"
+               else _unknown_form(e) if e.subject_key == unknown_in and e.form_code == "LAB" else e
+               for e in data.entries]
+    with pytest.raises(SdtmError, match=re.escape(message)):
+        next(sdtm_build(_with_entries(data, entries), studyid=STUDYID))
+
+
+def test_a_too_long_dm_value_wins_over_a_later_error_of_the_same_subject() -> None:
+    data = _study(4)
+    subjects = [replace(subject, country="x" * 201) if subject.subject_key == "S001" else subject
+                for subject in data.subjects]
+    entries = [_unknown_form(e) if e.subject_key == "S001" and e.form_code == "LAB" else e for e in data.entries]
+    data = StudyData(study=STUDY, snapshot_at=SNAPSHOT, subjects=subjects, visits=data.visits, entries=iter(entries))
+    with pytest.raises(SdtmError, match=re.escape(f"DM, USUBJID {_usubjid(1)}, COUNTRY: the value is 201 bytes")):
+        next(sdtm_build(data, studyid=STUDYID))
+
+
+@pytest.mark.parametrize(("subject", "usubjid"), [("S00050", "BIG-03-S00050"), ("S00140", "BIG-03-S00140")])
+def test_a_too_long_value_anywhere_in_a_large_study_is_found(subject: str, usubjid: str) -> None:
+    study = _big_study(150)  # 15,000 LB rows: more than one batch of measured rows
+    entries = [EntryRecord(e.subject_key, e.site_code, e.event_code, e.sequence, e.form_code, 1, "complete",
+                           {**e.values, "v3": "x" * 201} if (e.subject_key, e.event_code) == (subject, "V2")
+                           else e.values, visit_date=e.visit_date) for e in study.entries]
+    data = StudyData(study=study.study, snapshot_at=SNAPSHOT, subjects=study.subjects, visits=study.visits,
+                     entries=iter(entries))
+    with pytest.raises(SdtmError, match=re.escape(f"LB, USUBJID {usubjid}, LBORRES: the value is 201 bytes")):
+        next(sdtm_build(data, studyid="BIG"))
+
+
+def test_decimals_without_a_precision_are_written_as_entered() -> None:
+    # (value as JSON gives it, the text a reader expects: no exponent, no trailing zeros)
+    cases = [(100.0, "100"), (2.5, "2.5"), (1e-05, "0.00001"), (123456789.125, "123456789.125"),
+             (1e16, "10000000000000000"), (-0.75, "-0.75"), (7, "7"), (0.1 + 0.2, "0.30000000000000004")]
+    entries = [EntryRecord("S00000", "01", f"V{n}", 1, "BIG", 1, "complete", {"v0": value},
+                           visit_date=date(2024, 1, 1)) for n, (value, _) in enumerate(cases)]
+    study = StudyMeta(oid="BIG", code="BIG", title="Big",
+                      events=tuple(EventMeta(f"V{n}", f"Visit {n}", n + 1, ("BIG",)) for n in range(len(cases))),
+                      forms=(BIG_FORM,))
+    data = StudyData(study=study, snapshot_at=SNAPSHOT, visits=iter(()), entries=iter(entries),
+                     subjects=[SubjectRecord("S00000", "01", "enrolled", date(2024, 1, 1))])
+    lb = next((spec, list(rows)) for spec, rows in sdtm_build(data, studyid="BIG") if spec.name == "LB")
+    found = [(row["LBORRES"], row["LBSTRESN"]) for row in _frame_rows(*lb)]
+    assert found == [(text, float(value)) for value, text in cases]
 
 # --- sdtm_check, one violation each ------------------------------------------------------------
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import math
+import random
 import re
 import tracemalloc
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyreadstat
 import pytest
@@ -158,7 +160,7 @@ def test_a_value_over_200_bytes_is_refused_not_truncated(tmp_path: Path) -> None
 
 
 def test_ascii_only_refuses_chinese_text(tmp_path: Path) -> None:
-    with pytest.raises(XptError, match="variable VSORRES, row 1: '体重' is not ASCII"):
+    with pytest.raises(XptError, match=r"variable VSORRES, row 1: the text is not ASCII \(character 1, U\+4F53\)"):
         xpt_write(tmp_path / "a.xpt", _spec(), [("S-1", 1, "体重", 1.0)], ascii_only=True)
 
 
@@ -184,3 +186,67 @@ def test_memory_stays_bounded_by_one_batch(tmp_path: Path) -> None:
     frame, _ = pyreadstat.read_xport(str(tmp_path / "big.xpt"), row_offset=199_990)
     assert frame["VSSEQ"].tolist() == [float(i + 1) for i in range(199_990, 200_000)]
     assert frame["VSSTRESN"].tolist() == [i * 0.25 for i in range(199_990, 200_000)]
+
+
+def _mixed_rows(count: int) -> list[tuple[object, ...]]:
+    """Numbers over the whole IBM range and beyond (readstat's own rules apply at its edges),
+    in every Python form a caller may give, next to text of every UTF-8 length."""
+    rng = random.Random(20240307)
+    edges = [0.0, -0.0, 1.0, -1.0, 0.5, 2.0 ** -260, 16.0 ** -65, 5e-324, 1e-300, 2.0 ** 248, 1e75, -1e76, 7.2e75]
+    alphabet = "abcXYZ 0.-体重高é\t"
+    rows: list[tuple[object, ...]] = []
+    for i in range(count):
+        kind = i % 10
+        number: object
+        if kind == 0:
+            number = None
+        elif kind == 1:
+            number = edges[i // 10 % len(edges)]
+        elif kind == 2:
+            number = rng.randint(-10 ** 9, 10 ** 9)
+        elif kind == 3:
+            number = np.float64(rng.uniform(-1e6, 1e6))  # a float subclass: checked value by value
+        else:
+            number = math.copysign(rng.random() * 10 ** rng.uniform(-80, 80), rng.random() - 0.5)
+        text = None if i % 7 == 0 else "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+        rows.append((f"S-{i:06d}", number, text, float(i)))
+    rows[3] = (rows[3][0], rows[3][1], "体重高体重高", rows[3][3])  # 18 bytes: the Char width is reached
+    return rows
+
+
+def test_numbers_and_text_of_every_kind_give_pyreadstats_bytes(tmp_path: Path) -> None:
+    spec = _spec(variables=(VariableSpec("USUBJID", "Unique Subject Identifier", "Char", 8),
+                            VariableSpec("VSSTRESN", "Numeric Result/Finding in Standard Units", "Num", 8),
+                            VariableSpec("VSORRES", "Result or Finding in Original Units", "Char", 18),
+                            VariableSpec("VSSEQ", "Sequence Number", "Num", 8)))
+    rows = _mixed_rows(30_000)
+    with XptWriter(tmp_path / "vs.xpt", spec, created=CREATED) as writer:
+        for start in range(0, len(rows), 4_096):
+            writer.write(rows[start:start + 4_096])
+    assert (tmp_path / "vs.xpt").read_bytes() == _one_shot(tmp_path / "once.xpt", spec, rows)
+    frame, _ = pyreadstat.read_xport(str(tmp_path / "vs.xpt"))
+    # XPT pads with spaces, so a reader cannot tell trailing spaces from padding.
+    assert frame["VSORRES"].tolist() == [(text or "").rstrip(" ") for _, _, text, _ in rows]
+
+
+def test_a_nul_inside_a_value_is_refused_not_cut(tmp_path: Path) -> None:
+    # readstat ends a value at a NUL, which silently dropped the rest of it.
+    spec = _spec(variables=(VariableSpec("USUBJID", "Unique Subject Identifier", "Char", 5),))
+    with pytest.raises(XptError, match=re.escape("variable USUBJID, row 2: the value holds a NUL character")):
+        xpt_write(io.BytesIO(), spec, [("cd",), ("a\x00b",)])
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 7, 25])
+@pytest.mark.parametrize("labels", ["plain", "chinese", "empty"])
+def test_the_header_is_pyreadstats_for_any_variables(tmp_path: Path, count: int, labels: str) -> None:
+    label = {"plain": "Label {n}", "chinese": "检查项目{n}", "empty": ""}[labels]
+    variables = tuple(VariableSpec(f"V{n}" if n % 3 else f"VARIABL{n % 10}", label.format(n=n),
+                                   "Num" if n % 2 else "Char", 8 if n % 2 else 1 + n * 7 % 200)
+                      for n in range(count))
+    spec = _spec(name="QS", label=label.format(n="") if labels != "plain" else "Questionnaires",
+                 variables=variables)
+    rows = [tuple(float(n) if variable.type == "Num" else "x" * variable.length
+                  for n, variable in enumerate(variables))]
+    written = io.BytesIO()
+    xpt_write(written, spec, rows, created=CREATED)
+    assert written.getvalue() == _one_shot(tmp_path / "once.xpt", spec, rows)
