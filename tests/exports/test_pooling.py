@@ -5,6 +5,7 @@ give the same pseudonyms, and a withdrawn tenant is left out of the next pool.""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from typing import Any
 
@@ -123,6 +124,35 @@ def test_pooled_output_has_no_direct_identifier_and_reaches_k(three_tenants):
     assert all(p.startswith("P-") for p in rows_subject)
     assert [t["tenant"] for t in run.manifest["tenants"]] == ["alpha", "beta", "gamma"]
     assert all(t["rows_released"] > 0 for t in run.manifest["tenants"])
+
+
+def test_the_pooled_parquet_holds_the_csv_rows_typed_and_no_identifier(three_tenants):
+    import pyarrow.parquet as pq
+
+    run, long_bytes, _subjects = _run(three_tenants)
+    files = {f["name"]: f for f in run.manifest["files"]}
+    with default_storage.open(files["pooled_long.parquet"]["storage"], "rb") as handle:
+        parquet_bytes = handle.read()
+    assert hashlib.sha256(parquet_bytes).hexdigest() == files["pooled_long.parquet"]["sha256"]
+    table = pq.read_table(io.BytesIO(parquet_bytes))
+    assert str(table.schema.field("occurrence").type) == "int32"
+    assert str(table.schema.field("visit_date").type) == "date32[day]"
+    rows = list(csv.DictReader(io.StringIO(long_bytes.decode())))
+    assert table.num_rows == len(rows) == files["pooled_long.parquet"]["rows"]
+
+    def text(value: Any) -> str:
+        return "" if value is None else value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+    as_read = [{name: text(value) for name, value in row.items()} for row in table.to_pylist()]
+    assert as_read == rows  # the same rows, in the same order
+    everything = " ".join(" ".join(row.values()) for row in as_read)
+    for identities in three_tenants["seeded"].values():
+        for identity in identities:
+            for value in identity.values():
+                assert value not in everything, value
+    again, _, _ = _run(three_tenants)
+    assert {f["name"]: f["sha256"] for f in again.manifest["files"]}["pooled_long.parquet"] == \
+        files["pooled_long.parquet"]["sha256"]
 
 
 def test_the_same_inputs_give_the_same_pseudonyms_and_bytes(three_tenants):

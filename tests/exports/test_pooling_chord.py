@@ -287,7 +287,8 @@ def test_the_chord_on_a_real_worker_writes_what_the_in_process_run_writes(commit
     assert remote.status == "done", remote.error + "\n" + worker.output()
     assert local.status == "done", local.error
     remote_files, local_files = _files(remote), _files(local)
-    assert remote_files == local_files and set(remote_files) == {"pooled_long.csv", "pooled_subjects.csv"}
+    assert remote_files == local_files and set(remote_files) == {"pooled_long.csv", "pooled_long.parquet",
+                                                                 "pooled_subjects.csv"}
     assert [(f["sha256"], f["rows"], f["bytes"]) for f in remote.manifest["files"]] == [
         (f["sha256"], f["rows"], f["bytes"]) for f in local.manifest["files"]]
     assert remote.manifest["tenants"] == local.manifest["tenants"]
