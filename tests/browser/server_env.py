@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -30,3 +31,11 @@ def isolated_media_and_queue(folder: Path, queue_prefix: str) -> Iterator[Path]:
 
         with app.connection_for_write() as conn:
             conn.default_channel.queue_delete(queue)
+
+
+def file_storages(folder: Path) -> dict[str, Any]:
+    """settings.STORAGES with the default storage on `folder` (where the server writes)."""
+    from django.conf import settings
+
+    return {**settings.STORAGES, "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                                             "OPTIONS": {"location": str(folder)}}}

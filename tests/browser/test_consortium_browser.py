@@ -32,7 +32,7 @@ from sites.models import Site
 from studies import services as study_services
 from studies.models import Study, Subject
 from tenants.models import User
-from tests.browser.server_env import isolated_media_and_queue
+from tests.browser.server_env import file_storages, isolated_media_and_queue
 from tests.browser.test_login_browser import browser, server  # noqa: F401  (fixtures)
 from tests.conftest import PASSWORD
 from tests.ecrf.test_entries import GOOD
@@ -49,13 +49,6 @@ PHONE = {"width": 375, "height": 740}
 TOO_WIDE = ("Array.from(document.querySelectorAll('main *'))"
             ".filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)"
             ".map(e => e.tagName + '.' + e.className)")
-
-
-def _storage(folder: Path) -> dict[str, Any]:
-    from django.conf import settings
-
-    return {**settings.STORAGES, "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
-                                             "OPTIONS": {"location": str(folder)}}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -109,7 +102,7 @@ def pool_world(server_env, world, django_db_blocker):  # type: ignore[no-untyped
     (without); consortium cbr-heart where alpha takes part and beta has withdrawn; a
     coordinator, a statistician, a statistician of another consortium; old failed runs
     and one real finished run, its files in the server's storage."""
-    with django_db_blocker.unblock(), override_settings(STORAGES=_storage(server_env)):
+    with django_db_blocker.unblock(), override_settings(STORAGES=file_storages(server_env)):
         connection.set_tenant(world.alpha)
         alpha = _alpha_study(world)
         connection.set_tenant(world.beta)
@@ -268,7 +261,7 @@ def test_a_coordinator_signs_in_starts_a_run_and_downloads_its_files(
     assert _run_row(page, new_run.pk).locator("a.file-link").count() == 0
 
     # The worker carries it out (what pooled_run_task does); the page then shows its files.
-    with override_settings(STORAGES=_storage(server_env)):
+    with override_settings(STORAGES=file_storages(server_env)):
         done = _committed(lambda: pooled_run_execute(run_id=new_run.pk))
     assert done.status == "done", done.error
     page.reload()
@@ -282,7 +275,7 @@ def test_a_coordinator_signs_in_starts_a_run_and_downloads_its_files(
     body = Path(download.path()).read_bytes()
     stored = next(f for f in done.manifest["files"] if f["name"] == "pooled_long.csv")
     assert hashlib.sha256(body).hexdigest() == stored["sha256"]
-    with override_settings(STORAGES=_storage(server_env)), default_storage.open(stored["storage"], "rb") as handle:
+    with override_settings(STORAGES=file_storages(server_env)), default_storage.open(stored["storage"], "rb") as handle:
         assert body == handle.read()
 
     # Paging: the old runs are on the next page, which leads back.

@@ -30,7 +30,7 @@ from sites import services as site_services
 from sites.models import Site
 from studies import services as study_services
 from studies.models import Study, Subject
-from tests.browser.server_env import isolated_media_and_queue
+from tests.browser.server_env import file_storages, isolated_media_and_queue
 from tests.browser.test_ecrf_browser import _email, _login
 from tests.browser.test_login_browser import browser, server  # noqa: F401  (fixtures)
 from tests.ecrf.test_entries import GOOD
@@ -38,13 +38,6 @@ from tests.studies.test_enrolment import event
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 pytestmark = [pytest.mark.browser, pytest.mark.django_db]
-
-
-def _storage(folder: Path) -> dict[str, Any]:
-    from django.conf import settings
-
-    return {**settings.STORAGES, "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
-                                             "OPTIONS": {"location": str(folder)}}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,7 +53,7 @@ def export_world(server_env, world, django_db_blocker):  # type: ignore[no-untyp
     """Committed data the server sees: an active site, a study whose D3 visit (open
     today) collects VITALS, and one subject with the form saved."""
     day = dt.date.today() - dt.timedelta(days=3)
-    with django_db_blocker.unblock(), override_settings(STORAGES=_storage(server_env)):
+    with django_db_blocker.unblock(), override_settings(STORAGES=file_storages(server_env)):
         connection.set_tenant(world.alpha)
         site = site_services.site_create(code="EXP1", name="Export browser", institution="H", country_region="CN",
                                          principal_investigator="Dr X", target_enrolment=9, time_zone="Asia/Shanghai")
@@ -163,7 +156,7 @@ def test_export_started_on_the_page_is_followed_to_a_download_with_the_shown_che
     page.evaluate("window.__same_document = true")  # gone after a reload
 
     # The job runs to the end (what the Celery task does), into the server's storage.
-    with override_settings(STORAGES=_storage(server_env)):
+    with override_settings(STORAGES=file_storages(server_env)):
         done = _committed(world, lambda: export_run(job_id=job_id))
     assert done.status == ExportStatus.DONE
     page.wait_for_selector("#export-files tr.export-file", timeout=15000)
