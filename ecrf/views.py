@@ -31,6 +31,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from config.errors import DomainError
+from config.web import request_member
 from ecrf import epro, selectors, services
 from ecrf.definition import VALUELESS_TYPES, iter_items
 from ecrf.models import CasebookLock, Entry, EntryStatus, Query, QueryStatus, Signature, SignatureMeaning
@@ -49,13 +50,6 @@ EPRO_MISS_LIMIT = 30
 EPRO_MISS_WINDOW = 15 * 60
 MAX_EPRO_BODY = 512 * 1024
 # Signing: wrong passwords per signer before a pause.
-
-
-def _membership(request: HttpRequest) -> Any:
-    membership = getattr(request, "membership", None)
-    if membership is None:
-        raise PermissionDenied
-    return membership
 
 
 def _language() -> str:
@@ -252,7 +246,7 @@ def _queries_by_item(entry: Entry | None) -> dict[str, list[Query]]:
 
 def _entry_target(request: HttpRequest, task_id: int, form_id: int) -> tuple[Any, Any, Any, Entry | None, Any]:
     """(membership, task, form, entry or None, the form version shown), or 403/404."""
-    membership = _membership(request)
+    membership = request_member(request)
     if membership.role in selectors.NO_ENTRY_READ_ROLES:
         raise PermissionDenied
     target = selectors.entry_target_get(membership=membership, task_id=task_id, form_id=form_id)
@@ -477,7 +471,7 @@ def _signer_name(request: HttpRequest, membership: Any) -> str:
 @login_required
 @require_http_methods(["GET", "POST"])
 def casebook_sign_view(request: HttpRequest, subject_id: int) -> HttpResponse:
-    membership = _membership(request)
+    membership = request_member(request)
     if membership.role in selectors.NO_ENTRY_READ_ROLES:
         raise PermissionDenied
     subject = study_selectors.subject_get(membership=membership, subject_id=subject_id)
@@ -638,7 +632,7 @@ def audit_view(request: HttpRequest, subject_id: int) -> HttpResponse:
     old and new value, reason and source."""
     from ecrf.audit_selectors import audit_for_subject
 
-    membership = _membership(request)
+    membership = request_member(request)
     if membership.role in selectors.NO_ENTRY_READ_ROLES:
         raise PermissionDenied
     subject = study_selectors.subject_get(membership=membership, subject_id=subject_id)
@@ -667,7 +661,7 @@ def queries_view(request: HttpRequest) -> HttpResponse:
     oldest first), filterable by status and site, paged, each linked to its form."""
     from django.core.paginator import Paginator
 
-    membership = _membership(request)
+    membership = request_member(request)
     if membership.role in selectors.NO_ENTRY_READ_ROLES:
         raise PermissionDenied
     status_filter = request.GET.get("status") or "open"

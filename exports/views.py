@@ -24,6 +24,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from config.errors import DomainError, add_domain_error
+from config.web import request_member
 from ecrf import selectors as ecrf_selectors
 from exports import services
 from exports.models import ExportFormat, ExportJob, ExportStatus
@@ -73,15 +74,8 @@ class Option:
     available: bool = True
 
 
-def _membership(request: HttpRequest) -> Any:
-    membership = getattr(request, "membership", None)
-    if membership is None:
-        raise PermissionDenied
-    return membership
-
-
 def _exporter(request: HttpRequest) -> Any:
-    membership = _membership(request)
+    membership = request_member(request)
     if membership.role not in services.EXPORT_ROLES:
         raise PermissionDenied
     return membership

@@ -19,6 +19,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from config.errors import DomainError
+from config.web import request_member
 from sites import selectors, services
 from sites.forms import (
     COMMON_TIME_ZONES,
@@ -43,15 +44,8 @@ CHECKLIST_LABELS = {
 }
 
 
-def _membership(request: HttpRequest) -> Any:
-    membership = getattr(request, "membership", None)
-    if membership is None:
-        raise PermissionDenied
-    return membership
-
-
 def _admin(request: HttpRequest) -> Any:
-    membership = _membership(request)
+    membership = request_member(request)
     if membership.role != ADMIN_ROLE:
         raise PermissionDenied
     return membership
@@ -75,7 +69,7 @@ def missing_labels(site: Site) -> list[str]:
 
 @login_required
 def site_list_view(request: HttpRequest) -> HttpResponse:
-    membership = _membership(request)
+    membership = request_member(request)
     is_admin = membership.role == ADMIN_ROLE
     form = None
     status = 200
@@ -111,7 +105,7 @@ def site_list_view(request: HttpRequest) -> HttpResponse:
 
 def _detail(request: HttpRequest, site: Site, *, status: int = 200, checklist_form: ChecklistForm | None = None,
             close_form: SiteCloseForm | None = None, staff_form: StaffAssignForm | None = None) -> HttpResponse:
-    membership = _membership(request)
+    membership = request_member(request)
     is_admin = membership.role == ADMIN_ROLE
     checklist_open = site.status in (SiteStatus.INVITED, SiteStatus.ONBOARDING)
     done = {"ethics_approval_date": site.ethics_approval_date, "ethics_document": bool(site.ethics_document),
@@ -136,7 +130,7 @@ def _detail(request: HttpRequest, site: Site, *, status: int = 200, checklist_fo
 
 @login_required
 def site_detail_view(request: HttpRequest, site_id: int) -> HttpResponse:
-    return _detail(request, _site_or_404(_membership(request), site_id))
+    return _detail(request, _site_or_404(request_member(request), site_id))
 
 
 @login_required

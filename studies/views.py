@@ -17,6 +17,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from config.errors import DomainError, add_domain_error
+from config.web import request_member
 from studies import import_tasks, selectors, services, subject_services
 from studies.imports import MAX_FILE_BYTES
 from studies.models import ContactOutcome, FollowUpTask, Study, StudyStatus, Subject, SubjectStatus, VisitMode
@@ -39,16 +40,9 @@ class ContactAttemptForm(forms.Form):
                            widget=forms.Textarea(attrs={"rows": 2}))
 
 
-def _membership(request: HttpRequest) -> Any:
-    membership = getattr(request, "membership", None)
-    if membership is None:
-        raise PermissionDenied
-    return membership
-
-
 @login_required
 def worklist_view(request: HttpRequest) -> HttpResponse:
-    membership = _membership(request)
+    membership = request_member(request)
     form = WorklistFilterForm(request.GET or None)
     filters = form.cleaned_data if form.is_valid() else {}
     tasks = selectors.worklist(membership=membership, user_id=int(request.user.pk or 0),
@@ -65,7 +59,7 @@ def worklist_view(request: HttpRequest) -> HttpResponse:
 
 
 def _task_for(request: HttpRequest, task_id: int) -> FollowUpTask:
-    membership = _membership(request)
+    membership = request_member(request)
     if membership.role not in ENROLLING_ROLES:
         raise PermissionDenied
     task = selectors.task_get(membership=membership, task_id=task_id)
@@ -116,7 +110,7 @@ class SubjectStatusForm(forms.Form):
 
 
 def _subject_for(request: HttpRequest, subject_id: int) -> tuple[Any, Subject]:
-    membership = _membership(request)
+    membership = request_member(request)
     subject = selectors.subject_get(membership=membership, subject_id=subject_id)
     if subject is None:
         raise Http404
@@ -219,7 +213,7 @@ class SubjectImportForm(forms.Form):
 
 
 def _importer(request: HttpRequest) -> Any:
-    membership = _membership(request)
+    membership = request_member(request)
     if membership.role not in ENROLLING_ROLES:
         raise PermissionDenied
     return membership

@@ -21,6 +21,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods
 
 from config.errors import DomainError, add_domain_error
+from config.web import request_member
 from exports.pooling import services
 from exports.pooling.models import AgreementStatus, Consortium, DataSharingAgreement
 from studies import selectors as study_selectors
@@ -49,8 +50,8 @@ class AgreementForm(forms.Form):
 
 
 def _admin(request: HttpRequest) -> Any:
-    membership = getattr(request, "membership", None)
-    if membership is None or membership.role != ADMIN_ROLE:
+    membership = request_member(request)
+    if membership.role != ADMIN_ROLE:
         raise PermissionDenied
     return membership
 

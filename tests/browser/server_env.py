@@ -4,8 +4,9 @@ server inherits when it starts (a module-scoped fixture sets it up before the se
 from __future__ import annotations
 
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,3 +40,31 @@ def file_storages(folder: Path) -> dict[str, Any]:
 
     return {**settings.STORAGES, "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
                                              "OPTIONS": {"location": str(folder)}}}
+
+
+def committed(act: Callable[[], Any], *, tenant: Any = None) -> Any:
+    """Run `act` on a connection of its own, in autocommit, in `tenant`'s schema (the
+    public schema when None): the server process sees what it writes, while the test's
+    own connection is inside the test's transaction. Its exception is raised here."""
+    from django.db import connection
+
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            if tenant is None:
+                connection.set_schema_to_public()
+            else:
+                connection.set_tenant(tenant)
+            result["value"] = act()
+        except BaseException as error:  # handed to the test's thread
+            result["error"] = error
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]

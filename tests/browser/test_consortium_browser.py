@@ -12,8 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from sites.models import Site
 from studies import services as study_services
 from studies.models import Study, Subject
 from tenants.models import User
-from tests.browser.server_env import file_storages, isolated_media_and_queue
+from tests.browser.server_env import committed, file_storages, isolated_media_and_queue
 from tests.browser.test_login_browser import browser, server  # noqa: F401  (fixtures)
 from tests.conftest import PASSWORD
 from tests.ecrf.test_entries import GOOD
@@ -162,28 +161,6 @@ def pool_world(server_env, world, django_db_blocker):  # type: ignore[no-untyped
             connection.close()
 
 
-def _committed(act: Callable[[], Any]) -> Any:
-    """Run `act` in the public schema on a connection of its own, in autocommit: the
-    server sees what it writes (this test's own connection is inside a transaction)."""
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            connection.set_schema_to_public()
-            result["value"] = act()
-        except BaseException as error:  # handed to the test's thread
-            result["error"] = error
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 def _context(browser, host: str, **options: Any):  # type: ignore[no-untyped-def]  # noqa: F811
     context = browser.new_context(locale="en-US", **options)
     context.add_cookies([{"name": "django_language", "value": "en", "domain": host, "path": "/"}])
@@ -253,7 +230,7 @@ def test_a_coordinator_signs_in_starts_a_run_and_downloads_its_files(
     # Start a run: listed at the top as queued, with a message naming it.
     with page.expect_navigation():
         page.click("#start-run button[type=submit]")
-    new_run = _committed(lambda: PooledRun.objects.filter(consortium=pool_world["consortium"]).latest("created"))
+    new_run = committed(lambda: PooledRun.objects.filter(consortium=pool_world["consortium"]).latest("created"))
     assert new_run.pk != finished.pk and new_run.status == "queued"
     assert f"Pooled run #{new_run.pk} queued." in page.inner_text("ul.messages")
     assert page.locator("tr.run-row").first.get_attribute("data-run") == str(new_run.pk)
@@ -262,7 +239,7 @@ def test_a_coordinator_signs_in_starts_a_run_and_downloads_its_files(
 
     # The worker carries it out (what pooled_run_task does); the page then shows its files.
     with override_settings(STORAGES=file_storages(server_env)):
-        done = _committed(lambda: pooled_run_execute(run_id=new_run.pk))
+        done = committed(lambda: pooled_run_execute(run_id=new_run.pk))
     assert done.status == "done", done.error
     page.reload()
     row = _run_row(page, new_run.pk)
@@ -370,7 +347,7 @@ def test_a_tenant_admin_accepts_and_withdraws_the_agreement(browser, server, poo
     assert page.inner_text("#agreement-status") == "Active"
     assert page.locator("#agreement-fields code").all_inner_texts() == ["VITALS.sex", "VITALS.weight"]
     assert page.locator("#accept-form").count() == 0
-    saved = _committed(lambda: list(DataSharingAgreement.objects.filter(
+    saved = committed(lambda: list(DataSharingAgreement.objects.filter(
         consortium__slug=SLUG, tenant__slug="beta", status="active").values_list("study_code", "fields")))
     assert saved == [("CBR", ["VITALS.sex", "VITALS.weight"])]
 
@@ -388,9 +365,9 @@ def test_a_tenant_admin_accepts_and_withdraws_the_agreement(browser, server, poo
     assert page.inner_text("#agreement-status") == "Withdrawn"
     assert "Your organisation has withdrawn from Heart failure registry." in page.inner_text("ul.messages")
     assert page.locator("#accept-form").count() == 1
-    assert _committed(lambda: DataSharingAgreement.objects.filter(
+    assert committed(lambda: DataSharingAgreement.objects.filter(
         consortium__slug=SLUG, tenant__slug="beta", status="active").count()) == 0
-    assert _committed(lambda: DataSharingAgreement.objects.filter(
+    assert committed(lambda: DataSharingAgreement.objects.filter(
         consortium__slug=SLUG, tenant__slug="alpha", status="active").count()) == 1
     with page.expect_navigation():
         page.click("#back-to-list")

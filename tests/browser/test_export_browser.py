@@ -10,10 +10,8 @@ import datetime as dt
 import hashlib
 import io
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.core.cache import cache
@@ -30,7 +28,7 @@ from sites import services as site_services
 from sites.models import Site
 from studies import services as study_services
 from studies.models import Study, Subject
-from tests.browser.server_env import file_storages, isolated_media_and_queue
+from tests.browser.server_env import committed, file_storages, isolated_media_and_queue
 from tests.browser.test_ecrf_browser import _email, _login
 from tests.browser.test_login_browser import browser, server  # noqa: F401  (fixtures)
 from tests.ecrf.test_entries import GOOD
@@ -97,28 +95,6 @@ def export_world(server_env, world, django_db_blocker):  # type: ignore[no-untyp
             connection.close()
 
 
-def _committed(world, act: Callable[[], Any]) -> Any:  # type: ignore[no-untyped-def]
-    """Run `act` in alpha on a connection of its own, in autocommit: the server process
-    sees what it writes (this test's own connection is inside the test's transaction)."""
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            connection.set_tenant(world.alpha)
-            result["value"] = act()
-        except BaseException as error:  # handed to the test's thread
-            result["error"] = error
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 def _percent(page) -> str:  # type: ignore[no-untyped-def]
     return str(page.inner_text("#export-percent")).replace("\xa0", " ").strip()
 
@@ -142,7 +118,7 @@ def test_export_started_on_the_page_is_followed_to_a_download_with_the_shown_che
     job_id = int(page.url.rstrip("/").split("/")[-1])
     assert page.get_attribute("#export-job", "data-status") == "queued"
     assert page.get_attribute("#export-progress", "value") == "0" and _percent(page) == "0 %"
-    job = _committed(world, lambda: ExportJob.objects.get(pk=job_id))
+    job = committed(lambda: ExportJob.objects.get(pk=job_id), tenant=world.alpha)
     assert job.formats == ["csv_long"] and job.filters["forms"] == ["VITALS"] and job.filters["source"] == "web"
 
     # The worker picks it up and is halfway: the page follows through the API, no reload.
@@ -150,14 +126,14 @@ def test_export_started_on_the_page_is_followed_to_a_download_with_the_shown_che
         ExportJob.objects.filter(pk=job_id).update(status=ExportStatus.RUNNING)
         cache.set(progress_key(world.alpha.schema_name, job_id), {"done": 1, "total": 2}, 600)
 
-    _committed(world, halfway)
+    committed(halfway, tenant=world.alpha)
     page.wait_for_function("document.getElementById('export-progress').value === 50", timeout=15000)
     assert _percent(page) == "50 %" and page.inner_text("#export-status") == "Running"
     page.evaluate("window.__same_document = true")  # gone after a reload
 
     # The job runs to the end (what the Celery task does), into the server's storage.
     with override_settings(STORAGES=file_storages(server_env)):
-        done = _committed(world, lambda: export_run(job_id=job_id))
+        done = committed(lambda: export_run(job_id=job_id), tenant=world.alpha)
     assert done.status == ExportStatus.DONE
     page.wait_for_selector("#export-files tr.export-file", timeout=15000)
     assert page.evaluate("window.__same_document === undefined")  # reloaded to show the files

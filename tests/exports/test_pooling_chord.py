@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from exports.pooling.aggregate import pooled_run_execute
 from exports.pooling.models import Consortium, DataSharingAgreement, PooledRun
 from tests.conftest import PASSWORD
 from tests.exports.test_pooling import FIELDS, _identity
-from tests.notifications.test_reminder_guarantees import PrivateRedis
+from tests.notifications.test_reminder_guarantees import PrivateRedis, _wait_for
 from tests.test_celery_worker import database_url
 
 # Sets the test database up and opens each test's transaction; what the worker must see
@@ -63,15 +62,6 @@ def _committed(work: Any) -> Any:
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="committed-db") as pool:
         return pool.submit(run).result(timeout=300)
-
-
-def _wait_for(condition: Any, *, timeout: float, what: str, details: Any = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"gave up after {timeout:.0f}s waiting for {what}\n{details()}")
 
 
 # --- committed tenants -------------------------------------------------------------------------
