@@ -33,7 +33,7 @@ from ecrf import audit
 from ecrf.models import FormDefinition
 from exports import extract, tabular
 from exports.models import ExportFile, ExportFormat, ExportJob, ExportStatus
-from exports.storage import export_storage, presigned_download_url
+from exports.storage import export_storage, file_digest, presigned_download_url
 from sites.selectors import site_ids_visible
 from studies.models import Study
 
@@ -137,18 +137,16 @@ def _audit_head() -> int:
 class _Hashing:
     """A file object wrapper that hashes and counts what is written through it."""
 
-    def __init__(self, target: IO[bytes] | None) -> None:
+    def __init__(self, target: IO[bytes]) -> None:
         self.target, self.digest, self.size = target, hashlib.sha256(), 0
 
     def write(self, data: bytes | str) -> int:
-        assert self.target is not None
         chunk = data.encode() if isinstance(data, str) else data
         self.digest.update(chunk)
         self.size += len(chunk)
         return self.target.write(chunk)
 
     def flush(self) -> None:  # zipfile writes to streams it cannot seek (data descriptors)
-        assert self.target is not None
         self.target.flush()
 
 
@@ -394,23 +392,21 @@ def _write_file(job: ExportJob, schema: str, name: str, fmt: str, writer: Writer
         with os.fdopen(handle, "wb") as raw:
             if fmt in _HASHED_AFTER:
                 rows = writer(scope, raw)
-                hashing = _Hashing(None)
             else:
                 hashing = _Hashing(raw)
                 rows = writer(scope, hashing)  # type: ignore[arg-type]
+                size, sha256 = hashing.size, hashing.digest.hexdigest()
         if fmt in _HASHED_AFTER:
             with open(path, "rb") as written:
-                for chunk in iter(lambda: written.read(1 << 20), b""):
-                    hashing.digest.update(chunk)
-                    hashing.size += len(chunk)
+                size, sha256 = file_digest(written)
         key = f"exports/{schema}/{job.pk}/{name}"
         storage = export_storage()
         if storage.exists(key):
             storage.delete(key)  # a retry replaces the earlier attempt's file
         with open(path, "rb") as stored:
             saved = storage.save(key, _FinishedFile(stored, name=name, path=path))
-        return ExportFile(job=job, name=name, format=fmt, storage_name=saved, size=hashing.size,
-                          sha256=hashing.digest.hexdigest(), rows=rows)
+        return ExportFile(job=job, name=name, format=fmt, storage_name=saved, size=size, sha256=sha256,
+                          rows=rows)
     finally:
         with contextlib.suppress(FileNotFoundError):  # moved into place by a local storage
             os.unlink(path)

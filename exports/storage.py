@@ -12,7 +12,8 @@ bytes never pass through a web pod; for local storage the API streams the file i
 from __future__ import annotations
 
 import functools
-from typing import Any
+import hashlib
+from typing import IO, Any
 
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
@@ -37,6 +38,15 @@ _UPLOAD_PART = 8 * 1024 * 1024
 _UPLOAD_CONCURRENCY = 2
 _ADDRESSING_STYLES = frozenset({"", "auto", "path", "virtual"})
 _CHECKSUM_MODES = frozenset({"when_supported", "when_required"})
+
+
+def file_digest(handle: IO[bytes]) -> tuple[int, str]:
+    """(size in bytes, SHA-256 hex) of a whole file, left rewound for the next reader."""
+    handle.seek(0)
+    digest = hashlib.file_digest(handle, "sha256")  # type: ignore[arg-type]  # binary files have readinto
+    size = handle.tell()
+    handle.seek(0)
+    return size, digest.hexdigest()
 
 
 def export_storage() -> Storage:

@@ -70,6 +70,7 @@ from exports.pooling.models import (
     common_data_elements_problems,
 )
 from exports.records import EntryRecord
+from exports.storage import file_digest
 
 log = structlog.get_logger(__name__)
 
@@ -540,7 +541,6 @@ def _combine(run: PooledRun, parts: list[dict[str, Any]]) -> None:
     rules = deid.rules_applied(_policy(consortium, "pool", keys), dropped=dropped)
     released, kept, report = _released(subjects, consortium, rules)
     rows_by_tenant: Counter[str] = Counter()
-    digest = hashlib.sha256()
     folder = f"pooling/{consortium.slug}/{run.pk}"
     with tempfile.NamedTemporaryFile("w+b", prefix="suifang-pooled-") as out:
         out.write((",".join(POOLED_COLUMNS) + "\n").encode("utf-8"))
@@ -548,11 +548,7 @@ def _combine(run: PooledRun, parts: list[dict[str, Any]]) -> None:
             if part["parts"]:
                 rows_by_tenant[part["tenant"]] = _copy_released(part, kept, out)
         out.flush()
-        size = out.tell()
-        out.seek(0)
-        for chunk in iter(lambda: out.read(_COPY_CHUNK), b""):
-            digest.update(chunk)
-        out.seek(0)
+        size, sha256 = file_digest(out)
         stored = _save(f"{folder}/pooled_long.csv", out, "pooled_long.csv")
         out.seek(0)
         parquet = _pooled_parquet(out, folder)
@@ -567,7 +563,7 @@ def _combine(run: PooledRun, parts: list[dict[str, Any]]) -> None:
                     | {"rows_released": rows_by_tenant.get(part["tenant"], 0)} for part in parts],
         "harmonisation": _declared_summary(_declared(consortium)),
         "deidentification": report,
-        "files": [{"name": "pooled_long.csv", "storage": stored, "bytes": size, "sha256": digest.hexdigest(),
+        "files": [{"name": "pooled_long.csv", "storage": stored, "bytes": size, "sha256": sha256,
                    "rows": sum(rows_by_tenant.values())},
                   parquet,
                   {"name": "pooled_subjects.csv", "storage": subjects_stored, "bytes": len(subjects_bytes),
@@ -603,15 +599,9 @@ def _pooled_parquet(pooled_csv: IO[bytes], folder: str) -> dict[str, Any]:
                 writer.write_table(pa.Table.from_batches([batch]).cast(POOLED_PARQUET_SCHEMA))
                 rows += batch.num_rows
         out.flush()
-        size = out.tell()
-        out.seek(0)
-        digest = hashlib.sha256()
-        for chunk in iter(lambda: out.read(_COPY_CHUNK), b""):
-            digest.update(chunk)
-        out.seek(0)
+        size, sha256 = file_digest(out)
         stored = _save(f"{folder}/pooled_long.parquet", out, "pooled_long.parquet")
-    return {"name": "pooled_long.parquet", "storage": stored, "bytes": size, "sha256": digest.hexdigest(),
-            "rows": rows}
+    return {"name": "pooled_long.parquet", "storage": stored, "bytes": size, "sha256": sha256, "rows": rows}
 
 
 def pooled_run_combine(*, run_id: int, parts: list[dict[str, Any]]) -> PooledRun:
