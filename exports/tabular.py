@@ -243,27 +243,33 @@ def _parquet_from_csv(read_end: int, out: IO[bytes], outcome: dict[str, Any]) ->
     """The converter thread: CSV from the pipe to Parquet in `out`. Blocks are read whole
     (a buffered read of a pipe returns the full block until the end), so the row groups,
     and the file's bytes, do not depend on how the COPY's writes were timed."""
-    import pyarrow.csv as pacsv
-
-    written = 0
     try:
         with os.fdopen(read_end, "rb") as source:
-            reader = pacsv.open_csv(
-                source, read_options=pacsv.ReadOptions(block_size=PARQUET_BLOCK_BYTES),
-                parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={field.name: field.type for field in PARQUET_SCHEMA}, strings_can_be_null=True,
-                    quoted_strings_can_be_null=False))  # COPY writes NULL bare and "" quoted
-            sink = pa.PythonFile(_Sink(out), mode="w")
-            # No wall-clock time is stored in Parquet; created_by names the pyarrow version only.
-            with pq.ParquetWriter(sink, PARQUET_SCHEMA, compression="zstd", use_dictionary=True,
-                                  write_statistics=True) as writer:
-                for batch in reader:
-                    writer.write_table(pa.Table.from_batches([batch]).cast(PARQUET_SCHEMA))
-                    written += batch.num_rows
-        outcome["rows"] = written
+            outcome["rows"] = csv_to_parquet(source, pa.PythonFile(_Sink(out), mode="w"), PARQUET_SCHEMA)
     except BaseException as error:  # handed to the exporting thread, which raises it
         outcome["error"] = error
+
+
+def csv_to_parquet(source: IO[bytes], sink: Any, schema: pa.Schema) -> int:
+    """CSV (with a header row naming `schema`'s columns) to Parquet in `sink`, parsed by
+    Arrow's CSV reader in C block by block (a bare empty cell is null, a quoted "" an
+    empty text): no row becomes a Python object, memory is
+    bounded by a block, and the same input gives the same bytes (no wall-clock time is
+    stored; created_by names the pyarrow version only). Returns the number of rows."""
+    import pyarrow.csv as pacsv
+
+    reader = pacsv.open_csv(
+        source, read_options=pacsv.ReadOptions(block_size=PARQUET_BLOCK_BYTES),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types={field.name: field.type for field in schema}, strings_can_be_null=True,
+            quoted_strings_can_be_null=False))  # COPY writes NULL bare and "" quoted
+    written = 0
+    with pq.ParquetWriter(sink, schema, compression="zstd", use_dictionary=True, write_statistics=True) as writer:
+        for batch in reader:
+            writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+            written += batch.num_rows
+    return written
 
 
 # --- XLSX --------------------------------------------------------------------------------

@@ -579,25 +579,13 @@ POOLED_PARQUET_SCHEMA = pa.schema([
 
 
 def _pooled_parquet(pooled_csv: IO[bytes], folder: str) -> dict[str, Any]:
-    """pooled_long.csv again as Parquet, parsed by Arrow's CSV reader block by block (no
-    row becomes a Python object; memory bounded by a block). An empty cell is null: the
-    CSV cannot tell an empty text from no value either. Same options as the study
-    export's Parquet, so the same inputs give the same bytes."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
+    """pooled_long.csv again as Parquet, as the study export converts its long CSV
+    (exports.tabular.csv_to_parquet). An empty cell is null: the CSV cannot tell an empty
+    text from no value either."""
+    from exports.tabular import csv_to_parquet
 
-    reader = pacsv.open_csv(
-        pooled_csv, read_options=pacsv.ReadOptions(block_size=4 << 20),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types={field.name: field.type for field in POOLED_PARQUET_SCHEMA}, strings_can_be_null=True))
-    rows = 0
     with tempfile.NamedTemporaryFile("w+b", prefix="suifang-pooled-parquet-") as out:
-        with pq.ParquetWriter(out, POOLED_PARQUET_SCHEMA, compression="zstd", use_dictionary=True,
-                              write_statistics=True) as writer:
-            for batch in reader:
-                writer.write_table(pa.Table.from_batches([batch]).cast(POOLED_PARQUET_SCHEMA))
-                rows += batch.num_rows
+        rows = csv_to_parquet(pooled_csv, out, POOLED_PARQUET_SCHEMA)
         out.flush()
         size, sha256 = file_digest(out)
         stored = _save(f"{folder}/pooled_long.parquet", out, "pooled_long.parquet")
