@@ -11,12 +11,12 @@ changed between attempts.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 from typing import IO, Any
 
@@ -280,8 +280,11 @@ def _export_run(job: ExportJob) -> ExportJob:
             if first_attempt or changed_since:
                 job.snapshot_seq, job.snapshot_at = head, timezone.now()
             # The manifest's counts run on a second connection that imports this run's
-            # snapshot, on the other core, while this one writes the files.
-            pending = _counts_beside(schema, scope) if outermost else None
+            # snapshot, on the other core, while this one writes the files (which may use
+            # the snapshot too: extract.long_csv_copy).
+            if outermost:
+                scope = dataclasses.replace(scope, snapshot=_snapshot_export())
+            pending = extract.in_snapshot_beside(scope, lambda: _counts(scope)) if outermost else None
             counts = _counts(scope) if pending is None else None
             files = []
             for fmt in job.formats:
@@ -351,28 +354,11 @@ def _failure(error: Exception) -> tuple[str, bool]:
     return type(error).__name__, False
 
 
-def _counts_beside(schema: str, scope: extract.ExportScope) -> Future[list[dict[str, Any]]]:
-    """Start the counts on another connection, in this transaction's snapshot."""
+def _snapshot_export() -> str:
+    """This transaction's snapshot, for other connections of the run to import."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_export_snapshot()")
-        snapshot = cursor.fetchone()[0]
-
-    def count() -> list[dict[str, Any]]:
-        # A thread has its own Django connection; it ends with the thread's work.
-        try:
-            connection.set_schema(schema)
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                cursor.execute("SET TRANSACTION SNAPSHOT %s", [snapshot])
-                cursor.execute(extract.TRANSACTION_SETTINGS)
-                return _counts(scope)
-        finally:
-            connection.close()
-
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-counts")
-    future = executor.submit(count)
-    executor.shutdown(wait=False)
-    return future
+        return str(cursor.fetchone()[0])
 
 
 def _counts(scope: extract.ExportScope) -> list[dict[str, Any]]:

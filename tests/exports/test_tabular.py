@@ -431,3 +431,46 @@ def test_csv_wide_of_many_entries_matches_the_long_csv(exported):
     header = list(rows[0])
     assert "meds.med_name_3" in header and "meds.med_name_4" not in header  # up to the most rows present
     assert "weight__missing" in header and "meds.med_name_1__missing" not in header
+
+
+# --- cell order ----------------------------------------------------------------------------
+
+MIXED = {"code": "MIX", "title": {"en": "Mixed", "zh-hans": "混合"}, "items": [
+    {"code": "first", "type": "text", "label": {"en": "First"}},
+    {"code": "hdr", "type": "section", "label": {"en": "Header"}},
+    {"code": "g", "type": "group", "label": {"en": "Group"}, "items": [
+        {"code": "x", "type": "text", "label": {"en": "X"}},
+        {"code": "y", "type": "integer", "label": {"en": "Y"}, "missing_codes": ["UNK"]}]},
+    {"code": "middle", "type": "integer", "label": {"en": "Middle"}, "missing_codes": ["NA"]},
+    {"code": "h", "type": "group", "label": {"en": "Other group"}, "items": [
+        {"code": "z", "type": "text", "label": {"en": "Z"}}]},
+    {"code": "last", "type": "text", "label": {"en": "Last"}},
+]}
+
+
+def test_long_rows_follow_the_form_with_groups_between_items_row_by_row(world, in_tenant, email_of, api):
+    """The long CSV writes an entry's cells in the definition's order without sorting
+    them: a group between plain items sits at its place, row by row, each row's children
+    in the group's order; a missing-data code inside a group is a cell of its row."""
+    from tests.ecrf.test_entries import _crf_in
+
+    crf = _crf_in(world.alpha, world, in_tenant, email_of, api, definition=MIXED)
+    values = {"last": "L", "g": [{"y": 2, "x": "a"}, {"x": "b"}, {"y": 4}], "first": "F", "h": [{"z": "c"}]}
+    saved = crf["coordinator"].put(crf["url"], {"values": values, "version": 0,
+                                                "missing": {"middle": "NA", "g[1].y": "UNK"}}, format="json")
+    assert saved.status_code == 200, saved.content
+    in_tenant(world.alpha)
+    rows = _long_csv(extract.ExportScope(study_id=crf["study"]))
+    assert [(r["item"], r["item_row"], r["value"], r["missing_code"]) for r in rows] == [
+        ("first", "", "F", ""),
+        ("g.x", "1", "a", ""), ("g.y", "1", "2", ""),
+        ("g.x", "2", "b", ""), ("g.y", "2", "", "UNK"),
+        ("g.y", "3", "4", ""),
+        ("middle", "", "", "NA"),
+        ("h.z", "1", "c", ""),
+        ("last", "", "L", ""),
+    ]
+    counts = extract.count_query(extract.ExportScope(study_id=crf["study"]))
+    with connection.cursor() as cursor:
+        cursor.execute(counts.as_string(cursor.cursor))
+        assert cursor.fetchall() == [("MIX", "S1", len(rows))]
