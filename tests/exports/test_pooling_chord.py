@@ -13,10 +13,13 @@ media folder this module shares with it (workers share storage, never temp paths
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -378,3 +381,60 @@ def _sessions_waiting_on_a_lock() -> int:
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                        "AND application_name = %s AND wait_event_type = 'Lock'", [APP_NAME])
         return int(cursor.fetchone()[0])
+
+
+# --- a study export on two connections ------------------------------------------------------------
+
+def test_a_study_export_in_two_halves_on_two_connections_writes_the_same_bytes(committed, monkeypatch):
+    """An export run (outermost transaction, committed data) writes a large study's long
+    CSV in two halves by entry rank, the second on another connection that imports the
+    run's snapshot; the file, and the Parquet made from the same COPY, are byte for byte
+    what one COPY writes, and the manifest's counts add up to the rows. The threshold is
+    lowered here so that this tenant's 7 entries are "large"."""
+    from exports import extract, tabular
+    from exports.models import ExportFile, ExportJob
+    from exports.services import export_run
+    from exports.storage import export_storage
+    from studies.models import Study
+    from tenants.models import Tenant
+
+    tenant = Tenant.objects.get(slug=SLUGS[2])
+    copies: list[bool] = []
+    real_copy = extract._copy_out
+
+    def recording_copy(query: Any, out: Any, *, header: bool) -> int:
+        copies.append(header)
+        return real_copy(query, out, header=header)
+
+    monkeypatch.setattr(extract, "_copy_out", recording_copy)
+    monkeypatch.setattr(extract, "PARALLEL_MIN_ENTRIES", 2)
+
+    def export() -> dict[str, Any]:
+        connection.set_tenant(tenant)
+        study = Study.objects.get(code="CRF")
+        scope = extract.ExportScope(study_id=study.pk)
+        one_csv, one_parquet = io.BytesIO(), io.BytesIO()
+        rows = extract.long_csv_copy(scope, one_csv)  # no snapshot to share: one COPY
+        tabular.parquet_long(scope, one_parquet)
+        assert copies == [True, True]
+        job = ExportJob.objects.create(study=study, requested_by=committed.admin, formats=["csv_long", "parquet"],
+                                       filters={})
+        job = export_run(job_id=job.pk)
+        files = {}
+        for file in ExportFile.objects.filter(job=job):
+            with export_storage().open(file.storage_name, "rb") as stored:
+                files[file.format] = (stored.read(), file.rows)
+        return {"rows": rows, "csv": one_csv.getvalue(), "parquet": one_parquet.getvalue(), "job": job,
+                "files": files}
+
+    result = _committed(export)
+    job = result["job"]
+    assert job.status == "done", job.error
+    # Both formats of the run were written in halves: a header-less second COPY each.
+    assert sorted(copies[2:]) == [False, False, True, True]
+    assert result["files"]["csv_long"] == (result["csv"], result["rows"])
+    assert result["files"]["parquet"] == (result["parquet"], result["rows"])
+    # Every subject once, whole (the reference itself holds the 7 entries, none cut).
+    per_subject = Counter(row[2] for row in list(csv.reader(io.StringIO(result["csv"].decode())))[1:])
+    assert len(per_subject) == 7 and len(set(per_subject.values())) == 1
+    assert sum(row["values"] for row in job.manifest["rows_by_form_and_site"]) == result["rows"]

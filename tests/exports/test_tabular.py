@@ -454,13 +454,13 @@ def test_long_rows_follow_the_form_with_groups_between_items_row_by_row(world, i
     in the group's order; a missing-data code inside a group is a cell of its row."""
     from tests.ecrf.test_entries import _crf_in
 
-    crf = _crf_in(world.alpha, world, in_tenant, email_of, api, definition=MIXED)
+    mixed = _crf_in(world.alpha, world, in_tenant, email_of, api, definition=MIXED)
     values = {"last": "L", "g": [{"y": 2, "x": "a"}, {"x": "b"}, {"y": 4}], "first": "F", "h": [{"z": "c"}]}
-    saved = crf["coordinator"].put(crf["url"], {"values": values, "version": 0,
+    saved = mixed["coordinator"].put(mixed["url"], {"values": values, "version": 0,
                                                 "missing": {"middle": "NA", "g[1].y": "UNK"}}, format="json")
     assert saved.status_code == 200, saved.content
     in_tenant(world.alpha)
-    rows = _long_csv(extract.ExportScope(study_id=crf["study"]))
+    rows = _long_csv(extract.ExportScope(study_id=mixed["study"]))
     assert [(r["item"], r["item_row"], r["value"], r["missing_code"]) for r in rows] == [
         ("first", "", "F", ""),
         ("g.x", "1", "a", ""), ("g.y", "1", "2", ""),
@@ -470,7 +470,7 @@ def test_long_rows_follow_the_form_with_groups_between_items_row_by_row(world, i
         ("h.z", "1", "c", ""),
         ("last", "", "L", ""),
     ]
-    counts = extract.count_query(extract.ExportScope(study_id=crf["study"]))
+    counts = extract.count_query(extract.ExportScope(study_id=mixed["study"]))
     with connection.cursor() as cursor:
         cursor.execute(counts.as_string(cursor.cursor))
         assert cursor.fetchall() == [("MIX", "S1", len(rows))]
