@@ -192,7 +192,7 @@ SELECT c.form, c.site, count(cell.item)
  CROSS JOIN LATERAL (SELECT c.values, c.missing) ev
   LEFT JOIN LATERAL (SELECT cell.item FROM """ + _SEGMENTS + """ CROSS JOIN LATERAL (""" + _CELLS + """) cell) cell
     ON true
- GROUP BY c.form, c.site ORDER BY c.form, c.site
+ GROUP BY c.form, c.site ORDER BY c.form COLLATE "C", c.site COLLATE "C"
 """  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
 
 
@@ -256,7 +256,7 @@ def long_csv_copy(scope: ExportScope, out: IO[bytes]) -> int:
     if entries < PARALLEL_MIN_ENTRIES:
         return _copy_out(long_query(scope, for_copy=True), out, header=True)
     middle = entries // 2
-    with tempfile.TemporaryFile(prefix="suifang-export-tail-") as tail:
+    with tempfile.TemporaryFile(prefix="suifang-export-tail-", buffering=1 << 20) as tail:
         second = in_snapshot_beside(scope, lambda: _copy_out(long_query(scope, (middle, None), for_copy=True), tail,
                                                               header=False))
         try:

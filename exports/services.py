@@ -279,13 +279,16 @@ def _export_run(job: ExportJob) -> ExportJob:
             changed_since = not first_attempt and head != job.snapshot_seq
             if first_attempt or changed_since:
                 job.snapshot_seq, job.snapshot_at = head, timezone.now()
-            # The manifest's counts run on a second connection that imports this run's
-            # snapshot, on the other core, while this one writes the files (which may use
-            # the snapshot too: extract.long_csv_copy).
+            # The manifest's counts: read from the Parquet file when the run writes one
+            # (its form and site columns, a few milliseconds), else by a query on a second
+            # connection that imports this run's snapshot, on the other core, while this one
+            # writes the files (which may use the snapshot too: extract.long_csv_copy).
             if outermost:
                 scope = dataclasses.replace(scope, snapshot=_snapshot_export())
-            pending = extract.in_snapshot_beside(scope, lambda: _counts(scope)) if outermost else None
-            counts = _counts(scope) if pending is None else None
+            from_parquet = ExportFormat.PARQUET in job.formats
+            pending = extract.in_snapshot_beside(scope, lambda: _counts(scope)) \
+                if outermost and not from_parquet else None
+            counts = _counts(scope) if pending is None and not from_parquet else None
             files = []
             for fmt in job.formats:
                 if fmt in JOB_WRITERS:
@@ -294,12 +297,15 @@ def _export_run(job: ExportJob) -> ExportJob:
                 else:
                     suffix, writer = WRITERS[fmt]
                 name = f"{job.study.code}_{suffix}"
-                files.append(_write_file(job, schema, name, fmt, writer, scope))
-                if counts is None and pending is not None:
-                    counts = pending.result()
-                assert counts is not None
-                job.rows_total = sum(row["values"] for row in counts) * len(job.formats)
-                job.rows_done += sum(row["values"] for row in counts)
+                file, file_counts = _write_file(job, schema, name, fmt, writer, scope)
+                files.append(file)
+                if counts is None:
+                    counts = file_counts if file_counts is not None else pending.result() if pending else None
+                # Until the counts are known (the Parquet file is not written yet), this
+                # file's rows stand for every file's.
+                per_file = sum(row["values"] for row in counts) if counts is not None else file.rows
+                job.rows_total = per_file * len(job.formats)
+                job.rows_done += per_file
                 _progress(schema, job)
             if counts is None and pending is not None:
                 counts = pending.result()
@@ -370,12 +376,13 @@ def _counts(scope: extract.ExportScope) -> list[dict[str, Any]]:
 
 
 def _write_file(job: ExportJob, schema: str, name: str, fmt: str, writer: Writer,
-                scope: extract.ExportScope) -> ExportFile:
+                scope: extract.ExportScope) -> tuple[ExportFile, list[dict[str, Any]] | None]:
     """Stream the format into a temporary file, then into storage under a key that names
-    the tenant schema and the job (never guessable from another tenant)."""
+    the tenant schema and the job (never guessable from another tenant). With the file,
+    the manifest's counts when the file holds them (Parquet: the long rows, typed)."""
     handle, path = tempfile.mkstemp(prefix="suifang-export-", suffix="-" + name)
     try:
-        with os.fdopen(handle, "wb") as raw:
+        with os.fdopen(handle, "wb", buffering=1 << 20) as raw:  # COPY writes row by row
             if fmt in _HASHED_AFTER:
                 rows = writer(scope, raw)
             else:
@@ -385,6 +392,7 @@ def _write_file(job: ExportJob, schema: str, name: str, fmt: str, writer: Writer
         if fmt in _HASHED_AFTER:
             with open(path, "rb") as written:
                 size, sha256 = file_digest(written)
+        counts = tabular.parquet_counts(path) if fmt == ExportFormat.PARQUET else None
         key = f"exports/{schema}/{job.pk}/{name}"
         storage = export_storage()
         if storage.exists(key):
@@ -392,7 +400,7 @@ def _write_file(job: ExportJob, schema: str, name: str, fmt: str, writer: Writer
         with open(path, "rb") as stored:
             saved = storage.save(key, _FinishedFile(stored, name=name, path=path))
         return ExportFile(job=job, name=name, format=fmt, storage_name=saved, size=size, sha256=sha256,
-                          rows=rows)
+                          rows=rows), counts
     finally:
         with contextlib.suppress(FileNotFoundError):  # moved into place by a local storage
             os.unlink(path)
