@@ -279,8 +279,8 @@ def _export_run(job: ExportJob) -> ExportJob:
             changed_since = not first_attempt and head != job.snapshot_seq
             if first_attempt or changed_since:
                 job.snapshot_seq, job.snapshot_at = head, timezone.now()
-            # The manifest's counts: read from the Parquet file when the run writes one
-            # (its form and site columns, a few milliseconds), else by a query on a second
+            # The manifest's counts: kept by the Parquet writer when the run writes one
+            # (counted from its Arrow batches), else by a query on a second
             # connection that imports this run's snapshot, on the other core, while this one
             # writes the files (which may use the snapshot too: extract.long_csv_copy).
             if outermost:
@@ -294,13 +294,16 @@ def _export_run(job: ExportJob) -> ExportJob:
                 if fmt in JOB_WRITERS:
                     suffix = JOB_WRITERS[fmt]
                     writer = _odm_writer(job) if fmt == ExportFormat.ODM else _sdtm_writer(job)
+                elif fmt == ExportFormat.PARQUET:
+                    suffix, writer = WRITERS[fmt][0], tabular.LongParquet()
                 else:
                     suffix, writer = WRITERS[fmt]
                 name = f"{job.study.code}_{suffix}"
-                file, file_counts = _write_file(job, schema, name, fmt, writer, scope)
+                file = _write_file(job, schema, name, fmt, writer, scope)
                 files.append(file)
                 if counts is None:
-                    counts = file_counts if file_counts is not None else pending.result() if pending else None
+                    counts = writer.counts if isinstance(writer, tabular.LongParquet) else \
+                        pending.result() if pending else None
                 # Until the counts are known (the Parquet file is not written yet), this
                 # file's rows stand for every file's.
                 per_file = sum(row["values"] for row in counts) if counts is not None else file.rows
@@ -376,10 +379,9 @@ def _counts(scope: extract.ExportScope) -> list[dict[str, Any]]:
 
 
 def _write_file(job: ExportJob, schema: str, name: str, fmt: str, writer: Writer,
-                scope: extract.ExportScope) -> tuple[ExportFile, list[dict[str, Any]] | None]:
+                scope: extract.ExportScope) -> ExportFile:
     """Stream the format into a temporary file, then into storage under a key that names
-    the tenant schema and the job (never guessable from another tenant). With the file,
-    the manifest's counts when the file holds them (Parquet: the long rows, typed)."""
+    the tenant schema and the job (never guessable from another tenant)."""
     handle, path = tempfile.mkstemp(prefix="suifang-export-", suffix="-" + name)
     try:
         with os.fdopen(handle, "wb", buffering=1 << 20) as raw:  # COPY writes row by row
@@ -392,7 +394,6 @@ def _write_file(job: ExportJob, schema: str, name: str, fmt: str, writer: Writer
         if fmt in _HASHED_AFTER:
             with open(path, "rb") as written:
                 size, sha256 = file_digest(written)
-        counts = tabular.parquet_counts(path) if fmt == ExportFormat.PARQUET else None
         key = f"exports/{schema}/{job.pk}/{name}"
         storage = export_storage()
         if storage.exists(key):
@@ -400,7 +401,7 @@ def _write_file(job: ExportJob, schema: str, name: str, fmt: str, writer: Writer
         with open(path, "rb") as stored:
             saved = storage.save(key, _FinishedFile(stored, name=name, path=path))
         return ExportFile(job=job, name=name, format=fmt, storage_name=saved, size=size, sha256=sha256,
-                          rows=rows), counts
+                          rows=rows)
     finally:
         with contextlib.suppress(FileNotFoundError):  # moved into place by a local storage
             os.unlink(path)

@@ -219,6 +219,11 @@ def _record_batch(rows: Sequence[tuple[Any, ...]]) -> pa.RecordBatch:
 
 
 def parquet_long(scope: ExportScope, out: IO[bytes]) -> int:
+    """See _parquet_long (LongParquet also keeps the counts)."""
+    return _parquet_long(scope, out, None)
+
+
+def _parquet_long(scope: ExportScope, out: IO[bytes], totals: dict[tuple[str, str], int] | None) -> int:
     """The long rows (LONG_COLUMNS, in the long CSV's order) as one Parquet file. The rows
     come from the same COPY as the long CSV, through a pipe, and are parsed by Arrow's CSV
     reader in C, block by block, in a second thread while PostgreSQL still sends them: no
@@ -232,7 +237,8 @@ def parquet_long(scope: ExportScope, out: IO[bytes]) -> int:
     with contextlib.suppress(OSError):  # Linux only; the default size works, only slower
         fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     outcome: dict[str, Any] = {}
-    converter = threading.Thread(target=_parquet_from_csv, args=(read_end, out, outcome), name="export-parquet")
+    converter = threading.Thread(target=_parquet_from_csv, args=(read_end, out, outcome, totals),
+                                 name="export-parquet")
     converter.start()
     broken: BrokenPipeError | None = None
     try:
@@ -249,33 +255,59 @@ def parquet_long(scope: ExportScope, out: IO[bytes]) -> int:
     return int(outcome["rows"])
 
 
-def parquet_counts(path: str) -> list[dict[str, Any]]:
-    """Long rows per form and site of a long Parquet file, as the manifest lists them
-    (ordered by form, then site, by code point: the count query's "C" order): two
-    dictionary-encoded columns read back, counted by Arrow in C."""
-    table = pq.read_table(path, columns=["form", "site"])
-    grouped = table.group_by(["form", "site"]).aggregate([([], "count_all")]).to_pylist()
-    return sorted(({"form": row["form"], "site": row["site"], "values": int(row["count_all"])} for row in grouped),
-                  key=lambda row: (row["form"], row["site"]))
+class LongParquet:
+    """parquet_long as a writer that also keeps the manifest's counts of what it wrote
+    (`counts`, after the call): counted from the Arrow batches on their way to the file,
+    so a run writing Parquet needs no count query."""
+
+    def __init__(self) -> None:
+        self.counts: list[dict[str, Any]] | None = None
+
+    def __call__(self, scope: ExportScope, out: IO[bytes]) -> int:
+        totals: dict[tuple[str, str], int] = {}
+        rows = _parquet_long(scope, out, totals)
+        self.counts = manifest_counts(totals)
+        return rows
 
 
-def _parquet_from_csv(read_end: int, out: IO[bytes], outcome: dict[str, Any]) -> None:
+def manifest_counts(totals: Mapping[tuple[str, str], int]) -> list[dict[str, Any]]:
+    """(form, site) -> rows as the manifest lists them: by form, then site, by code point
+    (the count query's "C" order)."""
+    return [{"form": form, "site": site, "values": count} for (form, site), count in sorted(totals.items())]
+
+
+def _count_into(totals: dict[tuple[str, str], int], table: pa.Table) -> None:
+    # value_counts of "form<US>site", a compute kernel: Table.group_by runs an Acero plan,
+    # whose buffers took a 5M-value export 50 MB higher. Codes never hold U+001F.
+    import pyarrow.compute as pc
+
+    counted = pc.value_counts(pc.binary_join_element_wise(table["form"], table["site"], "\x1f"))
+    for key, count in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True):
+        form, site = key.split("\x1f", 1)
+        totals[(form, site)] = totals.get((form, site), 0) + int(count)
+
+
+def _parquet_from_csv(read_end: int, out: IO[bytes], outcome: dict[str, Any],
+                      totals: dict[tuple[str, str], int] | None) -> None:
     """The converter thread: CSV from the pipe to Parquet in `out`. Blocks are read whole
     (a buffered read of a pipe returns the full block until the end), so the row groups,
     and the file's bytes, do not depend on how the COPY's writes were timed."""
     try:
         with os.fdopen(read_end, "rb") as source:
-            outcome["rows"] = csv_to_parquet(source, pa.PythonFile(_Sink(out), mode="w"), PARQUET_SCHEMA)
+            outcome["rows"] = csv_to_parquet(source, pa.PythonFile(_Sink(out), mode="w"), PARQUET_SCHEMA,
+                                             counts=totals)
     except BaseException as error:  # handed to the exporting thread, which raises it
         outcome["error"] = error
 
 
-def csv_to_parquet(source: IO[bytes], sink: Any, schema: pa.Schema) -> int:
+def csv_to_parquet(source: IO[bytes], sink: Any, schema: pa.Schema,
+                   counts: dict[tuple[str, str], int] | None = None) -> int:
     """CSV (with a header row naming `schema`'s columns) to Parquet in `sink`, parsed by
     Arrow's CSV reader in C block by block (a bare empty cell is null, a quoted "" an
     empty text): no row becomes a Python object, memory is
     bounded by a block, and the same input gives the same bytes (no wall-clock time is
-    stored; created_by names the pyarrow version only). Returns the number of rows."""
+    stored; created_by names the pyarrow version only). Returns the number of rows; with
+    `counts`, adds the rows per (form, site) to it."""
     import pyarrow.csv as pacsv
 
     reader = pacsv.open_csv(
@@ -291,11 +323,19 @@ def csv_to_parquet(source: IO[bytes], sink: Any, schema: pa.Schema) -> int:
             pending.append(batch)
             written += batch.num_rows
             if len(pending) == PARQUET_GROUP_BLOCKS:
-                writer.write_table(pa.Table.from_batches(pending).cast(schema), row_group_size=1 << 30)
+                _write_group(writer, pending, schema, counts)
                 pending = []
         if pending:
-            writer.write_table(pa.Table.from_batches(pending).cast(schema), row_group_size=1 << 30)
+            _write_group(writer, pending, schema, counts)
     return written
+
+
+def _write_group(writer: pq.ParquetWriter, batches: list[pa.RecordBatch], schema: pa.Schema,
+                 counts: dict[tuple[str, str], int] | None) -> None:
+    table = pa.Table.from_batches(batches)
+    if counts is not None:
+        _count_into(counts, table)
+    writer.write_table(table.cast(schema), row_group_size=1 << 30)
 
 
 # --- XLSX --------------------------------------------------------------------------------

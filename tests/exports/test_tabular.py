@@ -476,27 +476,27 @@ def test_long_rows_follow_the_form_with_groups_between_items_row_by_row(world, i
         assert cursor.fetchall() == [("MIX", "S1", len(rows))]
 
 
-def test_parquet_counts_agree_with_the_count_query(exported, tmp_path):
-    """The manifest's counts of a run that writes Parquet are read from the file: the same
+def test_parquet_counts_agree_with_the_count_query(exported):
+    """The manifest's counts of a run that writes Parquet come from its writer: the same
     list (form, site, values), in the same order, as the count query gives."""
     scope = exported["scope"]
-    path = tmp_path / "long.parquet"
-    with open(path, "wb") as out:
-        rows = tabular.parquet_long(scope, out)
+    writer = tabular.LongParquet()
+    out = io.BytesIO()
+    rows = writer(scope, out)
+    assert out.getvalue() == _run(tabular.parquet_long, scope)[0]  # the same file
     with connection.cursor() as cursor:
         cursor.execute(extract.count_query(scope).as_string(cursor.cursor))
         queried = [{"form": form, "site": site, "values": int(n)} for form, site, n in cursor.fetchall()]
-    assert tabular.parquet_counts(str(path)) == queried and queried[0]["values"] == rows > 0
+    assert writer.counts == queried and queried[0]["values"] == rows > 0
 
 
-def test_parquet_counts_order_forms_then_sites_by_code_point(tmp_path):
+def test_parquet_counts_order_forms_then_sites_by_code_point():
     header = ",".join(extract.LONG_COLUMNS)
     cells = [("S2", "B"), ("S10", "B"), ("S1", "a"), ("S2", "B"), ("S1", "B")]
     lines = [header] + [f"X,{site},001,D7,1,2026-01-01,{form},1,complete,i,,v," for site, form in cells]
     source = io.BytesIO(("\n".join(lines) + "\n").encode())
-    path = tmp_path / "t.parquet"
-    with open(path, "wb") as out:
-        assert tabular.csv_to_parquet(source, out, tabular.PARQUET_SCHEMA) == 5
-    assert tabular.parquet_counts(str(path)) == [
+    totals: dict[tuple[str, str], int] = {}
+    assert tabular.csv_to_parquet(source, io.BytesIO(), tabular.PARQUET_SCHEMA, counts=totals) == 5
+    assert tabular.manifest_counts(totals) == [
         {"form": "B", "site": "S1", "values": 1}, {"form": "B", "site": "S10", "values": 1},
         {"form": "B", "site": "S2", "values": 2}, {"form": "a", "site": "S1", "values": 1}]
