@@ -52,7 +52,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", default="8", help="concurrent clients, comma separated")
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
+    parser.add_argument("--worker-class", default="sync", choices=["sync", "gthread"],
+                        help="gunicorn worker class (production runs gthread: infra/gunicorn.conf.py)")
+    parser.add_argument("--threads", type=int, default=4, help="threads per process (gthread)")
     parser.add_argument("--subjects", type=int, default=0, help="subjects to enrol (default: enough)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="echo/save phase pairs per level, alternating (this VM's speed drifts by 10-15%% "
@@ -206,13 +209,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_gunicorn(workers: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_gunicorn(workers: int, worker_class: str = "sync", threads: int = 1) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.bench", "BENCH_DATABASE_URL": db_url(),
            "BENCH_ECHO_ENDPOINT": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-         "--worker-class", "sync", "--log-level", "warning", "--timeout", "60"],
+         "--worker-class", worker_class, "--threads", str(threads if worker_class == "gthread" else 1),
+         "--keep-alive", "5", "--log-level", "warning", "--timeout", "60"],
         cwd=ROOT, env=env)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -249,7 +253,7 @@ def main(argv: list[str]) -> None:
     data = setup(subject_count)
     log(machine_info())
     tasks: list[int] = list(data["tasks"])
-    proc, port = start_gunicorn(args.workers)
+    proc, port = start_gunicorn(args.workers, args.worker_class, args.threads)
     rows, phase = [], 0
     try:
         for clients in levels:
@@ -285,7 +289,8 @@ def main(argv: list[str]) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    log(f"gunicorn {args.workers} sync workers; {args.rounds} rounds of {args.seconds:.0f} s echo then "
+    kind = f"{args.worker_class} workers" + (f" x {args.threads} threads" if args.worker_class == "gthread" else "")
+    log(f"gunicorn {args.workers} {kind}; {args.rounds} rounds of {args.seconds:.0f} s echo then "
         f"{args.seconds:.0f} s save per level, each after 3 s warm-up; figures over all rounds")
     log(table(["clients", "echo req/s", "echo p95 ms", "save req/s", "save p50 ms", "save p95 ms", "save p99 ms",
                "errors echo/save", "save/echo throughput"], rows))
