@@ -137,8 +137,8 @@ SELECT e.id, e.status, e.form_version_id,
                           t.sequence, f.code) AS entry_rank
 """ + _ENTRY_JOINS
 
-# Each ranked entry, in rank order, with its values read by primary key (LIMIT 1 keeps it
-# a per-row lookup, so the rank order carries through to the cells' incremental sort).
+# Each ranked entry (those in {ranks}), in rank order, with its values read by primary key
+# (LIMIT 1 keeps it a per-row lookup, so the rank order carries through to the cells).
 _RANKED_WITH_VALUES = """(SELECT * FROM (""" + _RANKED + """) ranked WHERE {ranks} ORDER BY entry_rank) c
  CROSS JOIN LATERAL (SELECT x.values, x.missing FROM ecrf_entry x WHERE x.id = c.id LIMIT 1) ev"""  # noqa: S608
 
@@ -218,12 +218,20 @@ def _format(template: str, scope: ExportScope, ranks: tuple[int, int | None] | N
     study_code = Study.objects.filter(pk=scope.study_id).values_list("code", flat=True).first() or ""
     return pgsql.SQL(template).format(
         as_text=pgsql.SQL("::text" if as_text else ""),
-        ranks=pgsql.SQL("true") if ranks is None else pgsql.SQL("entry_rank > {} AND entry_rank <= {}").format(
-            pgsql.Literal(ranks[0]), pgsql.Literal(ranks[1] if ranks[1] is not None else 2**62)),
+        ranks=_rank_range(ranks),
         study_code=pgsql.Literal(study_code),
         events=_values(_event_order(scope.study_id), ("text", "int")),
         specs=pgsql.Literal(json.dumps(specs, separators=(",", ":"))),
         study=pgsql.Literal(scope.study_id), filters=_filters(scope))
+
+
+def _rank_range(ranks: tuple[int, int | None] | None) -> pgsql.Composable:
+    if ranks is None:
+        return pgsql.SQL("true")
+    after, up_to = ranks
+    if up_to is None:
+        return pgsql.SQL("entry_rank > {}").format(pgsql.Literal(after))
+    return pgsql.SQL("entry_rank > {} AND entry_rank <= {}").format(pgsql.Literal(after), pgsql.Literal(up_to))
 
 
 def count_query(scope: ExportScope) -> pgsql.Composable:

@@ -313,6 +313,7 @@ def _export_run(job: ExportJob) -> ExportJob:
             if counts is None and pending is not None:
                 counts = pending.result()
             assert counts is not None
+            job.rows_total = job.rows_done = sum(row["values"] for row in counts) * len(job.formats)
         manifest = {
             "job": job.pk, "study": job.study.code, "formats": job.formats, "filters": job.filters,
             "snapshot": {"audit_seq": job.snapshot_seq, "at": job.snapshot_at.isoformat() if job.snapshot_at else None,
@@ -457,7 +458,8 @@ def job_state(job: ExportJob) -> dict[str, Any]:
         live = cache.get(progress_key(connection.schema_name, job.pk)) or {}
         done, total = int(live.get("done") or 0), int(live.get("total") or 0)
     return {"id": job.pk, "study": job.study_id, "status": job.status, "rows_done": done, "rows_total": total,
-            "progress": round(done / total, 4) if total else (1.0 if job.status == ExportStatus.DONE else 0.0),
+            "progress": min(1.0, round(done / total, 4)) if total
+            else (1.0 if job.status == ExportStatus.DONE else 0.0),
             "attempts": job.attempts, "formats": job.formats, "filters": job.filters,
             "created": job.created, "finished_at": job.finished_at, "error": job.error,
             "error_is_data": job.error_is_data,
