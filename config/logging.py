@@ -2,12 +2,16 @@
 config.middleware / tenants.middleware through structlog's contextvars).
 
 PHI must never reach a log: `redact_sensitive` blanks known sensitive keys even if a
-caller passes them by mistake.
+caller passes them by mistake, and `format_exc_info_redacted` writes tracebacks without
+the messages of exceptions from outside the project (a database error quotes the failing
+row, a parser its input).
 """
 
 from __future__ import annotations
 
 import re
+import sys
+import traceback
 from typing import Any
 
 import structlog
@@ -32,6 +36,45 @@ def redact_sensitive(_logger: Any, _method: str, event_dict: dict[str, Any]) -> 
             event_dict[key] = "[redacted]"
         elif isinstance(event_dict[key], str) and "/invite/" in event_dict[key]:
             event_dict[key] = redact_path_secrets(event_dict[key])
+    return event_dict
+
+
+# The project's own packages: their exceptions carry messages written for users (no data
+# values), so they stay readable in logs and in Sentry.
+OWN_PACKAGES = frozenset({"config", "tenants", "sites", "studies", "notifications", "ecrf", "exports", "billing",
+                          "infra"})
+REDACTED_MESSAGE = "[message redacted: it may quote data]"
+
+
+def exception_message_is_safe(module: str | None) -> bool:
+    return (module or "").split(".", 1)[0] in OWN_PACKAGES
+
+
+def redacted_traceback(error: BaseException) -> str:
+    """The traceback (every frame, every chained exception), with the message of each
+    exception from outside the project replaced."""
+    root = traceback.TracebackException.from_exception(error)
+    pending, seen = [root], set()
+    while pending:
+        part = pending.pop()
+        if id(part) in seen:
+            continue
+        seen.add(id(part))
+        if not exception_message_is_safe(getattr(part.exc_type, "__module__", None)):
+            part._str = REDACTED_MESSAGE  # type: ignore[attr-defined]  # printed after the type
+        pending += [p for p in (part.__cause__, part.__context__) if p is not None]
+        pending += list(getattr(part, "exceptions", None) or [])
+    return "".join(root.format())
+
+
+def format_exc_info_redacted(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog's format_exc_info, with redacted_traceback."""
+    exc_info = event_dict.pop("exc_info", None)
+    if exc_info:
+        error = exc_info if isinstance(exc_info, BaseException) else (
+            exc_info[1] if isinstance(exc_info, tuple) else sys.exc_info()[1])
+        if error is not None:
+            event_dict["exception"] = redacted_traceback(error)
     return event_dict
 
 
@@ -64,7 +107,7 @@ def build_logging_config(*, fmt: str, level: str) -> dict[str, Any]:
                 "()": structlog.stdlib.ProcessorFormatter,
                 "processors": [
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info,
+                    format_exc_info_redacted,
                     renderer,
                 ],
                 "foreign_pre_chain": _SHARED_PROCESSORS,

@@ -15,7 +15,13 @@ def scrub_event(event: dict[str, Any], _hint: dict[str, Any]) -> dict[str, Any]:
         if header.lower() in {"authorization", "cookie", "x-csrftoken"}:
             headers[header] = "[redacted]"
     event.pop("user", None)
-    from config.logging import redact_path_secrets
+    from config.logging import REDACTED_MESSAGE, exception_message_is_safe, redact_path_secrets
+
+    # An exception's message may quote data (a database error's failing row); the type and
+    # the frames say where it happened. The project's own exceptions keep theirs.
+    for error in (event.get("exception") or {}).get("values") or []:
+        if not exception_message_is_safe(error.get("module")):
+            error["value"] = REDACTED_MESSAGE
 
     if isinstance(request.get("url"), str):
         request["url"] = redact_path_secrets(request["url"])

@@ -39,6 +39,41 @@ def test_log_lines_are_json_with_tenant_and_request_id_and_no_phi(web, world, ca
         logging.config.dictConfig(build_logging_config(fmt="console", level="WARNING"))
 
 
+def test_logged_tracebacks_keep_frames_but_not_foreign_exception_messages(capsys):
+    """A database error quotes the failing row; a parser quotes its input. The traceback
+    is logged with every frame and chained exception, each foreign message replaced; the
+    project's own errors (messages written for users) keep theirs."""
+    import logging.config
+
+    from config.errors import ValidationFailed
+
+    logging.config.dictConfig(build_logging_config(fmt="json", level="INFO"))
+    try:
+        logger = structlog.get_logger("test")
+        # Built at run time: a traceback shows the source lines, which must not hold them.
+        phone, name, national_id = "1381234" + "5678", "张" + "三", "1101011990" + "03077777"
+        try:
+            try:
+                int(phone + "x")
+            except ValueError as inner:
+                raise RuntimeError(f"Failing row contains (42, {name}, {national_id})") from inner
+        except RuntimeError:
+            logger.exception("import.failed")
+        try:
+            raise ValidationFailed({"weight": ["Out of range."]}, message="Fix the items marked.")
+        except ValidationFailed:
+            logging.getLogger("django.request").error("Internal Server Error", exc_info=True)
+        lines = capsys.readouterr().err.strip().splitlines()
+        first, second = json.loads(lines[-2]), json.loads(lines[-1])
+        assert phone not in lines[-2] and name not in first["exception"] and national_id not in lines[-2]
+        assert "RuntimeError: [message redacted" in first["exception"]
+        assert "ValueError: [message redacted" in first["exception"]  # the cause, chained
+        assert "test_observability.py" in first["exception"]  # the frames are kept
+        assert "Fix the items marked." in second["exception"]
+    finally:
+        logging.config.dictConfig(build_logging_config(fmt="console", level="WARNING"))
+
+
 def test_middleware_binds_tenant_to_the_log_context(web, world, monkeypatch):
     captured: dict = {}
     from tenants import views
@@ -85,6 +120,16 @@ def test_sentry_event_scrubbing_drops_bodies_cookies_and_user():
     assert cleaned["request"]["headers"]["User-Agent"] == "ua"
 
 
+def test_sentry_event_scrubbing_drops_foreign_exception_messages():
+    event = {"exception": {"values": [
+        {"type": "IntegrityError", "module": "psycopg2.errors", "value": "Failing row contains (张三)"},
+        {"type": "ValueError", "value": "invalid literal: '13812345678'"},
+        {"type": "Conflict", "module": "config.errors", "value": "This record is locked."}]}}
+    values = scrub_event(event, {})["exception"]["values"]
+    assert [v["value"] for v in values[:2]] == ["[message redacted: it may quote data]"] * 2
+    assert values[2]["value"] == "This record is locked." and values[0]["type"] == "IntegrityError"
+
+
 def test_sentry_sends_no_pii_and_tags_the_tenant(web, world, monkeypatch, settings):
     """Initialise the real SDK with a transport that records envelopes instead of
     sending them (Sentry is a paid external service), then raise inside a request."""
@@ -102,8 +147,10 @@ def test_sentry_sends_no_pii_and_tags_the_tenant(web, world, monkeypatch, settin
     settings.SENTRY_ENABLED = True
     from tenants import views
 
+    phone = "1381234" + "5678"  # built at run time: the frames' source lines are sent
+
     def boom(request):  # type: ignore[no-untyped-def]
-        raise RuntimeError("boom for patient 13812345678")
+        raise RuntimeError(f"boom for patient {phone}")
 
     monkeypatch.setattr(views, "home", boom)
     import importlib
@@ -117,7 +164,7 @@ def test_sentry_sends_no_pii_and_tags_the_tenant(web, world, monkeypatch, settin
     try:
         client = web(world.alpha)
         client.raise_request_exception = False
-        response = client.get("/?phone=13812345678")
+        response = client.get(f"/?phone={phone}")
         assert response.status_code == 500
         sentry_sdk.flush()
     finally:
@@ -131,4 +178,8 @@ def test_sentry_sends_no_pii_and_tags_the_tenant(web, world, monkeypatch, settin
     assert event["tags"]["tenant"] == "alpha"
     assert "user" not in event
     assert "query_string" not in event.get("request", {})
+    # The exception's message quoted a phone number: only its type and frames are sent.
+    assert phone not in json.dumps(event, ensure_ascii=False)
+    assert event["exception"]["values"][-1]["type"] == "RuntimeError"
+    assert event["exception"]["values"][-1]["stacktrace"]["frames"]
     logging.getLogger(__name__).debug("captured %d events", len(events))
