@@ -25,6 +25,9 @@ def login_view(request: HttpRequest) -> HttpResponse:
     if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
         next_url = ""
     form = LoginForm(request.POST or None)
+    # The same sign-in serves consortium members on the public host (/consortia/login/),
+    # who belong to no organisation here: the page and its error say so.
+    consortium = request.path.startswith("/consortia/")
     status = 200
     if request.method == "POST":
         if form.is_valid():
@@ -33,10 +36,11 @@ def login_view(request: HttpRequest) -> HttpResponse:
             if user is not None:
                 login(request, user)
                 return HttpResponseRedirect(next_url or settings.LOGIN_REDIRECT_URL_PATH)
-            form.add_error("password", _("Email or password is incorrect, or you have no access "
-                                         "to this organisation."))
+            form.add_error("password", _("Email or password is incorrect.") if consortium else
+                           _("Email or password is incorrect, or you have no access to this organisation."))
         status = 400
-    return render(request, "tenants/login.html", {"form": form, "next": next_url}, status=status)
+    return render(request, "tenants/login.html", {"form": form, "next": next_url, "consortium": consortium},
+                  status=status)
 
 
 @require_POST

@@ -319,3 +319,17 @@ def test_a_consortium_cannot_take_the_name_of_the_sign_in_pages(slug):
     assert not Consortium.objects.filter(slug=slug).exists()
     Consortium(slug=f"{slug}-study", name="Fine", coordinating_organisation="Org").full_clean(
         exclude=["common_data_elements", "quasi_identifiers"])
+
+
+def test_the_consortium_sign_in_speaks_to_members_not_to_an_organisation(pool, members):
+    client = Client(HTTP_HOST="localhost")
+    client.cookies["django_language"] = "en"
+    page = client.get("/consortia/login/?next=/consortia/").content.decode()
+    assert "Consortium members" in page
+    wrong = client.post("/consortia/login/", {"email": "stats@cardio.example.org", "password": "wrong-password",
+                                               "next": "/consortia/"})
+    body = wrong.content.decode()
+    assert wrong.status_code == 400 and "Email or password is incorrect." in body
+    assert "organisation" not in body and 'value="stats@cardio.example.org"' in body  # typed email kept
+    client.cookies["django_language"] = "zh-hans"
+    assert "联盟成员" in client.get("/consortia/login/").content.decode()
