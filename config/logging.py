@@ -67,6 +67,33 @@ def redacted_traceback(error: BaseException) -> str:
     return "".join(root.format())
 
 
+_EXCEPTION_NAME = re.compile(r"\b([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Retry|Warning|Failed|Failure))\b")
+
+
+class TaskFailureMessageFilter:
+    """Celery logs a failed or retried task as "Task … raised unexpected: <repr of the
+    exception>", the message inside the log line itself (its traceback comes through
+    exc_info, which format_exc_info_redacted handles). Keeps the exception's type only;
+    the task's argument reprs are dropped as well (they are ids here, but need not be)."""
+
+    def filter(self, record: Any) -> bool:
+        if isinstance(record.args, dict) and "exc" in record.args:
+            args = dict(record.args)
+            text = str(args.get("exc") or "")
+            found = _EXCEPTION_NAME.search(text)
+            args["exc"] = f"{found.group(1)}({REDACTED_MESSAGE})" if found else REDACTED_MESSAGE
+            for key in ("traceback", "args", "kwargs"):
+                if key in args:
+                    args[key] = "[redacted]"
+            record.args = args
+            if isinstance(getattr(record, "data", None), dict):
+                record.data = args
+        elif isinstance(record.args, tuple):
+            record.args = tuple(f"{type(arg).__name__}({REDACTED_MESSAGE})" if isinstance(arg, BaseException)
+                                else arg for arg in record.args)
+        return True
+
+
 def format_exc_info_redacted(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """structlog's format_exc_info, with redacted_traceback."""
     exc_info = event_dict.pop("exc_info", None)
@@ -113,11 +140,15 @@ def build_logging_config(*, fmt: str, level: str) -> dict[str, Any]:
                 "foreign_pre_chain": _SHARED_PROCESSORS,
             }
         },
+        "filters": {"task_failure_message": {"()": "config.logging.TaskFailureMessageFilter"}},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
         "root": {"handlers": ["console"], "level": level},
         "loggers": {
             # Request lines hold URLs and hosts only; SQL logging stays off (values are PHI).
             "django.db.backends": {"level": "WARNING", "propagate": True},
             "axes": {"level": "WARNING", "propagate": True},
+            # A failed task's line quotes its exception's message (see TaskFailureMessageFilter).
+            "celery.app.trace": {"filters": ["task_failure_message"], "propagate": True},
+            "celery.worker.request": {"filters": ["task_failure_message"], "propagate": True},
         },
     }

@@ -74,6 +74,37 @@ def test_logged_tracebacks_keep_frames_but_not_foreign_exception_messages(capsys
         logging.config.dictConfig(build_logging_config(fmt="console", level="WARNING"))
 
 
+def test_a_failed_task_line_keeps_the_exception_type_not_its_message(capsys):
+    """Celery writes "Task … raised unexpected: <repr of the exception>" into the line
+    itself (celery.app.trace, with its own format and context keys)."""
+    import logging.config
+
+    from celery.app.trace import LOG_FAILURE, LOG_RETRY
+
+    logging.config.dictConfig(build_logging_config(fmt="json", level="INFO"))
+    phone = "1381234" + "5678"
+    try:
+        failure = RuntimeError(f"Failing row contains ({phone})")
+        trace_logger = logging.getLogger("celery.app.trace")
+        context = {"hostname": "w1", "id": "abc", "name": "exports.tasks.export_run_task", "exc": repr(failure),
+                   "traceback": f"Traceback ...\nRuntimeError: Failing row contains ({phone})",
+                   "args": f"[{phone!r}]", "kwargs": "{}", "description": "raised unexpected", "internal": False}
+        try:
+            raise failure
+        except RuntimeError as error:
+            trace_logger.error(LOG_FAILURE.strip(), context, exc_info=(type(error), error, error.__traceback__),
+                               extra={"data": context})
+        trace_logger.info(LOG_RETRY.strip(), {"id": "abc", "name": "x", "exc": f"Retry in 5s: {failure!r}"})
+        logging.getLogger("celery.worker.request").error("Task handler raised error: %r", failure)
+        lines = capsys.readouterr().err.strip().splitlines()[-3:]
+        assert all(phone not in line for line in lines), lines
+        failed, retried, handler = (json.loads(line)["event"] for line in lines)
+        assert failed.startswith("Task exports.tasks.export_run_task[abc] raised unexpected: RuntimeError(")
+        assert "RuntimeError(" in retried and "RuntimeError(" in handler
+    finally:
+        logging.config.dictConfig(build_logging_config(fmt="console", level="WARNING"))
+
+
 def test_middleware_binds_tenant_to_the_log_context(web, world, monkeypatch):
     captured: dict = {}
     from tenants import views
