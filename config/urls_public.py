@@ -15,7 +15,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # Consortium members (exports.pooling): pooled, de-identified outputs only.
     path("consortia/", pooling_views.consortia_page, name="consortia"),
-    path("consortia/login/", views.login_view, name="consortium-login"),
+    path("consortia/login/", views.login_view, {"consortium": True}, name="consortium-login"),
     path("consortia/logout/", pooling_views.consortia_logout, name="consortium-logout"),
     path("consortia/<slug:slug>/", pooling_views.consortium_page, name="consortium"),
     path("consortia/<slug:slug>/runs/", pooling_views.consortium_run_start, name="consortium-run-start"),

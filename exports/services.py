@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -279,39 +280,38 @@ def _export_run(job: ExportJob) -> ExportJob:
             changed_since = not first_attempt and head != job.snapshot_seq
             if first_attempt or changed_since:
                 job.snapshot_seq, job.snapshot_at = head, timezone.now()
-            # The manifest's counts: kept by the Parquet writer when the run writes one
-            # (counted from its Arrow batches), else by a query on a second
-            # connection that imports this run's snapshot, on the other core, while this one
-            # writes the files (which may use the snapshot too: extract.long_csv_copy).
-            if outermost:
+            if outermost:  # other connections of the run may read the same snapshot
                 scope = dataclasses.replace(scope, snapshot=_snapshot_export())
-            from_parquet = ExportFormat.PARQUET in job.formats
+            # The manifest's counts: added up by the Parquet writer when the run writes
+            # Parquet; otherwise a query, on a second connection in this run's snapshot (on
+            # the other core) while this one writes the files.
+            parquet_counts: dict[tuple[str, str], int] | None = \
+                {} if ExportFormat.PARQUET in job.formats else None
             pending = extract.in_snapshot_beside(scope, lambda: _counts(scope)) \
-                if outermost and not from_parquet else None
-            counts = _counts(scope) if pending is None and not from_parquet else None
+                if outermost and parquet_counts is None else None
+            counts = _counts(scope) if parquet_counts is None and pending is None else None
             files = []
             for fmt in job.formats:
                 if fmt in JOB_WRITERS:
                     suffix = JOB_WRITERS[fmt]
                     writer = _odm_writer(job) if fmt == ExportFormat.ODM else _sdtm_writer(job)
                 elif fmt == ExportFormat.PARQUET:
-                    suffix, writer = WRITERS[fmt][0], tabular.LongParquet()
+                    suffix, writer = WRITERS[fmt][0], functools.partial(tabular.parquet_long, counts=parquet_counts)
                 else:
                     suffix, writer = WRITERS[fmt]
                 name = f"{job.study.code}_{suffix}"
                 file = _write_file(job, schema, name, fmt, writer, scope)
                 files.append(file)
-                if counts is None:
-                    counts = writer.counts if isinstance(writer, tabular.LongParquet) else \
-                        pending.result() if pending else None
-                # Until the counts are known (the Parquet file is not written yet), this
-                # file's rows stand for every file's.
+                if counts is None and fmt == ExportFormat.PARQUET:
+                    counts = tabular.manifest_counts(parquet_counts or {})
+                elif counts is None and pending is not None:
+                    counts = pending.result()
+                # Until the counts are known (Parquet comes later), this file's rows stand
+                # for every file's.
                 per_file = sum(row["values"] for row in counts) if counts is not None else file.rows
                 job.rows_total = per_file * len(job.formats)
                 job.rows_done += per_file
                 _progress(schema, job)
-            if counts is None and pending is not None:
-                counts = pending.result()
             assert counts is not None
             job.rows_total = job.rows_done = sum(row["values"] for row in counts) * len(job.formats)
         manifest = {

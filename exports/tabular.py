@@ -1,6 +1,6 @@
 """Tabular study exports, streamed from the long query (exports.extract.long_query):
 
-- ``parquet_long``: the long rows as Parquet (one row group per fetched batch);
+- ``parquet_long``: the long rows as Parquet, converted from the long CSV's COPY by Arrow;
 - ``xlsx_long``: the long rows as XLSX, a "README" sheet then "long_1", "long_2", ...
   (a new sheet every XLSX_MAX_DATA_ROWS data rows: Excel's limit, header included);
 - ``csv_wide``: a ZIP with one CSV per form ("VITALS.csv"): one row per entry, one
@@ -218,26 +218,22 @@ def _record_batch(rows: Sequence[tuple[Any, ...]]) -> pa.RecordBatch:
         schema=PARQUET_SCHEMA)
 
 
-def parquet_long(scope: ExportScope, out: IO[bytes]) -> int:
-    """See _parquet_long (LongParquet also keeps the counts)."""
-    return _parquet_long(scope, out, None)
-
-
-def _parquet_long(scope: ExportScope, out: IO[bytes], totals: dict[tuple[str, str], int] | None) -> int:
+def parquet_long(scope: ExportScope, out: IO[bytes], *, counts: dict[tuple[str, str], int] | None = None) -> int:
     """The long rows (LONG_COLUMNS, in the long CSV's order) as one Parquet file. The rows
     come from the same COPY as the long CSV, through a pipe, and are parsed by Arrow's CSV
     reader in C, block by block, in a second thread while PostgreSQL still sends them: no
     row becomes a Python object, memory is bounded by a block, and the conversion costs
     little more time than the COPY alone. Strings stay strings (a NULL is null, an empty
     text stays empty); occurrence, form_version and item_row are int32, visit_date is
-    date32. Returns the number of rows."""
+    date32. Returns the number of rows. With `counts`, adds the rows per (form, site) to
+    it on the way (the manifest's counts: a run writing Parquet needs no count query)."""
     read_end, write_end = os.pipe()
     # COPY hands over one row per write: a 1 MB pipe and write buffer (not 64 KB and 8 KB)
     # wake the converter once per megabyte rather than per few dozen rows.
     with contextlib.suppress(OSError):  # Linux only; the default size works, only slower
         fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     outcome: dict[str, Any] = {}
-    converter = threading.Thread(target=_parquet_from_csv, args=(read_end, out, outcome, totals),
+    converter = threading.Thread(target=_parquet_from_csv, args=(read_end, out, outcome, counts),
                                  name="export-parquet")
     converter.start()
     broken: BrokenPipeError | None = None
@@ -253,21 +249,6 @@ def _parquet_long(scope: ExportScope, out: IO[bytes], totals: dict[tuple[str, st
     if broken is not None:
         raise broken
     return int(outcome["rows"])
-
-
-class LongParquet:
-    """parquet_long as a writer that also keeps the manifest's counts of what it wrote
-    (`counts`, after the call): counted from the Arrow batches on their way to the file,
-    so a run writing Parquet needs no count query."""
-
-    def __init__(self) -> None:
-        self.counts: list[dict[str, Any]] | None = None
-
-    def __call__(self, scope: ExportScope, out: IO[bytes]) -> int:
-        totals: dict[tuple[str, str], int] = {}
-        rows = _parquet_long(scope, out, totals)
-        self.counts = manifest_counts(totals)
-        return rows
 
 
 def manifest_counts(totals: Mapping[tuple[str, str], int]) -> list[dict[str, Any]]:

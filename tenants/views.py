@@ -20,14 +20,13 @@ from tenants.forms import AcceptInvitationForm, FindOrganisationForm, InviteForm
 from tenants.roles import Role
 
 
-def login_view(request: HttpRequest) -> HttpResponse:
+def login_view(request: HttpRequest, *, consortium: bool = False) -> HttpResponse:
+    """Sign-in. `consortium` (set by the public host's /consortia/login/ route): for
+    consortium members, who belong to no organisation there; the page and its error say so."""
     next_url = request.POST.get("next") or request.GET.get("next") or ""
     if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
         next_url = ""
     form = LoginForm(request.POST or None)
-    # The same sign-in serves consortium members on the public host (/consortia/login/),
-    # who belong to no organisation here: the page and its error say so.
-    consortium = request.path.startswith("/consortia/")
     status = 200
     if request.method == "POST":
         if form.is_valid():

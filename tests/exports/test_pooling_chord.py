@@ -7,7 +7,7 @@ chord's error callback): a run never stays "running".
 The worker is another process, so it must see the data: three tenants are created and
 seeded through the real services and committed (in a module fixture, outside the tests'
 transactions), then dropped with their schemas at the end; what a test changes for the
-worker to see is committed on a connection of its own (`_committed`). The worker talks to a
+worker to see is committed on a connection of its own (`run_committed`). The worker talks to a
 redis-server of its own (the suite flushes its Redis db between tests) and writes to a
 media folder this module shares with it (workers share storage, never temp paths)."""
 
@@ -32,13 +32,14 @@ from django.test import override_settings
 
 from exports.pooling.aggregate import pooled_run_execute
 from exports.pooling.models import Consortium, DataSharingAgreement, PooledRun
+from tests.browser.server_env import committed as run_committed
 from tests.conftest import PASSWORD
 from tests.exports.test_pooling import FIELDS, _identity
 from tests.notifications.test_reminder_guarantees import PrivateRedis, _wait_for
 from tests.test_celery_worker import database_url
 
 # Sets the test database up and opens each test's transaction; what the worker must see
-# is committed elsewhere (the module fixture, `_committed`).
+# is committed elsewhere (the module fixture, `run_committed`).
 pytestmark = pytest.mark.django_db
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,23 +49,6 @@ APP_NAME = "pooling-chord"  # PostgreSQL application_name of the worker's proces
 SLUGS = tuple(f"chord-{letter}-{uuid.uuid4().hex[:6]}" for letter in "abc")
 CONSORTIUM = "chordpool"
 TASK = "exports.pooling.tasks.pooled_run_task"
-
-
-def _committed(work: Any) -> Any:
-    """`work()` on a thread, so on a database connection of its own in autocommit: what it
-    writes is committed at once and seen by the worker."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from django.db import connections
-
-    def run() -> Any:
-        try:
-            return work()
-        finally:
-            connections.close_all()
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="committed-db") as pool:
-        return pool.submit(run).result(timeout=300)
 
 
 # --- committed tenants -------------------------------------------------------------------------
@@ -247,7 +231,7 @@ def worker(committed, django_db_blocker, tmp_path_factory) -> Iterator[Worker]: 
 # --- the tests -----------------------------------------------------------------------------------
 
 def _run_on_worker(worker: Worker, committed: Committed, *, meanwhile: Any = None) -> PooledRun:
-    run = _committed(lambda: PooledRun.objects.create(consortium=committed.consortium, requested_by=committed.admin))
+    run = run_committed(lambda: PooledRun.objects.create(consortium=committed.consortium, requested_by=committed.admin))
     worker.start_run(run.pk)
     if meanwhile is not None:
         meanwhile()
@@ -315,11 +299,11 @@ def _set_first_visit_date(slug: str, value: str | None) -> Any:
 def test_a_tenant_part_failing_on_the_worker_fails_the_run_naming_the_tenant(committed, worker, settings):
     settings.STORAGES = committed.storages
     phi = committed.seeded[SLUGS[1]][0]["name"]
-    kept = _committed(lambda: _set_first_visit_date(SLUGS[1], f"{phi} 2026-13-45"))  # no date de-id can shift
+    kept = run_committed(lambda: _set_first_visit_date(SLUGS[1], f"{phi} 2026-13-45"))  # no date de-id can shift
     try:
         run = _run_on_worker(worker, committed)
     finally:
-        _committed(lambda: _set_first_visit_date(SLUGS[1], kept))
+        run_committed(lambda: _set_first_visit_date(SLUGS[1], kept))
     assert run.status == "failed" and run.finished_at is not None, worker.output()
     assert SLUGS[1] in run.error and "DeidError" in run.error
     assert SLUGS[0] not in run.error and SLUGS[2] not in run.error
@@ -356,7 +340,7 @@ def test_a_part_whose_process_dies_fails_the_run_instead_of_leaving_it_running(c
             connections.close_all()
 
     def waiting_on_the_lock() -> bool:
-        return bool(_committed(lambda: _sessions_waiting_on_a_lock()))
+        return bool(run_committed(lambda: _sessions_waiting_on_a_lock()))
 
     def kill_the_pool() -> None:
         _wait_for(waiting_on_the_lock, timeout=120, what="a part to wait on the lock", details=worker.output)
@@ -427,7 +411,7 @@ def test_a_study_export_in_two_halves_on_two_connections_writes_the_same_bytes(c
         return {"rows": rows, "csv": one_csv.getvalue(), "parquet": one_parquet.getvalue(), "job": job,
                 "files": files}
 
-    result = _committed(export)
+    result = run_committed(export)
     job = result["job"]
     assert job.status == "done", job.error
     # Both formats of the run were written in halves: a header-less second COPY each.
