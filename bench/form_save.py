@@ -60,6 +60,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3,
                         help="echo/save phase pairs per level, alternating (this VM's speed drifts by 10-15%% "
                              "over a minute; alternating keeps both sides under the same conditions)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the scratch database of an earlier run (its unsaved visits; a new API token) "
+                             "instead of dropping and filling it again; for trying changes, not for recorded figures")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)  # the load process
     return parser.parse_args(argv)
 
@@ -129,6 +132,61 @@ def setup(subject_count: int) -> dict[str, Any]:
         cursor.execute("VACUUM ANALYZE")
     return {"host": tenant_domain(SLUG), "token": raw_token, "form": form_version.form_id, "tasks": tasks,
             "visit_date": day.isoformat()}
+
+
+def reuse(subject_count: int) -> dict[str, Any] | None:
+    """The earlier run's tenant with a new token, and its D7 visits without an entry yet;
+    None when there is no such database or too few visits are left."""
+    import psycopg2
+
+    try:
+        with psycopg2.connect(db_url()) as probe, probe.cursor() as cursor:
+            cursor.execute("SELECT to_regclass('public.tenants_tenant') IS NOT NULL")
+            filled = cursor.fetchone()[0]
+        probe.close()
+    except psycopg2.OperationalError:
+        return None
+    if not filled:
+        return None
+    setup_django()
+    from config.db import tenant_connection as connection
+    from ecrf.models import Entry, FormDefinition
+    from studies.models import FollowUpTask
+    from tenants import services as tenant_services
+    from tenants.models import Tenant, TenantMembership
+
+    tenant = Tenant.objects.filter(slug=SLUG).first()
+    if tenant is None:
+        from django.db import connections
+
+        connections.close_all()  # setup() drops this database next
+        return None
+    membership = TenantMembership.objects.get(tenant=tenant, role="coordinator")
+    _token, raw_token = tenant_services.token_issue(user=membership.user, tenant=tenant, label="bench reuse")
+    connection.set_tenant(tenant)
+    from django.db.models import Exists, OuterRef
+    from django.utils import timezone
+
+    tasks = list(FollowUpTask.objects.filter(event_code="D7").exclude(Exists(Entry.objects.filter(task=OuterRef("pk"))))
+                 .order_by("pk").values_list("pk", flat=True)[:subject_count])
+    if len(tasks) < subject_count:
+        from sites.models import Site
+        from studies import services as study_services
+        from studies.models import Study
+
+        missing = subject_count - len(tasks)
+        log(f"reuse: {len(tasks)} unsaved visits left, enrolling {missing} more subjects")
+        study, site, day = Study.objects.get(code="SAVE"), Site.objects.get(code="B1"), timezone.localdate()
+        for _n in range(missing):
+            subject = study_services.subject_enrol(study=study, site=site, consent_date=day)
+            tasks.append(subject.tasks.get(event_code="D7").pk)
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE")
+    from tenants.services import tenant_domain
+
+    log(f"reuse: {len(tasks)} unsaved visits in the earlier run's database")
+    return {"host": tenant_domain(SLUG), "token": raw_token, "form": FormDefinition.objects.get().pk, "tasks": tasks,
+            "visit_date": timezone.localdate().isoformat()}
 
 
 # --- the load (a separate process, so the server's figures are not the client's GIL) -----------
@@ -211,10 +269,14 @@ def free_port() -> int:
 
 def start_gunicorn(workers: int, worker_class: str = "sync", threads: int = 1) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
+    # Production's gunicorn settings (infra/gunicorn.conf.py: preload, the collector
+    # frozen after start-up), with this run's bind address and worker model. Worker
+    # recycling is off: a fresh worker's first requests refill its caches, noise here.
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.bench", "BENCH_DATABASE_URL": db_url(),
-           "BENCH_ECHO_ENDPOINT": "1"}
+           "BENCH_ECHO_ENDPOINT": "1", "GUNICORN_MAX_REQUESTS": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "infra" / "gunicorn.conf.py"), "config.wsgi",
+         "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
          "--worker-class", worker_class, "--threads", str(threads if worker_class == "gthread" else 1),
          "--keep-alive", "5", "--log-level", "warning", "--timeout", "60"],
         cwd=ROOT, env=env)
@@ -249,8 +311,10 @@ def main(argv: list[str]) -> None:
     # A generous bound on what one phase can save: 320 saves/s (measured: at most ~250).
     per_phase = int(320 * (args.seconds + 3.5))
     subject_count = args.subjects or per_phase * len(levels) * args.rounds
-    log(f"setup: {subject_count} subjects in a fresh database ...")
-    data = setup(subject_count)
+    data = reuse(subject_count) if args.reuse else None
+    if data is None:
+        log(f"setup: {subject_count} subjects in a fresh database ...")
+        data = setup(subject_count)
     log(machine_info())
     tasks: list[int] = list(data["tasks"])
     proc, port = start_gunicorn(args.workers, args.worker_class, args.threads)

@@ -12,6 +12,7 @@ in query strings. Referer and User-Agent are left out for the same reason.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -96,4 +97,32 @@ class ProbeQuietLogger(Logger):
 
 
 logger_class = ProbeQuietLogger
+
+
+# --- garbage collector ------------------------------------------------------------------
+# Django, the app and their caches are some 170,000 objects that live as long as the
+# process. Left to the cyclic collector, each full collection walks all of them: 80 ms
+# with the worker stalled, about every 600 form saves (measured in process,
+# docs/BENCHMARKS.md §5), a latency spike for whichever requests wait on that worker.
+# gc.freeze() moves them to a generation the collector never scans: once when the app is
+# loaded (in the master with preload_app, so the forked workers also keep those pages
+# shared instead of copying them when the collector writes to the objects' headers), and
+# once more after the first requests have filled the lazy caches (URL resolvers,
+# translation catalogues, prepared statements, published form versions). Garbage that
+# exists at that moment is kept for the worker's life; max_requests bounds it.
+GC_FREEZE_AFTER_REQUESTS = _int("GUNICORN_GC_FREEZE_AFTER", 200)
+
+
+def when_ready(server: Any) -> None:
+    gc.freeze()
+
+
+def post_worker_init(worker: Any) -> None:
+    gc.freeze()
+
+
+def post_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
+    if worker.nr == GC_FREEZE_AFTER_REQUESTS:
+        gc.collect()  # what is garbage by now is not frozen with the rest
+        gc.freeze()
 proc_name = "suifang-web"

@@ -1,0 +1,97 @@
+"""infra/gunicorn.conf.py: the production server settings load in a real gunicorn, the
+collector is frozen after start-up, and the access log never carries a query string."""
+
+from __future__ import annotations
+
+import gc
+import os
+import runpy
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+CONF = Path(__file__).resolve().parent.parent / "infra" / "gunicorn.conf.py"
+
+
+@pytest.fixture
+def conf() -> dict:
+    return runpy.run_path(str(CONF))
+
+
+@pytest.fixture
+def unfrozen():
+    gc.unfreeze()
+    yield
+    gc.unfreeze()  # the test process keeps collecting everything, as before
+
+
+def test_worker_start_freezes_what_is_loaded(conf, unfrozen):
+    assert gc.get_freeze_count() == 0
+    conf["post_worker_init"](SimpleNamespace(nr=0))
+    assert gc.get_freeze_count() > 10_000  # pytest, Django and the app are loaded here
+
+
+def test_freezes_again_once_after_the_first_requests(conf, unfrozen):
+    after = conf["GC_FREEZE_AFTER_REQUESTS"]
+    worker = SimpleNamespace(nr=after - 1)
+    conf["post_request"](worker, None, {}, None)
+    assert gc.get_freeze_count() == 0  # not yet
+    worker.nr = after
+    conf["post_request"](worker, None, {}, None)
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    worker.nr = after + 1
+    garbage_and_more = [[index] for index in range(1000)]
+    conf["post_request"](worker, None, {}, None)
+    assert gc.get_freeze_count() == frozen  # only once
+    assert garbage_and_more
+
+
+def test_access_log_has_the_path_only(conf):
+    line = conf["access_log_format"]
+    assert "%(U)s" in line
+    for leaks in ("%(q)s", "%(r)s", "%(f)s", "%(a)s"):
+        assert leaks not in line
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_real_gunicorn_serves_with_these_settings(tmp_path):
+    """Every hook runs in a real arbiter and worker (preload, when_ready in the master,
+    post_worker_init and post_request in the worker): a failing hook would kill the
+    worker or be logged as an exception."""
+    port = _free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test", "PORT": str(port),
+           "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2", "GUNICORN_GC_FREEZE_AFTER": "2",
+           "GUNICORN_WORKER_TMP_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    log_file = tmp_path / "gunicorn.log"
+    with log_file.open("wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", str(CONF), "config.wsgi"],
+                                  cwd=CONF.parent.parent, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            statuses = []
+            deadline = time.monotonic() + 60
+            while len(statuses) < 4 and time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+                        statuses.append(response.status)
+                except OSError:
+                    time.sleep(0.3)
+            assert statuses == [200, 200, 200, 200]
+            assert server.poll() is None
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    output = log_file.read_text(errors="replace")
+    assert "Exception in" not in output, output
+    assert "Traceback" not in output, output
