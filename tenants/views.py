@@ -10,6 +10,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
@@ -34,6 +35,11 @@ def login_view(request: HttpRequest, *, consortium: bool = False) -> HttpRespons
                                 password=form.cleaned_data["password"])
             if user is not None:
                 login(request, user)
+                # A consortium member counts as signed in on the consortium pages only:
+                # sent anywhere else ("/") they would land looking signed out.
+                if consortium and not user.is_staff and not next_url.startswith(
+                        tuple(settings.PUBLIC_MEMBER_PATH_PREFIXES)):
+                    next_url = reverse("consortia")
                 return HttpResponseRedirect(next_url or settings.LOGIN_REDIRECT_URL_PATH)
             form.add_error("password", _("Email or password is incorrect.") if consortium else
                            _("Email or password is incorrect, or you have no access to this organisation."))

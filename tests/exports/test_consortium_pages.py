@@ -333,3 +333,21 @@ def test_the_consortium_sign_in_speaks_to_members_not_to_an_organisation(pool, m
     assert "organisation" not in body and 'value="stats@cardio.example.org"' in body  # typed email kept
     client.cookies["django_language"] = "zh-hans"
     assert "联盟成员" in client.get("/consortia/login/").content.decode()
+
+
+@pytest.mark.parametrize(("next_url", "lands_on"), [
+    ("", "/consortia/"),  # no next: the consortium pages, not the landing page
+    ("/", "/consortia/"),  # where a member counts as signed out
+    ("/admin/", "/consortia/"),  # the operators' console
+    ("/consortia/cardio/", "/consortia/cardio/"),  # a member's own page is kept
+])
+def test_a_member_signed_in_lands_where_they_are_signed_in(pool, members, next_url, lands_on):
+    client = Client(HTTP_HOST="localhost")
+    client.cookies["django_language"] = "en"
+    signed_in = client.post("/consortia/login/", {"email": "stats@cardio.example.org", "password": PASSWORD,
+                                                  "next": next_url})
+    assert signed_in.status_code == 302
+    assert signed_in["Location"] == lands_on
+    page = client.get(lands_on)
+    assert page.status_code == 200
+    assert "stats@cardio.example.org" in page.content.decode()  # shown as signed in
