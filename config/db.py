@@ -45,6 +45,16 @@ def update_statement(instance: Any, *, fields: tuple[str, ...] | list[str]) -> t
             f"WHERE {quote(meta.pk.column)} = %s", [*values, instance.pk])
 
 
+BIGINT_MAX = 2**63 - 1
+
+
+def are_row_ids(*values: int) -> bool:
+    """Whether every value can be a bigint primary key. URL converters accept any
+    number of digits; the ORM answers "no such row" for an id past bigint, but a
+    hand-written statement would fail with "bigint out of range" (a 500)."""
+    return all(0 < value <= BIGINT_MAX for value in values)
+
+
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
 

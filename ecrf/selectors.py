@@ -12,7 +12,7 @@ from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from config.caching import PerSchemaCache
-from config.db import execute_prepared, instance_from_row
+from config.db import are_row_ids, execute_prepared, instance_from_row
 from ecrf.models import Entry, FormDefinition, FormVersion, FormVersionStatus, Query, QueryStatus
 from sites.models import Site
 from sites.selectors import site_scope_sql
@@ -95,7 +95,7 @@ class EntryTarget:
 
 def entry_target_get(*, membership: Any, task_id: int, form_id: int) -> EntryTarget | None:
     """None when the task does not exist or is not at one of the member's sites."""
-    if membership is None:
+    if membership is None or not are_row_ids(task_id, form_id):
         return None
     scope, params = site_scope_sql(membership=membership, column="s.site_id")
     sql = _TARGET_SQL + (f" AND {scope}" if scope else "")

@@ -488,8 +488,9 @@ def query_act(*, query: Query, action: str, text: str, actor: Actor) -> Query:
     with transaction.atomic():
         locked = Query.objects.select_for_update().select_related("entry__form").get(pk=query.pk)
         if locked.status not in allowed_from:
+            done = {"answer": _("answered"), "close": _("closed"), "reopen": _("re-opened")}[action]
             raise Conflict("bad_transition", _("A query that is %(status)s cannot be %(action)s.")
-                           % {"status": QueryStatus(locked.status).label, "action": action})
+                           % {"status": QueryStatus(locked.status).label, "action": done})
         now = timezone.now()
         locked.status = target
         if target == QueryStatus.ANSWERED:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import zoneinfo
 from typing import Any
 
 import structlog
@@ -30,7 +31,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from config.errors import DomainError
+from config.errors import DomainError, ValidationFailed
 from config.web import request_member
 from ecrf import epro, selectors, services
 from ecrf.definition import VALUELESS_TYPES, iter_items
@@ -283,7 +284,8 @@ def _js_messages() -> dict[str, str]:
         "submitted": _("Thank you. Your answers have been sent."),
         "draft_saved": _("Saved. You can come back to this link later to finish."),
         "not_answered": _("not answered"),
-        "answer_sent": _("Answer sent."),
+        "answer_sent": _("Answer sent."), "query_closed": _("Query closed."),
+        "query_reopened": _("Query re-opened."),
         # File items (the texts of the template and of the script are the same messages).
         "file_choose": _("Choose a file…"), "file_replace": _("Replace the file…"),
         "file_byte": _("%(n)s byte"), "file_bytes": _("%(n)s bytes"),
@@ -307,15 +309,19 @@ def _js_messages() -> dict[str, str]:
 
 
 def _entry_page_context(request: HttpRequest, *, membership: Any, task: Any, form: Any, entry: Entry | None,
-                        version: Any) -> dict[str, Any]:
+                        version: Any, posted: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`posted`: a page action that was refused, by form key ("raise-<item path>",
+    "q-<query id>-<action>", "verify-<item path>", "verify", "lock"): {"text": what was
+    typed, "errors": [...]}, shown again in that form instead of being lost."""
     language = _language()
     subject = task.subject
     definition = version.definition
     today = site_today(subject.site)
     context = selectors.entry_context(subject=subject, task=task, form_code=form.code, today=today)
     visible, hard = _stored_evaluation(definition=definition, entry=entry, context=context, language=language)
+    casebook_locked = CasebookLock.objects.filter(subject_id=subject.pk).exists()
     can_edit = (membership.role in selectors.ENTRY_ROLES and not (entry is not None and entry.locked)
-                and not CasebookLock.objects.filter(subject_id=subject.pk).exists())
+                and not casebook_locked)
     values = entry.values if entry else _defaults(definition)
     renderer = _Renderer(definition=definition, values=values, missing=entry.missing if entry else {},
                          verified=entry.verified if entry else {}, queries=_queries_by_item(entry), errors=hard,
@@ -369,6 +375,11 @@ def _entry_page_context(request: HttpRequest, *, membership: Any, task: Any, for
         "patient_reported": patient_reported, "can_issue_link": patient_reported and can_edit,
         "can_answer": membership.role in services.QUERY_ANSWERING_ROLES,
         "can_close": membership.role in services.QUERY_RAISING_ROLES,
+        # Monitoring from the page: queries on items, source data verification, locks.
+        "can_raise": entry is not None and membership.role in services.QUERY_RAISING_ROLES,
+        "can_verify": entry is not None and membership.role == "monitor",
+        "can_lock": entry is not None and membership.role in services.LOCKING_ROLES,
+        "casebook_locked": casebook_locked, "posted": posted or {},
         "channel_choices": [("email", _("Email")), ("sms", _("SMS"))],
         "hard_count": len(hard), "file_specs": file_specs,
     }
@@ -387,11 +398,21 @@ def entry_view(request: HttpRequest, task_id: int, form_id: int) -> HttpResponse
 @require_GET
 def entry_queries_view(request: HttpRequest, task_id: int, form_id: int) -> HttpResponse:
     """The open queries of the entry, by item (a fragment the page swaps in after a save)."""
-    membership, _task, _form, entry, _version = _entry_target(request, task_id, form_id)
+    membership, task, form, entry, _version = _entry_target(request, task_id, form_id)
     by_item = _queries_by_item(entry)
-    return render(request, "ecrf/_queries_fragment.html", {
-        "by_item": sorted(by_item.items()), "can_answer": membership.role in services.QUERY_ANSWERING_ROLES,
-        "can_close": membership.role in services.QUERY_RAISING_ROLES, "task": _task, "form": _form})
+    # In the site's time zone, as the page it goes into (entry.html).
+    with _site_time_zone(task.subject.site):
+        return render(request, "ecrf/_queries_fragment.html", {
+            "by_item": sorted(by_item.items()), "can_answer": membership.role in services.QUERY_ANSWERING_ROLES,
+            "can_close": membership.role in services.QUERY_RAISING_ROLES, "task": task, "form": form})
+
+
+def _site_time_zone(site: Any) -> Any:
+    try:
+        zone = zoneinfo.ZoneInfo(site.time_zone or "UTC")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        zone = zoneinfo.ZoneInfo("UTC")
+    return timezone.override(zone)
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -404,30 +425,97 @@ def _error_json(exc: DomainError) -> JsonResponse:
                         status=exc.status_code)
 
 
+def _web_actor(request: HttpRequest, membership: Any) -> services.Actor:
+    return services.Actor(user_id=int(request.user.pk or 0), label=str(getattr(request.user, "email", "")),
+                          role=membership.role, source="web", display_name=membership.display_name or "")
+
+
+def _page_action(request: HttpRequest, target: tuple[Any, Any, Any, Entry | None, Any], *, key: str, anchor: str,
+                 done: str, act: Any) -> HttpResponse:
+    """Run a monitoring action posted from the entry page (`act(actor)`). The page's
+    script gets JSON; a plain form post (no JavaScript) is redirected back to the item
+    on success, and on a refusal gets the page again with what was typed and the reason
+    next to the form that was used (never a redirect that loses the text)."""
+    membership, task, form, entry, version = target
+    try:
+        act(_web_actor(request, membership))
+    except DomainError as exc:
+        if _wants_json(request):
+            return _error_json(exc)
+        errors = [m for ms in exc.fields.values() for m in ms] or [str(exc.message)]
+        typed = request.POST.get("text", request.POST.get("reason", ""))[:services.MAX_QUERY_TEXT]
+        refreshed = selectors.entry_for(task_id=task.pk, form_id=form.pk) if entry is not None else None
+        return render(request, "ecrf/entry.html", _entry_page_context(
+            request, membership=membership, task=task, form=form, entry=refreshed, version=version,
+            posted={key: {"text": typed, "errors": errors}}), status=exc.status_code)
+    if _wants_json(request):
+        return JsonResponse({"ok": True})
+    messages.success(request, done)
+    return redirect(reverse("ecrf-entry", kwargs={"task_id": task.pk, "form_id": form.pk}) + anchor)
+
+
 @login_required
 @require_POST
 def query_act_view(request: HttpRequest, task_id: int, form_id: int, query_id: int, action: str) -> HttpResponse:
     """Answer (site), close or re-open (monitor, data manager) a query from the page. A
     form post (works without JavaScript) or, from the page's script, JSON back."""
-    membership, task, form, entry, _version = _entry_target(request, task_id, form_id)
+    target = _entry_target(request, task_id, form_id)
+    membership, task, form, entry, _version = target
     query = (selectors.queries_visible(membership=membership).filter(pk=query_id, entry__task_id=task.pk,
                                                                      entry__form_id=form.pk).first()
              if entry is not None else None)
     if query is None or action not in QUERY_ACTIONS:
         raise Http404
-    actor = services.Actor(user_id=int(request.user.pk or 0), label=str(getattr(request.user, "email", "")),
-                           role=membership.role, source="web", display_name=membership.display_name or "")
-    try:
-        services.query_act(query=query, action=action, text=request.POST.get("text", ""), actor=actor)
-    except DomainError as exc:
-        if _wants_json(request):
-            return _error_json(exc)
-        messages.error(request, " ".join([str(exc.message), *[m for ms in exc.fields.values() for m in ms]]))
-    else:
-        if _wants_json(request):
-            return JsonResponse({"query": query.pk, "action": action})
-        messages.success(request, _("Query updated."))
-    return redirect(reverse("ecrf-entry", kwargs={"task_id": task.pk, "form_id": form.pk}) + f"#{_dom_id(query.item)}")
+    return _page_action(
+        request, target, key=f"q-{query.pk}-{action}", anchor=f"#{_dom_id(query.item)}", done=_("Query updated."),
+        act=lambda actor: services.query_act(query=query, action=action, text=request.POST.get("text", ""),
+                                             actor=actor))
+
+
+def _existing_entry(entry: Entry | None) -> Entry:
+    if entry is None:
+        raise ValidationFailed({"item": [_("Nothing has been entered in this form yet.")]})
+    return entry
+
+
+@login_required
+@require_POST
+def query_raise_view(request: HttpRequest, task_id: int, form_id: int) -> HttpResponse:
+    """A monitor or data manager raises a query on one item (POST item, text)."""
+    target = _entry_target(request, task_id, form_id)
+    item = request.POST.get("item", "")[:200]
+    return _page_action(
+        request, target, key=f"raise-{item}", anchor=f"#{_dom_id(item)}", done=_("Query raised."),
+        act=lambda actor: services.query_raise(entry=_existing_entry(target[3]), item=item,
+                                               text=request.POST.get("text", ""), actor=actor))
+
+
+@login_required
+@require_POST
+def entry_verify_view(request: HttpRequest, task_id: int, form_id: int) -> HttpResponse:
+    """A monitor marks one item (POST item) or every item with data (POST all=1) as
+    verified against the source."""
+    target = _entry_target(request, task_id, form_id)
+    item = request.POST.get("item", "")[:200]
+    every = request.POST.get("all") == "1"
+    return _page_action(
+        request, target, key="verify" if every else f"verify-{item}", anchor="" if every else f"#{_dom_id(item)}",
+        done=_("Marked as verified against the source."),
+        act=lambda actor: services.entry_verify(entry=_existing_entry(target[3]), items=None if every else [item],
+                                                actor=actor))
+
+
+@login_required
+@require_POST
+def entry_lock_view(request: HttpRequest, task_id: int, form_id: int, action: str) -> HttpResponse:
+    """A data manager locks the form's entry, or unlocks it with a reason."""
+    target = _entry_target(request, task_id, form_id)
+    if action not in ("lock", "unlock"):
+        raise Http404
+    return _page_action(
+        request, target, key="lock", anchor="", done=_("Locked.") if action == "lock" else _("Unlocked."),
+        act=lambda actor: services.entry_lock_set(entry=_existing_entry(target[3]), locked_state=action == "lock",
+                                                  reason=request.POST.get("reason", ""), actor=actor))
 
 
 # --- casebook signature ------------------------------------------------------------------------------

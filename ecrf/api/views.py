@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Any
 
 from django.http import FileResponse, HttpResponse
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
@@ -490,5 +492,12 @@ class EproLinkView(APIView):
         link, url = epro_link_issue(task=task, form=form, actor=actor_for(request),
                                     base_url=tenant_url(request._request.tenant.slug),  # type: ignore[attr-defined]
                                     channel=data["channel"], ttl=timedelta(hours=data["ttl_hours"]))
-        return Response({"url": url, "expires_at": link.expires_at, "channel": data["channel"]},
+        # For the coordinator's page: the expiry in the site's time zone, as the patient sees it.
+        site_zone = task.subject.site.time_zone or "UTC"
+        try:
+            expires_local = timezone.localtime(link.expires_at, zoneinfo.ZoneInfo(site_zone))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            site_zone, expires_local = "UTC", link.expires_at
+        return Response({"url": url, "expires_at": link.expires_at, "channel": data["channel"],
+                         "expires_display": f"{expires_local:%Y-%m-%d %H:%M} ({site_zone})"},
                         status=status.HTTP_201_CREATED)

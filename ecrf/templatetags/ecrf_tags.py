@@ -67,3 +67,21 @@ def task_forms(context: template.Context, task: Any) -> list[dict[str, Any]]:
 def get_item(mapping: Any, key: Any) -> Any:
     """mapping[key] in a template (None when absent)."""
     return mapping.get(key) if isinstance(mapping, dict) else None
+
+
+@register.simple_tag
+def posted_state(posted: Any, *parts: Any) -> dict[str, Any]:
+    """The refused submission of one of the page's forms (ecrf.views._page_action), by
+    the form's key parts joined with "-": {"text", "errors"}, or {} when there is none."""
+    if not isinstance(posted, dict):
+        return {}
+    found = posted.get("-".join(str(part) for part in parts))
+    return found if isinstance(found, dict) else {}
+
+
+@register.filter
+def item_anchor(path: Any) -> str:
+    """The id of an item's input on the entry page (ecrf.views._dom_id), for links to it."""
+    from ecrf.views import _dom_id
+
+    return _dom_id(str(path))

@@ -1042,11 +1042,14 @@
       var node = document.getElementById(id);
       if (node) node.innerHTML = "";
     });
+    var button = document.getElementById("epro-send");
+    if (button && button.disabled) return;  // one link per click: a double click must not send two
+    if (button) button.disabled = true;
     request(config.epro_url, "POST", {channel: channel.value, ttl_hours: Number(ttl.value)}).then(function (response) {
       var body = response.body;
       if (response.status === 201) {
         result.hidden = false;
-        result.querySelector(".epro-until").textContent = fmt(M.epro_created, {until: body.expires_at});
+        result.querySelector(".epro-until").textContent = fmt(M.epro_created, {until: body.expires_display || body.expires_at});
         result.querySelector(".epro-url").value = body.url;
         return;
       }
@@ -1060,7 +1063,7 @@
       if (!Object.keys(fields).length) addErrors(document.getElementById("epro-errors"), [error.message || fmt(M.error, {status: response.status})]);
     }).catch(function () {
       addErrors(document.getElementById("epro-errors"), [M.network]);
-    });
+    }).then(function () { if (button) button.disabled = false; });
   }
 
   // --- queries (answer / close / re-open without leaving the page) -----------------------------
@@ -1077,12 +1080,17 @@
       text.focus();
       return;
     }
+    var submit = form.querySelector("button[type=submit]");
+    if (submit && submit.disabled) return;  // already on its way
+    if (submit) submit.disabled = true;
+    var done = {answer: M.answer_sent, close: M.query_closed, reopen: M.query_reopened}[form.dataset.action];
     fetch(form.action, {method: "POST", credentials: "same-origin", body: new FormData(form),
       headers: {"X-Requested-With": "fetch", "X-CSRFToken": csrfToken, "Accept": "application/json"}})
       .then(function (response) {
         return response.json().catch(function () { return {}; }).then(function (body) {
+          if (submit) submit.disabled = false;
           if (response.ok) {
-            notice(M.answer_sent, "success", "query-notice");
+            notice(done || M.answer_sent, "success", "query-notice");
             return refreshQueries();
           }
           var problem = body.error || {};
@@ -1093,7 +1101,11 @@
           error.textContent = messages.join(" ");
         });
       })
-      .catch(function () { error.hidden = false; error.textContent = M.network; });
+      .catch(function () {
+        if (submit) submit.disabled = false;
+        error.hidden = false;
+        error.textContent = M.network;
+      });
   });
 
   // --- wiring ------------------------------------------------------------------------------------

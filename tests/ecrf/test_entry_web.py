@@ -14,7 +14,7 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from ecrf.models import EproLink, Query, QueryStatus, Signature
+from ecrf.models import Entry, EproLink, Query, QueryStatus, Signature
 from ecrf.samples import label as _label
 from tests.conftest import PASSWORD
 from tests.ecrf import test_entries
@@ -116,6 +116,16 @@ def test_roles_sites_and_tenants(crf, web, world, email_of, api):
     coordinator = _page(web, world, email_of("coordinator", "alpha"))
     assert coordinator.get(f"/visits/{crf['task']}/forms/999999/").status_code == 404
     assert coordinator.get(f"/visits/999999/forms/{crf['form']}/").status_code == 404
+    # Ids past bigint: "no such visit", never "bigint out of range" from the database.
+    huge = "9" * 20
+    for path in (f"/visits/{huge}/forms/{crf['form']}/", f"/visits/{crf['task']}/forms/{huge}/",
+                 f"/visits/{crf['task']}/forms/{huge}/queries/"):
+        assert coordinator.get(path).status_code == 404, path
+    by_token = api(world.alpha, email_of("coordinator", "alpha"))
+    for path in (f"/api/v1/tasks/{huge}/forms/{crf['form']}/entry/",
+                 f"/api/v1/tasks/{crf['task']}/forms/{huge}/entry/"):
+        assert by_token.get(path).status_code == 404, path
+        assert by_token.put(path, {"values": {}, "version": 0}, format="json").status_code == 404, path
     # A monitor of the tenant who works at none of this subject's sites sees nothing of it.
     elsewhere = _page(web, world, "both@example.org")
     assert elsewhere.get(url).status_code == 404
@@ -418,3 +428,127 @@ def test_queries_page_reports_per_site_and_lists_them(crf, web, world, email_of,
     viewer = web(world.alpha)
     _login(viewer, email_of("viewer", "alpha"))
     assert viewer.get("/queries/").status_code == 403
+
+
+def _audit_actions(in_tenant, world) -> list[str]:  # type: ignore[no-untyped-def]
+    from ecrf.models_audit import AuditEvent
+
+    in_tenant(world.alpha)
+    actions = list(AuditEvent.objects.order_by("seq").values_list("action", flat=True))
+    connection.set_schema_to_public()
+    return actions
+
+
+def test_monitoring_from_the_page_queries_sdv_and_locks(crf, web, world, email_of, in_tenant):
+    """Without JavaScript (plain form posts): a monitor raises a query on an item and
+    verifies items, a data manager locks and unlocks; a refusal shows the page again with
+    what was typed and why, next to the form used."""
+    url = _entry_url(crf)
+    coordinator = _page(web, world, email_of("coordinator", "alpha"))
+    assert "Raise a query" not in coordinator.get(url).content.decode()  # the site answers, it does not raise
+    monitor = _page(web, world, email_of("monitor", "alpha"))
+    before_entry = monitor.get(url).content.decode()
+    assert "Raise a query" not in before_entry and "Mark verified" not in before_entry  # nothing entered yet
+    refused = monitor.post(f"{url}queries/raise/", {"item": "weight", "text": "Source says 71?"})
+    assert refused.status_code == 400 and "Nothing has been entered in this form yet." in refused.content.decode()
+    assert _put(crf["coordinator"], crf, GOOD, version=0).status_code == 200
+
+    page = monitor.get(url).content.decode()
+    assert page.count("Raise a query") >= 10 and "Mark verified" in page and "Lock this form" not in page
+    raised = monitor.post(f"{url}queries/raise/", {"item": "weight", "text": "Source says 71?"})
+    assert raised.status_code == 302 and raised["Location"].endswith(f"{url}#f-weight")
+    in_tenant(world.alpha)
+    query = Query.objects.get()
+    assert (query.item, query.origin, query.status) == ("weight", "manual", QueryStatus.OPEN)
+    connection.set_schema_to_public()
+    # Refused: an empty question, an unknown item: the page again, the typed text kept.
+    empty = monitor.post(f"{url}queries/raise/", {"item": "height", "text": "   "})
+    assert empty.status_code == 400 and "Write the message." in empty.content.decode()
+    unknown = monitor.post(f"{url}queries/raise/", {"item": "nope", "text": "What is this?"})
+    assert unknown.status_code == 400 and "No such item in this entry." in unknown.content.decode()
+    in_tenant(world.alpha)
+    assert Query.objects.count() == 1  # nothing saved by a refusal
+    connection.set_schema_to_public()
+    # The site cannot raise one, even by posting the form itself.
+    assert coordinator.post(f"{url}queries/raise/", {"item": "weight", "text": "x"}).status_code == 403
+
+    verified = monitor.post(f"{url}verify/", {"item": "weight"})
+    assert verified.status_code == 302 and verified["Location"].endswith("#f-weight")
+    in_tenant(world.alpha)
+    entry = Entry.objects.get()
+    assert set(entry.verified) == {"weight"}
+    connection.set_schema_to_public()
+    assert monitor.post(f"{url}verify/", {"all": "1"}).status_code == 302
+    in_tenant(world.alpha)
+    assert {"weight", "height", "sbp", "meds[0].med_name"} <= set(Entry.objects.get().verified)
+    connection.set_schema_to_public()
+    assert "Mark verified" not in monitor.get(url).content.decode()  # nothing left to verify
+    assert coordinator.post(f"{url}verify/", {"all": "1"}).status_code == 403  # monitors only
+
+    manager = _page(web, world, email_of("data_manager", "alpha"))
+    assert monitor.post(f"{url}lock/", {"reason": ""}).status_code == 403
+    assert "Lock this form" in manager.get(url).content.decode()
+    assert manager.post(f"{url}lock/", {"reason": "Database lock"}).status_code == 302
+    locked_page = coordinator.get(url).content.decode()
+    assert "This record is locked" in locked_page and "Mark complete" not in locked_page
+    no_reason = manager.post(f"{url}unlock/", {"reason": "  "})
+    assert no_reason.status_code == 400 and "Give a reason for unlocking." in no_reason.content.decode()
+    in_tenant(world.alpha)
+    assert Entry.objects.get().locked  # still locked
+    connection.set_schema_to_public()
+    assert manager.post(f"{url}unlock/", {"reason": "Late lab result"}).status_code == 302
+    in_tenant(world.alpha)
+    assert not Entry.objects.get().locked
+    connection.set_schema_to_public()
+    actions = _audit_actions(in_tenant, world)
+    assert actions.count("query_open") == 1 and actions.count("sdv_set") >= 5
+    assert actions[-2:] == ["lock", "unlock"]
+
+    # Another tenant's user never reaches this entry's actions.
+    beta = web(world.beta)
+    _login(beta, email_of("data_manager", "beta"))
+    for path in ("queries/raise/", "verify/", "lock/", "unlock/"):
+        assert beta.post(f"{url}{path}", {"item": "weight", "text": "x", "reason": "x", "all": "1"}).status_code == 404
+
+
+def test_a_refused_answer_keeps_the_typed_text_and_says_why_in_the_users_language(
+        crf, web, world, email_of, in_tenant):
+    _put(crf["coordinator"], crf, {**GOOD, "weight": "30"}, version=0)
+    in_tenant(world.alpha)
+    query = Query.objects.get()
+    connection.set_schema_to_public()
+    monitor = _page(web, world, email_of("monitor", "alpha"))
+    assert monitor.post(f"{_entry_url(crf)}queries/{query.pk}/close/", {"text": "OK"}).status_code == 302
+    site = _page(web, world, email_of("coordinator", "alpha"), language="zh-hans")
+    late = site.post(f"{_entry_url(crf)}queries/{query.pk}/answer/", {"text": "我仔细核对过原始记录"})
+    html = late.content.decode()
+    assert late.status_code == 409
+    assert "我仔细核对过原始记录</textarea>" in html  # kept in the answer box
+    said = re.sub(r"<[^>]+>", "", html.split('role="alert"')[1].split("</p>")[0])
+    assert "已关闭" in said and "answer" not in said  # no English word inside the Chinese sentence
+
+
+def test_the_casebook_lock_is_shown_as_such(crf, web, world, email_of, api):
+    assert _put(crf["coordinator"], crf, GOOD, version=0).status_code == 200
+    manager = api(world.alpha, email_of("data_manager", "alpha"))
+    assert manager.post(f"/api/v1/subjects/{crf['subject']}/casebook/lock/", {"reason": "x"},
+                        format="json").status_code == 200
+    page = _page(web, world, email_of("coordinator", "alpha")).get(_entry_url(crf)).content.decode()
+    assert "Casebook locked" in page and "casebook is locked" in page
+    assert "your role does not enter data" not in page and "Mark complete" not in page
+
+
+def test_query_times_are_in_the_sites_zone_on_the_page_and_in_its_fragment(crf, web, world, email_of, in_tenant):
+    from sites.models import Site
+
+    in_tenant(world.alpha)
+    Site.objects.update(time_zone="America/New_York")  # the tenant is on Asia/Shanghai
+    connection.set_schema_to_public()
+    _put(crf["coordinator"], crf, {**GOOD, "weight": "30"}, version=0)
+    in_tenant(world.alpha)
+    raised_at = timezone.localtime(Query.objects.get().messages.get().at,
+                                   __import__("zoneinfo").ZoneInfo("America/New_York")).strftime("%Y-%m-%d %H:%M")
+    connection.set_schema_to_public()
+    page = _page(web, world, email_of("coordinator", "alpha"))
+    assert raised_at in page.get(_entry_url(crf)).content.decode()
+    assert raised_at in page.get(f"{_entry_url(crf)}queries/").content.decode()
