@@ -35,6 +35,7 @@ from ecrf.models import FormDefinition
 from exports import extract, tabular
 from exports.models import ExportFile, ExportFormat, ExportJob, ExportStatus
 from exports.storage import export_storage, file_digest, presigned_download_url
+from sites.models import Site
 from sites.selectors import site_ids_visible
 from studies.models import Study
 
@@ -82,6 +83,12 @@ def export_start(*, membership: Any, study: Study, formats: Sequence[str], forms
     if visible is not None and (not sites or set(sites) - visible):
         # A member assigned to sites exports those sites only, and must say which.
         problems["sites"] = [_("Choose among your own sites.")]
+    elif sites and "sites" not in problems:
+        # An id that names no site here would give an export that is "done" and empty.
+        unknown_sites = set(sites) - set(Site.objects.filter(pk__in=set(sites)).values_list("pk", flat=True))
+        if unknown_sites:
+            problems["sites"] = [_("No such site: %(value)s.") % {
+                "value": ", ".join(str(site) for site in sorted(unknown_sites))[:300]}]
     if date_from and date_to and date_from > date_to:
         problems["date_to"] = [_("The end date is before the start date.")]
     if problems:

@@ -33,8 +33,8 @@ class ExportStartSerializer(serializers.Serializer):
                                     max_length=len(ExportFormat.values))
     forms = serializers.ListField(child=serializers.CharField(max_length=30), required=False, default=list,
                                   max_length=services.MAX_FILTER_ITEMS)
-    sites = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, default=list,
-                                  max_length=services.MAX_FILTER_ITEMS)
+    sites = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), required=False,
+                                  default=list, max_length=services.MAX_FILTER_ITEMS)
     date_from = serializers.DateField(required=False, allow_null=True, default=None)
     date_to = serializers.DateField(required=False, allow_null=True, default=None)
 

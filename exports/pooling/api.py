@@ -17,16 +17,27 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api.permissions import IsTenantMember, request_membership
-from config.errors import NotFound
+from config.api.pagination import Pagination
+from config.api.permissions import request_membership, role_required
+from config.errors import NotFound, PermissionDenied
 from exports.pooling import selectors, services
 from exports.pooling.models import Consortium, DataSharingAgreement, PooledRun
+from tenants.roles import Role
 
 
 def _consortium(slug: str) -> Consortium:
     consortium = Consortium.objects.filter(slug=slug).first()
     if consortium is None:
         raise NotFound("not_found", _("No such consortium."))
+    return consortium
+
+
+def _member_consortium(request: Request, slug: str) -> Consortium:
+    """A consortium the user has a role in. An unknown slug gets the same 403 as a
+    consortium without a role, as on the pages: slugs cannot be probed."""
+    consortium = Consortium.objects.filter(slug=slug).first()
+    if consortium is None or selectors.member_role(user=request.user, consortium=consortium) is None:
+        raise PermissionDenied("permission_denied", _("You do not have a role in this consortium that allows this."))
     return consortium
 
 
@@ -51,19 +62,22 @@ class ConsortiaView(MemberView):
 class ConsortiumRunsView(MemberView):
     @extend_schema(responses={200: dict}, summary="Pooled runs of a consortium (members with a role)")
     def get(self, request: Request, slug: str) -> Response:
-        runs = services.pooled_runs(user=request.user, consortium=_consortium(slug))
-        return Response([_run_state(run) for run in runs[:100]])
+        runs = services.pooled_runs(user=request.user, consortium=_member_consortium(request, slug))
+        paginator = Pagination()
+        page = paginator.paginate_queryset(runs, request, view=self)
+        return paginator.get_paginated_response([_run_state(run) for run in page or []])
 
     @extend_schema(request=None, responses={202: dict}, summary="Start a pooled run (consortium coordinator)")
     def post(self, request: Request, slug: str) -> Response:
-        run = services.pooled_run_start(user=request.user, consortium=_consortium(slug))
+        run = services.pooled_run_start(user=request.user, consortium=_member_consortium(request, slug))
         return Response(_run_state(run), status=status.HTTP_202_ACCEPTED)
 
 
 class PooledRunView(MemberView):
     @extend_schema(responses={200: dict}, summary="A pooled run: status and manifest")
     def get(self, request: Request, slug: str, run_id: int) -> Response:
-        run = services.pooled_runs(user=request.user, consortium=_consortium(slug)).filter(pk=run_id).first()
+        run = services.pooled_runs(user=request.user, consortium=_member_consortium(request, slug)).filter(
+            pk=run_id).first()
         if run is None:
             raise NotFound("not_found", _("No such pooled run."))
         return Response(_run_state(run))
@@ -72,7 +86,7 @@ class PooledRunView(MemberView):
 class PooledFileView(MemberView):
     @extend_schema(responses={200: bytes}, summary="Download a pooled, de-identified file")
     def get(self, request: Request, slug: str, run_id: int, name: str) -> FileResponse:
-        consortium = _consortium(slug)
+        consortium = _member_consortium(request, slug)
         run = PooledRun.objects.filter(consortium=consortium, pk=run_id).select_related("consortium").first()
         if run is None:
             raise NotFound("not_found", _("No such pooled run."))
@@ -97,26 +111,31 @@ def _agreement_state(agreement: DataSharingAgreement | None) -> dict[str, Any] |
             "accepted_at": agreement.accepted_at, "withdrawn_at": agreement.withdrawn_at}
 
 
+# What an organisation shares is the tenant admin's to see and decide (as on the page).
+_TENANT_ADMIN = role_required(Role.TENANT_ADMIN)
+
+
 class TenantConsortiaView(APIView):
-    permission_classes = [IsTenantMember]
+    permission_classes = [_TENANT_ADMIN]
 
     @extend_schema(responses={200: dict}, summary="Consortia, their common data elements and our agreement")
     def get(self, request: Request) -> Response:
         tenant = request._request.tenant  # type: ignore[attr-defined]
-        request_membership(request)
-        out = []
-        for consortium in Consortium.objects.all()[:200]:
-            agreement = (DataSharingAgreement.objects.filter(consortium=consortium, tenant=tenant)
-                         .order_by("-accepted_at").first())
-            out.append({"slug": consortium.slug, "name": consortium.name,
-                        "coordinating_organisation": consortium.coordinating_organisation,
-                        "protocol": consortium.protocol, "common_data_elements": consortium.common_data_elements,
-                        "agreement": _agreement_state(agreement)})
-        return Response(out)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(Consortium.objects.order_by("name", "pk"), request, view=self) or []
+        latest: dict[int, DataSharingAgreement] = {}
+        for agreement in (DataSharingAgreement.objects.filter(consortium__in=page, tenant=tenant)
+                          .order_by("consortium_id", "-accepted_at")):
+            latest.setdefault(agreement.consortium_id, agreement)
+        return paginator.get_paginated_response([
+            {"slug": consortium.slug, "name": consortium.name,
+             "coordinating_organisation": consortium.coordinating_organisation,
+             "protocol": consortium.protocol, "common_data_elements": consortium.common_data_elements,
+             "agreement": _agreement_state(latest.get(consortium.pk))} for consortium in page])
 
 
 class TenantAgreementView(APIView):
-    permission_classes = [IsTenantMember]
+    permission_classes = [_TENANT_ADMIN]
 
     @extend_schema(request=AgreementSerializer, responses={201: dict},
                    summary="Accept the consortium's data-sharing agreement (tenant admin)")

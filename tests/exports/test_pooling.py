@@ -201,7 +201,8 @@ def test_only_members_with_a_consortium_role_see_and_download_pooled_outputs(thr
 
     member = _public(statistician)
     assert [c["slug"] for c in member.get("/api/v1/consortia/").json()] == ["heart"]
-    assert member.get(base).json()[0]["manifest"]["deidentification"]["achieved_k"] >= 3
+    listed_runs = member.get(base).json()
+    assert listed_runs["count"] == 1 and listed_runs["results"][0]["manifest"]["deidentification"]["achieved_k"] >= 3
     download = member.get(file_url)
     assert download.status_code == 200 and b"".join(download.streaming_content) == long_bytes
     # A statistician of another consortium, a tenant's own admin, nobody: 403 with the error shape.
@@ -210,11 +211,21 @@ def test_only_members_with_a_consortium_role_see_and_download_pooled_outputs(thr
     for client in (_public(outsider), _public(world.users["tenant_admin@alpha.example.org"]), _public(None)):
         _assert_error_shape(client.get(base), 403)
         _assert_error_shape(client.get(file_url), 403)
+    # An unknown consortium gets the same answer as one without a role: slugs cannot be probed.
+    unknown = _assert_error_shape(_public(outsider).get("/api/v1/consortia/no-such-one/runs/"), 403)
+    assert unknown == _assert_error_shape(_public(outsider).get(base), 403)
     # Starting a run is the coordinator's; a statistician may not.
     _assert_error_shape(member.post(base), 403)
     started = _public(coordinator).post(base)
     assert started.status_code == 202 and started.json()["status"] == "queued"
     _assert_error_shape(member.get(f"{base}{run.pk}/files/../../etc/passwd/"), 404)
+    # The run list pages (older runs are reachable, not cut off).
+    PooledRun.objects.bulk_create([PooledRun(consortium=consortium, requested_by=coordinator, status="failed",
+                                             error="x") for _ in range(60)])
+    first, second = member.get(base).json(), member.get(base + "?page=2").json()
+    assert first["count"] == 62 and len(first["results"]) == 50 and first["next"]
+    assert len(second["results"]) == 12
+    assert not {r["id"] for r in first["results"]} & {r["id"] for r in second["results"]}
 
 
 def test_a_tenant_admin_accepts_and_withdraws_an_agreement_for_their_own_organisation(three_tenants, api, world,
@@ -224,7 +235,11 @@ def test_a_tenant_admin_accepts_and_withdraws_an_agreement_for_their_own_organis
     url = "/api/v1/consortia/heart/agreement/"
     admin = api(world.beta, email_of("tenant_admin", "beta"))
     listed = admin.get("/api/v1/consortia/").json()
-    assert listed[0]["slug"] == "heart" and listed[0]["agreement"]["status"] == "active"
+    assert listed["count"] == 1
+    assert listed["results"][0]["slug"] == "heart" and listed["results"][0]["agreement"]["status"] == "active"
+    # What the organisation shares is the admin's business: other members get 403.
+    for role in ("coordinator", "monitor", "viewer", "data_manager"):
+        _assert_error_shape(api(world.beta, email_of(role, "beta")).get("/api/v1/consortia/"), 403)
     _assert_error_shape(admin.post(url, {"study": "CRF", "items": ["VITALS.weight"]}, format="json"), 409)
     assert admin.delete(url).json()["status"] == "withdrawn"
     _assert_error_shape(admin.delete(url), 404)

@@ -186,6 +186,8 @@ def test_roles_other_tenants_and_links(exported, api, world, email_of, in_tenant
     ({"formats": ["parquet", "pdf"]}, "formats"),  # one unknown format: the whole request is refused
     ({"formats": ["csv_long"], "forms": ["NOPE"]}, "forms"),
     ({"formats": ["csv_long"], "sites": ["x"]}, "sites"),
+    ({"formats": ["csv_long"], "sites": [987654]}, "sites"),  # no such site: not a "done" empty export
+    ({"formats": ["csv_long"], "sites": [10**25]}, "sites"),
     ({"formats": ["csv_long"], "forms": ["A"] * 201}, "forms"),
     ({"formats": ["csv_long"], "date_from": "2026-02-01", "date_to": "2026-01-01"}, "date_to"),
     ({"formats": ["csv_long"], "date_from": "yesterday"}, "date_from"),
