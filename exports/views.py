@@ -21,7 +21,7 @@ from django.shortcuts import redirect, render
 from django.utils import translation
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods
 
 from config.errors import DomainError, add_domain_error
 from config.web import request_member
@@ -207,12 +207,15 @@ def export_job_view(request: HttpRequest, job_id: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def export_retry_view(request: HttpRequest, job_id: int) -> HttpResponse:
     """Requeue a failed job. Only a failed job moves back to queued, once (the update is
-    conditional), so a double click queues one run."""
+    conditional), so a double click queues one run. A GET (the sign-in page sends a user
+    whose session ended back here) shows the job's page, where the button is."""
     membership = _exporter(request)
     job = _job_or_404(membership, job_id)
+    if request.method == "GET":
+        return redirect("export-job", job_id=job.pk)
     if services.export_retry(membership=membership, job=job):
         messages.success(request, _("Export queued again."))
     else:

@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from config.errors import DomainError
 from exports.pooling import selectors, services
@@ -99,11 +99,17 @@ def consortium_page(request: HttpRequest, slug: str) -> HttpResponse:
     })
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 def consortium_run_start(request: HttpRequest, slug: str) -> HttpResponse:
-    """The coordinator's button. Any other role gets the 403 page (it has no button)."""
+    """The coordinator's button. Any other role gets the 403 page (it has no button). A
+    GET (the sign-in page sends a user whose session ended back here) goes to the
+    consortium's page, where the button is, instead of an empty 405: nothing is started
+    without a click."""
+    page = f"{LIST_URL}{slug}/#runs"
     if not request.user.is_authenticated:
-        return _login_redirect(request)
+        return HttpResponseRedirect("/consortia/login/?" + urlencode({"next": page.removesuffix("#runs")}))
+    if request.method == "GET":
+        return HttpResponseRedirect(page)
     found = _member_consortium(request, slug)
     if found is None or found[1] != ConsortiumRole.COORDINATOR:
         return _forbidden(request)

@@ -351,3 +351,19 @@ def test_a_member_signed_in_lands_where_they_are_signed_in(pool, members, next_u
     page = client.get(lands_on)
     assert page.status_code == 200
     assert "stats@cardio.example.org" in page.content.decode()  # shown as signed in
+
+
+def test_a_click_after_the_session_ended_signs_in_and_lands_on_the_page_not_a_405(pool, members):
+    """The session ended while the page was open: "Start a pooled run" sends the user to
+    sign in; signed in, they land on the consortium's page, and nothing was started."""
+    client = Client(HTTP_HOST="localhost")
+    client.cookies["django_language"] = "en"
+    clicked = client.post("/consortia/cardio/runs/")
+    assert clicked.status_code == 302 and clicked["Location"].startswith("/consortia/login/?next=")
+    next_url = clicked["Location"].split("next=", 1)[1].replace("%2F", "/")
+    signed_in = client.post("/consortia/login/", {"email": "lead@cardio.example.org", "password": PASSWORD,
+                                                  "next": next_url})
+    landing = client.get(signed_in["Location"], follow=True)
+    assert landing.status_code == 200 and "Start a pooled run" in landing.content.decode()
+    assert client.get("/consortia/cardio/runs/").status_code == 302  # a GET never starts a run
+    assert not PooledRun.objects.filter(consortium=pool["consortium"]).exists()

@@ -250,7 +250,9 @@ def test_retry_requeues_a_failed_job_once_for_exporting_roles(exported, page_as,
     assert page_as("coordinator").post(f"/exports/{failed.pk}/retry/").status_code == 403
     assert page_as("statistician").post(f"/exports/{failed.pk}/retry/").status_code == 404  # not theirs
     client = page_as("data_manager")
-    assert client.get(f"/exports/{failed.pk}/retry/").status_code == 405
+    # A GET (the sign-in page's way back after a session ended mid-click) shows the job, queues nothing.
+    shown = client.get(f"/exports/{failed.pk}/retry/")
+    assert shown.status_code == 302 and shown["Location"] == f"/exports/{failed.pk}/"
     assert queued == []
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(f"/exports/{failed.pk}/retry/")
