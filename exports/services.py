@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from datetime import date
+from datetime import date, timedelta
 from typing import IO, Any
 
 import structlog
@@ -266,13 +266,50 @@ def export_run(*, job_id: int) -> ExportJob:
         job.refresh_from_db()
         if job.status == ExportStatus.DONE:  # finished while this one waited for the lock
             return job
+        if job.status == ExportStatus.RUNNING and job.attempts >= MAX_LOST_RUNS:
+            # "Running" with nobody holding the lock: earlier runs died with their worker
+            # (redelivered: tasks.export_run_task). A job that keeps killing its worker (out
+            # of memory, say) stops here instead of looping; its page offers Retry.
+            _mark_lost(job)
+            return job
         return _export_run(job)
+
+
+# Runs of one job that may end with their worker process before it is failed for good.
+MAX_LOST_RUNS = 3
+LOST_RUN_ERROR = "WorkerLost"
+# Not judged in its first seconds (a job marked running by hand, or by a run that has
+# just begun, is left alone).
+LOST_RUN_GRACE = timedelta(seconds=30)
+
+
+def _mark_lost(job: ExportJob) -> None:
+    if ExportJob.objects.filter(pk=job.pk, status=ExportStatus.RUNNING).update(
+            status=ExportStatus.FAILED, error=LOST_RUN_ERROR, error_is_data=False):
+        log.warning("export.worker_lost", job=job.pk, attempts=job.attempts)
+    job.refresh_from_db()
+
+
+def job_lost_check(job: ExportJob) -> ExportJob:
+    """A job shown as running whose run lock nobody holds lost its worker (a run holds
+    the lock from before it marks the job running until it marks it done or failed):
+    it is failed, so its page stops waiting and offers Retry. A redelivered task may
+    still pick it up; it then runs as a retry would."""
+    if job.status == ExportStatus.RUNNING and job.started_at is not None and \
+            job.started_at < timezone.now() - LOST_RUN_GRACE:
+        with _run_lock(connection.schema_name, job.pk) as acquired:
+            if acquired:
+                _mark_lost(job)
+    return job
 
 
 def _export_run(job: ExportJob) -> ExportJob:
     job.attempts += 1
     job.status, job.started_at, job.error = ExportStatus.RUNNING, timezone.now(), ""
     job.save(update_fields=["attempts", "status", "started_at", "error"])
+    # A retry starts from nothing, not from the failed attempt's last figure (still cached).
+    job.rows_done = job.rows_total = 0
+    _progress(connection.schema_name, job)
     scope = _scope(job)
     schema = connection.schema_name
     outermost = not connection.in_atomic_block
@@ -460,6 +497,7 @@ def export_file_download_url(*, membership: Any, file: ExportFile) -> str | None
 
 
 def job_state(job: ExportJob) -> dict[str, Any]:
+    job = job_lost_check(job)
     done, total = job.rows_done, job.rows_total
     if job.status == ExportStatus.RUNNING:
         live = cache.get(progress_key(connection.schema_name, job.pk)) or {}

@@ -9,8 +9,10 @@ from typing import Any
 from config.celery import app
 
 
+# reject_on_worker_lost: a run whose worker process dies (out of memory, a deploy) is
+# delivered again instead of acknowledged and forgotten; exports.services bounds how often.
 @app.task(bind=True, name="exports.tasks.export_run_task", max_retries=3, default_retry_delay=30,
-          acks_late=True)
+          acks_late=True, reject_on_worker_lost=True)
 def export_run_task(self: Any, job_id: int) -> dict[str, Any]:
     from exports.services import export_run, is_data_error
 

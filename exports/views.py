@@ -200,6 +200,9 @@ def export_job_view(request: HttpRequest, job_id: int) -> HttpResponse:
         "js_messages": {
             "download_failed": _("The download link could not be created. Reload the page and try again."),
             "poll_failed": _("Lost contact with the server; still trying…"),
+            "poll_gone": _("This export is no longer available to you: you may have been signed out. Reload the "
+                           "page."),
+            "rows": _("%(done)s of %(total)s values written"),
             "copied": _("Copied"),
             "statuses": {value: str(label) for value, label in ExportStatus.choices},
         },

@@ -43,6 +43,11 @@
       bar.textContent = percent + " %";
     }
     if (text) text.textContent = percent + " %";
+    var rows = document.getElementById("export-rows");
+    if (rows && M.rows && state.rows_total !== undefined) {
+      rows.textContent = M.rows.replace("%(done)s", String(state.rows_done || 0))
+        .replace("%(total)s", String(state.rows_total || 0));
+    }
     if (status && state.status) {
       status.textContent = (M.statuses && M.statuses[state.status]) || state.status;
       status.className = "badge status-" + state.status;
@@ -52,10 +57,16 @@
   function poll() {
     fetch(root.getAttribute("data-api"), {credentials: "same-origin", headers: {Accept: "application/json"}})
       .then(function (response) {
+        if (response.status === 401 || response.status === 403 || response.status === 404) {
+          // Signed out, or the export is gone: asking again every few seconds cannot help.
+          notice(M.poll_gone, "error");
+          return null;
+        }
         if (!response.ok) throw new Error("HTTP " + response.status);
         return response.json();
       })
       .then(function (state) {
+        if (state === null) return;
         notice("");
         showProgress(state);
         if (RUNNING[state.status]) {

@@ -324,3 +324,46 @@ def test_a_failed_run_shows_a_data_problem_and_never_an_unexpected_errors_messag
     assert "unexpected error" in shown and "RuntimeError" in shown and "Zhang San" not in shown
     state = client.get(f"/api/v1/exports/{crash_job.pk}/").json()
     assert state["error"] == "RuntimeError" and state["error_is_data"] is False and "Zhang" not in str(state)
+
+
+def test_a_job_whose_worker_died_is_shown_failed_with_retry(exported, page_as, world, email_of, in_tenant):
+    """"Running" while no run holds the job's lock means its worker process ended: the
+    page says so and offers Retry, instead of waiting for ever. A job that a live worker
+    runs (it holds the lock, here from another real database session) stays running."""
+    import psycopg2
+
+    from exports import services
+
+    manager = world.users[email_of("data_manager", "alpha")]
+    from django.utils import timezone
+
+    minute_ago = timezone.now() - dt.timedelta(minutes=1)
+    lost = _job(world, study_id=exported["study"], requested_by=manager, formats=["csv_long"], status="running",
+                attempts=1, started_at=minute_ago)
+    live = _job(world, study_id=exported["study"], requested_by=manager, formats=["csv_long"], status="running",
+                attempts=1, started_at=minute_ago)
+    just_started = _job(world, study_id=exported["study"], requested_by=manager, formats=["csv_long"],
+                        status="running", attempts=1, started_at=timezone.now())
+    worker = psycopg2.connect(**connection.get_connection_params())
+    try:
+        with worker.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(('x' || substr(md5(%s), 1, 16))::bit(64)::bigint)",
+                           [f"suifang:export:{world.alpha.schema_name}:{live.pk}"])
+        client = page_as("data_manager")
+        page = _tree(client.get(f"/exports/{lost.pk}/"))
+        assert "worker process" in page.xpath("string(//*[@id='export-failed'])")
+        assert page.xpath("//button[@id='retry-button']")
+        assert not _tree(client.get(f"/exports/{live.pk}/")).xpath("//*[@id='export-failed']")
+        assert not _tree(client.get(f"/exports/{just_started.pk}/")).xpath("//*[@id='export-failed']")
+        in_tenant(world.alpha)
+        assert ExportJob.objects.get(pk=lost.pk).status == "failed"
+        assert ExportJob.objects.get(pk=live.pk).status == "running"
+        connection.set_schema_to_public()
+    finally:
+        worker.close()
+    # A job whose runs keep ending with their worker is failed instead of run again for ever.
+    again = _job(world, study_id=exported["study"], requested_by=manager, formats=["csv_long"], status="running",
+                 attempts=services.MAX_LOST_RUNS)
+    in_tenant(world.alpha)
+    ended = services.export_run(job_id=again.pk)
+    assert (ended.status, ended.error, ended.attempts) == ("failed", "WorkerLost", services.MAX_LOST_RUNS)
