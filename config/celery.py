@@ -35,3 +35,19 @@ def bind_task_log_context(task_id: str | None = None, task: Any = None, **_kwarg
 
         tag_tenant(tenant)
 
+
+
+class QueueUnavailable(Exception):
+    """The broker could not take a task (it is down or unreachable)."""
+
+
+def enqueue(task: Any, *args: Any) -> None:
+    """task.delay(*args), with a broker failure raised as QueueUnavailable: the caller
+    records that its job was not queued (instead of leaving it "queued" for ever) and
+    tells the user, instead of a 500."""
+    from kombu.exceptions import OperationalError
+
+    try:
+        task.delay(*args)
+    except (OperationalError, OSError) as error:
+        raise QueueUnavailable(type(error).__name__) from error

@@ -29,7 +29,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from config.db import tenant_connection as connection
-from config.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from config.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
 from ecrf import audit
 from ecrf.models import FormDefinition
 from exports import extract, tabular
@@ -98,11 +98,33 @@ def export_start(*, membership: Any, study: Study, formats: Sequence[str], forms
         filters={"forms": sorted(forms), "sites": sorted(sites), "date_from": date_from.isoformat() if date_from
                  else None, "date_to": date_to.isoformat() if date_to else None, "source": source})
     if queue:
-        from exports.tasks import export_run_task
-
-        transaction.on_commit(lambda: export_run_task.delay(job.pk))
+        _queue_after_commit(job.pk)
     log.info("export.queued", job=job.pk, study=study.pk, formats=wanted)
     return job
+
+
+QUEUE_UNAVAILABLE_ERROR = "QueueUnavailable"
+
+
+def _queue_after_commit(job_pk: int) -> None:
+    """Publish the job's task once the job is committed. When the broker cannot take it,
+    the job is failed (so its page offers Retry, and nothing waits for a task that was
+    never sent) and the caller gets a 503 saying to try again."""
+    from config.celery import QueueUnavailable, enqueue
+    from exports.tasks import export_run_task
+
+    def publish() -> None:
+        try:
+            enqueue(export_run_task, job_pk)
+        except QueueUnavailable as error:
+            ExportJob.objects.filter(pk=job_pk, status=ExportStatus.QUEUED).update(
+                status=ExportStatus.FAILED, error=QUEUE_UNAVAILABLE_ERROR, error_is_data=False)
+            log.error("export.queue_unavailable", job=job_pk, error=str(error))
+            raise DomainError("queue_unavailable", _("The export could not be queued: the task queue cannot be "
+                                                     "reached just now. Nothing was lost; try again in a minute."),
+                              status_code=503) from error
+
+    transaction.on_commit(publish)
 
 
 def export_retry(*, membership: Any, job: ExportJob) -> bool:
@@ -113,11 +135,8 @@ def export_retry(*, membership: Any, job: ExportJob) -> bool:
     requeued = ExportJob.objects.filter(pk=job.pk, status=ExportStatus.FAILED).update(
         status=ExportStatus.QUEUED, error="")
     if requeued:
-        from exports.tasks import export_run_task
-
-        job_pk = job.pk
-        transaction.on_commit(lambda: export_run_task.delay(job_pk))
-        log.info("export.requeued", job=job_pk)
+        _queue_after_commit(job.pk)
+        log.info("export.requeued", job=job.pk)
     return bool(requeued)
 
 

@@ -153,6 +153,7 @@ def study_exports_view(request: HttpRequest, study_id: int) -> HttpResponse:
     form = ExportStartForm(request.POST if request.method == "POST" else None,
                            initial={"formats": [ExportFormat.CSV_LONG]},
                            form_choices=form_choices, site_choices=site_choices)
+    refused_status: int | None = None
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -161,6 +162,7 @@ def study_exports_view(request: HttpRequest, study_id: int) -> HttpResponse:
                                         date_to=data["date_to"], source="web")
         except DomainError as exc:
             add_domain_error(form, exc)
+            refused_status = exc.status_code  # 503 when the queue is down: not the user's mistake
         else:
             messages.success(request, _("Export queued."))
             return redirect("export-job", job_id=job.pk)
@@ -177,7 +179,7 @@ def study_exports_view(request: HttpRequest, study_id: int) -> HttpResponse:
         "form_options": _options(form, "forms", list(form_choices)),
         "site_options": _options(form, "sites", list(site_choices)),
         "own_sites_only": site_selectors.site_ids_visible(membership=membership) is not None,
-    }, status=400 if form.errors else 200)
+    }, status=(refused_status or 400) if form.errors else 200)
 
 
 @login_required
@@ -219,8 +221,13 @@ def export_retry_view(request: HttpRequest, job_id: int) -> HttpResponse:
     job = _job_or_404(membership, job_id)
     if request.method == "GET":
         return redirect("export-job", job_id=job.pk)
-    if services.export_retry(membership=membership, job=job):
-        messages.success(request, _("Export queued again."))
+    try:
+        requeued = services.export_retry(membership=membership, job=job)
+    except DomainError as exc:  # the queue cannot be reached: the job is failed again, Retry stays
+        messages.error(request, str(exc.message))
     else:
-        messages.error(request, _("Only a failed export can be retried."))
+        if requeued:
+            messages.success(request, _("Export queued again."))
+        else:
+            messages.error(request, _("Only a failed export can be retried."))
     return redirect("export-job", job_id=job.pk)

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from config.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from config.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
 from exports.pooling import selectors
 from exports.pooling.models import (
     AgreementStatus,
@@ -94,10 +94,23 @@ def pooled_run_start(*, user: Any, consortium: Consortium, queue: bool = True) -
                        fields=problems)
     run = PooledRun.objects.create(consortium=consortium, requested_by_id=user.pk)
     if queue:
-        from exports.pooling.tasks import pooled_run_task
-
-        transaction.on_commit(lambda: pooled_run_task.delay(run.pk))
+        transaction.on_commit(lambda: _publish_run(run))
     return run
+
+
+def _publish_run(run: PooledRun) -> None:
+    """The run's task, once the run is committed; when the broker cannot take it, the run
+    is failed (never "queued" for ever) and the coordinator gets a 503."""
+    from config.celery import QueueUnavailable, enqueue
+    from exports.pooling.tasks import pooled_run_task
+
+    try:
+        enqueue(pooled_run_task, run.pk)
+    except QueueUnavailable as error:
+        PooledRun.objects.filter(pk=run.pk, status="queued").update(
+            status="failed", error="the task queue could not be reached", finished_at=timezone.now())
+        raise DomainError("queue_unavailable", _("The run could not be queued: the task queue cannot be reached "
+                                                 "just now. Try again in a minute."), status_code=503) from error
 
 
 def pooled_runs(*, user: Any, consortium: Consortium) -> Any:

@@ -6,6 +6,8 @@ moto serves presigned GETs without checking their signature or expiry (moto 5.2.
 would still download. The gateway checks both from the SigV4 specification (written
 here, not taken from botocore, so it is an independent check) and forwards valid
 requests to moto unchanged.
+
+Also `broker_down`: the Celery app pointed at a port where nothing listens.
 """
 
 from __future__ import annotations
@@ -230,3 +232,21 @@ def s3_settings(settings: Any, s3_server: str, monkeypatch: pytest.MonkeyPatch) 
     settings.EXPORTS_S3_FILE_OVERWRITE = False
     settings.EXPORTS_S3_CHECKSUMS = "when_supported"
     return S3Target(endpoint=s3_server, bucket=bucket, client=client)
+
+
+@pytest.fixture
+def broker_down():  # type: ignore[no-untyped-def]
+    """The Celery app pointed at a port where nothing listens (a broker that is down),
+    then back: real connection attempts, refused by the operating system."""
+    from config.celery import app
+
+    def switch(url: str) -> None:
+        app.conf.broker_url = url
+        app.conf.broker_write_url = None
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    saved = app.conf.broker_url
+    switch("redis://127.0.0.1:9/0")
+    yield
+    switch(saved)

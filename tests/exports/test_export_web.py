@@ -367,3 +367,33 @@ def test_a_job_whose_worker_died_is_shown_failed_with_retry(exported, page_as, w
     in_tenant(world.alpha)
     ended = services.export_run(job_id=again.pk)
     assert (ended.status, ended.error, ended.attempts) == ("failed", "WorkerLost", services.MAX_LOST_RUNS)
+
+
+def test_a_broker_that_is_down_fails_the_job_with_a_message_not_a_500(
+        exported, world, email_of, in_tenant, api, page_as, broker_down, django_capture_on_commit_callbacks):
+    """Start and Retry while the task queue cannot be reached (a real refused connection):
+    a 503 error that says to try again, and the job failed, so its page offers Retry,
+    never "queued" for ever. (Views run without a transaction of their own in production,
+    so the publish runs inside the request; in a test it waits for the test's commit.)"""
+    from config.errors import DomainError
+
+    manager = api(world.alpha, email_of("data_manager", "alpha"))
+    with django_capture_on_commit_callbacks() as publish:
+        accepted = manager.post(f"/api/v1/studies/{exported['study']}/exports/", {"formats": ["csv_long"]},
+                                format="json")
+    assert accepted.status_code == 202 and len(publish) == 1
+    with pytest.raises(DomainError) as refused:
+        publish[0]()
+    assert refused.value.status_code == 503 and refused.value.code == "queue_unavailable"
+    assert "cannot be reached" in str(refused.value.message)
+    in_tenant(world.alpha)
+    job = ExportJob.objects.get()
+    assert (job.status, job.error) == ("failed", "QueueUnavailable")
+    connection.set_schema_to_public()
+    # Retry while it is still down: failed again, not stuck; the page still offers Retry.
+    with django_capture_on_commit_callbacks() as publish:
+        assert page_as("data_manager").post(f"/exports/{job.pk}/retry/").status_code == 302
+    with pytest.raises(DomainError):
+        publish[0]()
+    in_tenant(world.alpha)
+    assert ExportJob.objects.get(pk=job.pk).status == "failed"

@@ -562,3 +562,21 @@ def test_a_bad_declaration_is_refused_naming_its_path_and_no_run_starts(world, h
         pooled_run_execute(run_id=run.pk)
     run.refresh_from_db()
     assert run.status == "failed" and path in run.error
+
+
+def test_a_run_started_while_the_broker_is_down_is_failed_not_left_queued(
+        three_tenants, broker_down, django_capture_on_commit_callbacks):
+    from config.errors import DomainError
+    from exports.pooling.models import ConsortiumMember
+    from tenants.models import User
+
+    consortium = three_tenants["consortium"]
+    lead = User.objects.create_user(email="lead@heart.example.org", password=PASSWORD)
+    ConsortiumMember.objects.create(consortium=consortium, user=lead, role="coordinator")
+    with django_capture_on_commit_callbacks() as publish:
+        assert _public(lead).post(f"/api/v1/consortia/{consortium.slug}/runs/").status_code == 202
+    with pytest.raises(DomainError) as refused:
+        publish[0]()  # what runs inside the request in production (views have no transaction)
+    assert refused.value.status_code == 503 and refused.value.code == "queue_unavailable"
+    run = PooledRun.objects.get()
+    assert run.status == "failed" and run.finished_at is not None
