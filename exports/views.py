@@ -171,7 +171,7 @@ def study_exports_view(request: HttpRequest, study_id: int) -> HttpResponse:
     rows = []
     for job in page:
         state = services.job_state(job)
-        rows.append({"job": job, "state": state, "percent": _percent(state)})
+        rows.append({"job": job, "state": state, "percent": _percent(state), "format_labels": _format_labels(job)})
     available = frozenset(str(f) for f in services.AVAILABLE_FORMATS)
     return render(request, "exports/study_exports.html", {
         "study": study, "form": form, "page": page, "rows": rows,
@@ -180,6 +180,10 @@ def study_exports_view(request: HttpRequest, study_id: int) -> HttpResponse:
         "site_options": _options(form, "sites", list(site_choices)),
         "own_sites_only": site_selectors.site_ids_visible(membership=membership) is not None,
     }, status=(refused_status or 400) if form.errors else 200)
+
+
+def _format_labels(job: ExportJob) -> list[str]:
+    return [str(ExportFormat(f).label) if f in ExportFormat.values else str(f) for f in job.formats]
 
 
 @login_required
@@ -198,7 +202,7 @@ def export_job_view(request: HttpRequest, job_id: int) -> HttpResponse:
         "manifest_rows": manifest.get("rows_by_form_and_site") or [],
         "form_versions": [(code, ", ".join(str(n) for n in numbers)) for code, numbers in versions],
         "snapshot": manifest.get("snapshot") or {},
-        "format_labels": [str(ExportFormat(f).label) if f in ExportFormat.values else str(f) for f in job.formats],
+        "format_labels": _format_labels(job),
         "js_messages": {
             "download_failed": _("The download link could not be created. Reload the page and try again."),
             "poll_failed": _("Lost contact with the server; still trying…"),

@@ -8,6 +8,7 @@ probed). The tenant side (accept, withdraw) is exports.pooling.tenant_views."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -59,10 +60,38 @@ def participants(*, consortium: Consortium) -> list[DataSharingAgreement]:
     return sorted(latest.values(), key=lambda a: (a.status != AgreementStatus.ACTIVE, a.tenant.name.lower()))
 
 
+# A failed run's `error` is a fixed English sentence (kept so, for logs and the API):
+# the page says it in the reader's language. Group 1 is a detail kept as it is (tenant
+# slugs, an error's class name, declaration paths).
+_RUN_ERRORS = (
+    (re.compile(r"^POOLING_SECRET is not set$"),
+     gettext_lazy("Pooling is not configured on this platform; ask the platform operator.")),
+    (re.compile(r"^the consortium's common data elements are not valid: (.*)$"),
+     gettext_lazy("The consortium's common data elements are not valid (%(detail)s); ask the platform operator.")),
+    (re.compile(r"^extraction failed for (.*)$"),
+     gettext_lazy("Extracting the data of these organisations failed: %(detail)s.")),
+    (re.compile(r"^combining the parts failed \((.*)\)$"), gettext_lazy("Combining the parts failed (%(detail)s).")),
+    (re.compile(r"^could not queue the run \((.*)\)$"), gettext_lazy("The run could not be queued (%(detail)s).")),
+    (re.compile(r"^a tenant's part did not finish \(its worker process stopped\)$"),
+     gettext_lazy("An organisation's part did not finish: its worker process stopped.")),
+    (re.compile(r"^the task queue could not be reached$"),
+     gettext_lazy("The task queue could not be reached when the run was started.")),
+)
+
+
+def run_error_text(error: str) -> str:
+    for pattern, text in _RUN_ERRORS:
+        found = pattern.match(error or "")
+        if found:
+            return str(text) % {"detail": found.group(1)} if found.groups() else str(text)
+    return error
+
+
 def _run_row(run: PooledRun) -> dict[str, Any]:
     manifest = run.manifest if run.status == "done" else {}
     report = (manifest or {}).get("deidentification") or {}
     return {"run": run, "status_label": RUN_STATUS_LABELS.get(run.status, run.status),
+            "error_text": run_error_text(run.error) if run.status == "failed" else "",
             "achieved_k": report.get("achieved_k"), "suppressed": report.get("records_suppressed"),
             "files": [f for f in (manifest or {}).get("files") or [] if f.get("name")]}
 

@@ -367,3 +367,17 @@ def test_a_click_after_the_session_ended_signs_in_and_lands_on_the_page_not_a_40
     assert landing.status_code == 200 and "Start a pooled run" in landing.content.decode()
     assert client.get("/consortia/cardio/runs/").status_code == 302  # a GET never starts a run
     assert not PooledRun.objects.filter(consortium=pool["consortium"]).exists()
+
+
+def test_a_failed_runs_reason_is_said_in_the_readers_language(pool, members):
+    consortium = pool["consortium"]
+    lead = members["lead"]
+    PooledRun.objects.create(consortium=consortium, requested_by=lead, status="failed",
+                             error="extraction failed for alpha (KeyError)")
+    client = _public("lead@cardio.example.org")
+    english = client.get("/consortia/cardio/").content.decode()
+    assert "Extracting the data of these organisations failed: alpha (KeyError)." in english
+    client.cookies["django_language"] = "zh-hans"
+    chinese = client.get("/consortia/cardio/").content.decode()
+    assert "alpha (KeyError)" in chinese and "extraction failed" not in chinese
+    assert "Extracting the data" not in chinese

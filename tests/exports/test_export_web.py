@@ -375,6 +375,8 @@ def test_a_broker_that_is_down_fails_the_job_with_a_message_not_a_500(
     a 503 error that says to try again, and the job failed, so its page offers Retry,
     never "queued" for ever. (Views run without a transaction of their own in production,
     so the publish runs inside the request; in a test it waits for the test's commit.)"""
+    from django.utils import translation
+
     from config.errors import DomainError
 
     manager = api(world.alpha, email_of("data_manager", "alpha"))
@@ -382,7 +384,7 @@ def test_a_broker_that_is_down_fails_the_job_with_a_message_not_a_500(
         accepted = manager.post(f"/api/v1/studies/{exported['study']}/exports/", {"formats": ["csv_long"]},
                                 format="json")
     assert accepted.status_code == 202 and len(publish) == 1
-    with pytest.raises(DomainError) as refused:
+    with pytest.raises(DomainError) as refused, translation.override("en"):
         publish[0]()
     assert refused.value.status_code == 503 and refused.value.code == "queue_unavailable"
     assert "cannot be reached" in str(refused.value.message)
