@@ -37,8 +37,8 @@ def _email(role: str) -> str:
 
 @pytest.fixture(scope="module")
 def ecrf_world(world, django_db_blocker):  # type: ignore[no-untyped-def]
-    """Committed data the server process sees: an active site with the alpha coordinator
-    and investigator, a study whose D3 visit (open today) collects VITALS, a
+    """Committed data the server process sees: an active site with the alpha coordinator,
+    investigator and monitor, a study whose D3 visit (open today) collects VITALS, a
     patient-reported form, and one subject per test."""
     day = dt.date.today() - dt.timedelta(days=3)
     with django_db_blocker.unblock():
@@ -49,7 +49,7 @@ def ecrf_world(world, django_db_blocker):  # type: ignore[no-untyped-def]
             site=site, ethics_approval_date=day, contract_signed=day, staff_trained=day,
             ethics_document=SimpleUploadedFile("e.pdf", b"%PDF", "application/pdf"))
         site = site_services.site_activate(site=site)
-        for role, primary in (("coordinator", True), ("investigator", False)):
+        for role, primary in (("coordinator", True), ("investigator", False), ("monitor", False)):
             site_services.site_staff_assign(site=site, tenant=world.alpha, user=world.users[_email(role)], role=role,
                                             is_primary=primary)
         study = services.study_create(code="EBS", title="eCRF browser", study_type="registry", target_enrolment=9)
@@ -64,7 +64,7 @@ def ecrf_world(world, django_db_blocker):  # type: ignore[no-untyped-def]
             forms[definition["code"]] = ecrf_services.form_publish(version=draft, actor=designer).form
         subjects = {name: services.subject_enrol(study=study, site=site, consent_date=day, enrolment_date=day,
                                                  language="en", email=f"{name}@example.org", phone="13800002222")
-                    for name in ("flow", "draft", "conflict", "epro")}
+                    for name in ("flow", "draft", "conflict", "epro", "monitored")}
         tasks = {name: subject.tasks.get() for name, subject in subjects.items()}
         connection.set_schema_to_public()
         try:
@@ -303,3 +303,42 @@ def test_patient_answers_on_a_phone(browser, server, ecrf_world, world, django_d
     entry, link_row = _in_tenant(world, django_db_blocker, read)
     assert entry.status == EntryStatus.COMPLETE and link_row.used_at is not None
     assert entry.values == {"sex": "2", "pregnant": "0", "pain": 4, "comment": "Feeling better 谢谢"}
+
+
+def test_a_monitor_raises_a_query_verifies_an_item_and_closes_the_query_on_the_page(
+        browser, server, ecrf_world, world, django_db_blocker):  # noqa: F811
+    from tests.ecrf.test_entries import GOOD
+
+    def site_saves() -> None:
+        coordinator = world.users[_email("coordinator")]
+        ecrf_services.entry_save(
+            subject=ecrf_world["subjects"]["monitored"], task=ecrf_world["tasks"]["monitored"],
+            form=ecrf_world["forms"]["VITALS"], values=GOOD, base_version=0,
+            actor=ecrf_services.Actor(user_id=coordinator.pk, label=coordinator.email, role="coordinator"))
+
+    from tests.browser.server_env import committed
+
+    committed(site_saves, tenant=world.alpha)  # the server process must see it
+    context, page, base = _login(browser, server, "monitor")
+    page.goto(_entry_url(base, ecrf_world, "monitored"))
+    _ready(page)
+    height = page.locator('.item[data-path="height"]')
+    height.locator("details.raise-query summary").click()
+    height.locator("details.raise-query textarea").fill("The source notes 171 cm.")
+    with page.expect_navigation():
+        height.locator("details.raise-query button[type=submit]").click()
+    assert "Query raised." in page.inner_text(".messages")
+    assert "The source notes 171 cm." in page.inner_text('[data-queries-for="height"] .query')
+    with page.expect_navigation():
+        page.locator('.item[data-path="weight"] .monitoring button:has-text("Mark verified")').click()
+    assert "verified" in page.inner_text('.item[data-path="weight"] .item-label')
+    # The query is closed without leaving the page (the page's script), and says so.
+    query = page.locator('[data-queries-for="height"] .query')
+    query.locator('form[data-action="close"] textarea').fill("Corrected at the site.")
+    query.locator('form[data-action="close"] button[type=submit]').click()
+    page.wait_for_function("document.getElementById('entry-notices').innerText.includes('Query closed.')")
+    page.wait_for_selector('[data-queries-for="height"] .query', state="detached")  # the page lists open ones
+    context.close()
+    entry = _in_tenant(world, django_db_blocker, lambda: Entry.objects.get(
+        subject=ecrf_world["subjects"]["monitored"]))
+    assert "weight" in entry.verified
