@@ -595,11 +595,34 @@ def casebook_sign_view(request: HttpRequest, subject_id: int) -> HttpResponse:
     rows = _casebook_rows(subject, language)
     return render(request, "ecrf/sign.html", {
         "subject": subject, "rows": rows, "form": form, "may_sign": may_sign,
+        "can_lock": membership.role in services.LOCKING_ROLES,
+        "casebook_lock": CasebookLock.objects.filter(subject_id=subject.pk).select_related("locked_by").first(),
         "all_complete": any(r["entry"] for r in rows) and all(r["complete"] for r in rows if r["entry"]),
         "signatures": Signature.objects.filter(subject_id=subject.pk).order_by("-signed_at"),
         "signer_name": _signer_name(request, membership), "now": timezone.localtime(),
         "tenant_tz": timezone.get_current_timezone_name(), "meanings": SignatureMeaning.choices,
     }, status=status)
+
+
+@login_required
+@require_POST
+def casebook_lock_view(request: HttpRequest, subject_id: int, action: str) -> HttpResponse:
+    """A data manager freezes a subject's whole casebook, or unfreezes it with a reason
+    (from the casebook page)."""
+    membership = request_member(request)
+    if membership.role in selectors.NO_ENTRY_READ_ROLES:
+        raise PermissionDenied
+    subject = study_selectors.subject_get(membership=membership, subject_id=subject_id)
+    if subject is None or action not in ("lock", "unlock"):
+        raise Http404
+    try:
+        services.casebook_lock_set(subject=subject, locked_state=action == "lock",
+                                   reason=request.POST.get("reason", ""), actor=_web_actor(request, membership))
+    except DomainError as exc:
+        messages.error(request, " ".join([m for ms in exc.fields.values() for m in ms] or [str(exc.message)]))
+    else:
+        messages.success(request, _("Casebook locked.") if action == "lock" else _("Casebook unlocked."))
+    return redirect(reverse("ecrf-sign", kwargs={"subject_id": subject.pk}) + "#casebook-lock")
 
 
 # --- ePRO ---------------------------------------------------------------------------------------------

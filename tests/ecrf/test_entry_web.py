@@ -552,3 +552,35 @@ def test_query_times_are_in_the_sites_zone_on_the_page_and_in_its_fragment(crf, 
     page = _page(web, world, email_of("coordinator", "alpha"))
     assert raised_at in page.get(_entry_url(crf)).content.decode()
     assert raised_at in page.get(f"{_entry_url(crf)}queries/").content.decode()
+
+
+def test_a_data_manager_locks_and_unlocks_the_casebook_from_its_page(crf, web, world, email_of, in_tenant):
+    from ecrf.models import CasebookLock
+
+    assert _put(crf["coordinator"], crf, GOOD, version=0).status_code == 200
+    url = f"/subjects/{crf['subject']}/sign/"
+    manager = _page(web, world, email_of("data_manager", "alpha"))
+    assert "Lock the casebook" in manager.get(url).content.decode()
+    coordinator = _page(web, world, email_of("coordinator", "alpha"))
+    assert "Lock the casebook" not in coordinator.get(url).content.decode()
+    assert coordinator.post(f"/subjects/{crf['subject']}/casebook/lock/").status_code == 302
+    in_tenant(world.alpha)
+    assert not CasebookLock.objects.exists()  # refused: data managers only (said on the page)
+    connection.set_schema_to_public()
+    locked = manager.post(f"/subjects/{crf['subject']}/casebook/lock/", {"reason": "Database lock"}, follow=True)
+    assert "Casebook locked." in locked.content.decode() and "Unlock the casebook" in locked.content.decode()
+    assert "casebook is locked" in coordinator.get(_entry_url(crf)).content.decode()
+    no_reason = manager.post(f"/subjects/{crf['subject']}/casebook/unlock/", {"reason": ""}, follow=True)
+    assert "Give a reason for unlocking." in no_reason.content.decode()
+    in_tenant(world.alpha)
+    assert CasebookLock.objects.count() == 1
+    connection.set_schema_to_public()
+    unlocked = manager.post(f"/subjects/{crf['subject']}/casebook/unlock/", {"reason": "Query answered late"},
+                            follow=True)
+    assert "Casebook unlocked." in unlocked.content.decode()
+    in_tenant(world.alpha)
+    assert not CasebookLock.objects.exists()
+    connection.set_schema_to_public()
+    beta = web(world.beta)
+    _login(beta, email_of("data_manager", "beta"))
+    assert beta.post(f"/subjects/{crf['subject']}/casebook/lock/").status_code == 404  # another tenant's subject
