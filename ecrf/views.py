@@ -67,6 +67,26 @@ def _dom_id(path: str) -> str:
     return "f-" + re.sub(r"[^A-Za-z0-9_-]", "-", path)
 
 
+_ITEM_PATH = re.compile(r"^(\w+)(?:\[(\d+)\]\.(\w+))?$")
+
+
+def _item_label(definition: dict[str, Any], path: str, language: str) -> str:
+    """An item path as its form labels it: "weight" -> "Weight", "meds[0].dose" ->
+    "Medications #1 · Dose"; the path itself when the definition does not know it."""
+    found = _ITEM_PATH.match(path or "")
+    if not found:
+        return path
+    code, row, child = found.groups()
+    item = next((i for i in iter_items(definition.get("items") or []) if i.get("code") == code), None)
+    if item is None:
+        return path
+    label = _text(item.get("label"), language) or code
+    if child is None:
+        return label
+    sub = next((c for c in item.get("items") or [] if c.get("code") == child), None)
+    return f"{label} #{int(row) + 1} · {(_text(sub.get('label'), language) if sub else '') or child}"
+
+
 def form_title(version: Any, language: str | None = None) -> str:
     return _text(version.definition.get("title"), language or _language()) or version.form.code
 
@@ -785,6 +805,10 @@ def queries_view(request: HttpRequest) -> HttpResponse:
     if site_raw.isdigit() and len(site_raw) < 10:
         queries = queries.filter(site_id=int(site_raw))
     page = Paginator(queries.order_by("created", "pk"), QUERY_PAGE).get_page(request.GET.get("page"))
+    language = _language()
+    for query in page:  # the item as the form names it (published versions are cached per process)
+        version = selectors.form_version_cached(version_id=query.entry.form_version_id)
+        query.item_label = _item_label(version.definition if version else {}, query.item, language)
     query_string = request.GET.copy()
     query_string.pop("page", None)
     return render(request, "ecrf/queries.html", {

@@ -417,6 +417,9 @@ def test_queries_page_reports_per_site_and_lists_them(crf, web, world, email_of,
     html = page.get("/queries/").content.decode()
     assert html.count('class="query-open"') == 2 and "Diastolic above 110: please confirm." in html
     assert "DBP_HIGH" in html and "S1-0001" in html
+    # The item as the form names it, and a link straight to it on the form.
+    assert "<td>Weight<br><span class=\"muted\">weight</span></td>" in html
+    assert f'/visits/{crf["task"]}/forms/{crf["form"]}/#f-weight"' in html
     assert page.get("/queries/?status=closed").content.decode().count('class="query-open"') == 0
     assert page.get(f"/queries/?status=all&site={crf['site']}").content.decode().count("query-open") == 2
     assert page.get("/queries/?status=bogus&site=x&page=zz").status_code == 200
