@@ -808,7 +808,8 @@ def queries_view(request: HttpRequest) -> HttpResponse:
     language = _language()
     for query in page:  # the item as the form names it (published versions are cached per process)
         version = selectors.form_version_cached(version_id=query.entry.form_version_id)
-        query.item_label = _item_label(version.definition if version else {}, query.item, language)
+        query.item_label = _item_label(  # type: ignore[attr-defined]
+            version.definition if version else {}, query.item, language)
     query_string = request.GET.copy()
     query_string.pop("page", None)
     return render(request, "ecrf/queries.html", {
