@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, timedelta
 from typing import IO, Any
@@ -448,7 +449,8 @@ def _write_file(job: ExportJob, schema: str, name: str, fmt: str, writer: Writer
     the tenant schema and the job (never guessable from another tenant)."""
     handle, path = tempfile.mkstemp(prefix="suifang-export-", suffix="-" + name)
     try:
-        with os.fdopen(handle, "wb", buffering=1 << 20) as raw:  # COPY writes row by row
+        with os.fdopen(handle, "wb", buffering=1 << 20) as raw, \
+                _file_progress(schema, job, name, handle):  # COPY writes row by row
             if fmt in _HASHED_AFTER:
                 rows = writer(scope, raw)
             else:
@@ -469,6 +471,37 @@ def _write_file(job: ExportJob, schema: str, name: str, fmt: str, writer: Writer
     finally:
         with contextlib.suppress(FileNotFoundError):  # moved into place by a local storage
             os.unlink(path)
+
+
+# How often a file being written reports its size to the job's page.
+FILE_PROGRESS_EVERY = 1.0
+
+
+@contextlib.contextmanager
+def _file_progress(schema: str, job: ExportJob, name: str, fileno: int) -> Iterator[None]:
+    """While a file is written, a thread reports how large it has grown, every second,
+    next to the rows of the files already done: a single large file otherwise shows no
+    sign of life until it is finished. It reads the file's size from the operating
+    system (no wrapper on the writer: COPY writes row by row), so it costs nothing per
+    row; the size lags by the write buffer."""
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(FILE_PROGRESS_EVERY):
+            try:
+                written = os.fstat(fileno).st_size
+                cache.set(progress_key(schema, job.pk), {"done": job.rows_done, "total": job.rows_total,
+                                                         "file": name, "bytes": written}, PROGRESS_TTL)
+            except Exception:  # progress is a courtesy: never the export's failure
+                return
+
+    reporter = threading.Thread(target=report, name="export-progress", daemon=True)
+    reporter.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        reporter.join(timeout=5)  # a cache that hangs must not hold the export
 
 
 class _FinishedFile(File):
@@ -518,10 +551,14 @@ def export_file_download_url(*, membership: Any, file: ExportFile) -> str | None
 def job_state(job: ExportJob) -> dict[str, Any]:
     job = job_lost_check(job)
     done, total = job.rows_done, job.rows_total
+    writing: dict[str, Any] | None = None
     if job.status == ExportStatus.RUNNING:
         live = cache.get(progress_key(connection.schema_name, job.pk)) or {}
         done, total = int(live.get("done") or 0), int(live.get("total") or 0)
+        if live.get("file"):  # a file being written: its name and size so far
+            writing = {"file": str(live["file"]), "bytes": int(live.get("bytes") or 0)}
     return {"id": job.pk, "study": job.study_id, "status": job.status, "rows_done": done, "rows_total": total,
+            "writing": writing,
             "progress": min(1.0, round(done / total, 4)) if total
             else (1.0 if job.status == ExportStatus.DONE else 0.0),
             "attempts": job.attempts, "formats": job.formats, "filters": job.filters,

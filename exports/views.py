@@ -209,6 +209,7 @@ def export_job_view(request: HttpRequest, job_id: int) -> HttpResponse:
             "poll_gone": _("This export is no longer available to you: you may have been signed out. Reload the "
                            "page."),
             "rows": _("%(done)s of %(total)s values written"),
+            "writing": _("Writing %(file)s: %(size)s so far"),
             "copied": _("Copied"),
             "statuses": {value: str(label) for value, label in ExportStatus.choices},
         },

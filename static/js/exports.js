@@ -33,6 +33,13 @@
     notices.appendChild(p);
   }
 
+  function size(bytes) {
+    var n = Number(bytes) || 0;
+    if (n >= 1048576) return (n / 1048576).toFixed(1) + " MB";
+    if (n >= 1024) return Math.round(n / 1024) + " KB";
+    return n + " B";
+  }
+
   function showProgress(state) {
     var percent = Math.round(100 * (Number(state.progress) || 0));
     var bar = document.getElementById("export-progress");
@@ -43,6 +50,11 @@
       bar.textContent = percent + " %";
     }
     if (text) text.textContent = percent + " %";
+    var writing = document.getElementById("export-writing");
+    if (writing) {
+      writing.textContent = state.writing && M.writing
+        ? M.writing.replace("%(file)s", state.writing.file).replace("%(size)s", size(state.writing.bytes)) : "";
+    }
     var rows = document.getElementById("export-rows");
     if (rows && M.rows && state.rows_total !== undefined) {
       rows.textContent = M.rows.replace("%(done)s", String(state.rows_done || 0))

@@ -348,3 +348,37 @@ def test_a_job_already_running_elsewhere_is_not_run_twice(exported, world, in_te
         other.close()  # the lock goes with the session
     job = export_run(job_id=job_id)
     assert job.status == "done" and job.attempts == 1
+
+
+def test_a_file_being_written_reports_its_size_on_the_job(exported, world, in_tenant, monkeypatch):
+    """A single large file would otherwise show no progress until it is finished: while
+    it is written, the job's state says which file and how large it is so far."""
+    import time
+
+    from django.core.cache import cache
+
+    from exports import extract, services
+
+    monkeypatch.setattr(services, "FILE_PROGRESS_EVERY", 0.05)
+    manager_id = world.users["data_manager@alpha.example.org"].pk
+    in_tenant(world.alpha)
+    job = ExportJob.objects.create(study_id=exported["study"], requested_by_id=manager_id, formats=["csv_long"],
+                                   status="running", rows_done=10, rows_total=40)
+    seen: list[dict[str, Any]] = []
+
+    def slow_writer(scope: Any, out: Any) -> int:
+        for _chunk in range(3):
+            out.write(b"x" * 300_000)
+            out.flush()
+            time.sleep(0.3)
+            seen.append(services.job_state(job))
+        return 3
+
+    written = services._write_file(job, connection.schema_name, "long.csv", "csv_wide", slow_writer,
+                                   extract.ExportScope(study_id=exported["study"]))
+    assert written.size == 900_000 and written.rows == 3
+    sizes = [state["writing"]["bytes"] for state in seen if state["writing"]]
+    assert sizes and sizes == sorted(sizes) and sizes[-1] >= 600_000  # it grows as the file does
+    assert {state["writing"]["file"] for state in seen if state["writing"]} == {"long.csv"}
+    assert all((state["rows_done"], state["rows_total"]) == (10, 40) for state in seen if state["writing"])
+    cache.delete(services.progress_key(connection.schema_name, job.pk))
