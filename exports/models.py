@@ -41,6 +41,9 @@ class ExportJob(models.Model):
     rows_done = models.BigIntegerField(default=0)
     rows_total = models.BigIntegerField(default=0)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Runs that ended with their worker process (out of memory, a restart): see
+    # exports.services.MAX_LOST_RUNS. A user's Retry starts the count again.
+    lost_runs = models.PositiveSmallIntegerField(default=0)
     snapshot_seq = models.BigIntegerField(null=True, blank=True)
     snapshot_at = models.DateTimeField(null=True, blank=True)
     manifest = models.JSONField(default=dict)

@@ -26,6 +26,7 @@ import structlog
 from django.core.cache import cache
 from django.core.files import File
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -134,7 +135,7 @@ def export_retry(*, membership: Any, job: ExportJob) -> bool:
     if membership is None or membership.role not in EXPORT_ROLES:
         raise PermissionDenied("permission_denied", _("Your role does not allow exporting study data."))
     requeued = ExportJob.objects.filter(pk=job.pk, status=ExportStatus.FAILED).update(
-        status=ExportStatus.QUEUED, error="")
+        status=ExportStatus.QUEUED, error="", lost_runs=0)
     if requeued:
         _queue_after_commit(job.pk)
         log.info("export.requeued", job=job.pk)
@@ -286,16 +287,20 @@ def export_run(*, job_id: int) -> ExportJob:
         job.refresh_from_db()
         if job.status == ExportStatus.DONE:  # finished while this one waited for the lock
             return job
-        if job.status == ExportStatus.RUNNING and job.attempts >= MAX_LOST_RUNS:
-            # "Running" with nobody holding the lock: earlier runs died with their worker
-            # (redelivered: tasks.export_run_task). A job that keeps killing its worker (out
-            # of memory, say) stops here instead of looping; its page offers Retry.
+        if job.status == ExportStatus.RUNNING:
+            # "Running" with nobody holding the lock: the last run died with its worker
+            # (this is the redelivered task, tasks.export_run_task). Counted as lost.
             _mark_lost(job)
+        if job.error == LOST_RUN_ERROR and job.lost_runs >= MAX_LOST_RUNS:
+            # A job that keeps ending its worker (out of memory, say) stops here instead
+            # of looping through redeliveries; its page offers Retry (which starts afresh).
+            log.warning("export.lost_too_often", job=job.pk, lost_runs=job.lost_runs)
             return job
         return _export_run(job)
 
 
-# Runs of one job that may end with their worker process before it is failed for good.
+# Runs of one job that may end with their worker process before its redelivered task
+# stops trying (a user's Retry resets the count).
 MAX_LOST_RUNS = 3
 LOST_RUN_ERROR = "WorkerLost"
 # Not judged in its first seconds (a job marked running by hand, or by a run that has
@@ -305,7 +310,7 @@ LOST_RUN_GRACE = timedelta(seconds=30)
 
 def _mark_lost(job: ExportJob) -> None:
     if ExportJob.objects.filter(pk=job.pk, status=ExportStatus.RUNNING).update(
-            status=ExportStatus.FAILED, error=LOST_RUN_ERROR, error_is_data=False):
+            status=ExportStatus.FAILED, error=LOST_RUN_ERROR, error_is_data=False, lost_runs=F("lost_runs") + 1):
         log.warning("export.worker_lost", job=job.pk, attempts=job.attempts)
     job.refresh_from_db()
 

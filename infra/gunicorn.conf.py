@@ -122,7 +122,10 @@ def post_worker_init(worker: Any) -> None:
 
 
 def post_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
-    if worker.nr == GC_FREEZE_AFTER_REQUESTS:
+    # `>=` and a flag, not `==`: gthread counts a request when it starts and calls this
+    # when it ends, so with requests in flight the exact count can pass unseen.
+    if worker.nr >= GC_FREEZE_AFTER_REQUESTS and not getattr(worker, "gc_refrozen", False):
+        worker.gc_refrozen = True
         gc.collect()  # what is garbage by now is not frozen with the rest
         gc.freeze()
 proc_name = "suifang-web"

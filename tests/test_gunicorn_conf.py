@@ -53,6 +53,20 @@ def test_freezes_again_once_after_the_first_requests(conf, unfrozen):
     assert garbage_and_more
 
 
+
+def test_the_second_freeze_is_not_missed_when_the_count_jumps_past_it(conf, unfrozen):
+    """gthread counts a request when it starts: with others in flight, the request that
+    ends first may already see a count above the threshold."""
+    worker = SimpleNamespace(nr=conf["GC_FREEZE_AFTER_REQUESTS"] + 3)
+    conf["post_request"](worker, None, {}, None)
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    keep = [[index] for index in range(1000)]
+    worker.nr += 1
+    conf["post_request"](worker, None, {}, None)
+    assert gc.get_freeze_count() == frozen and keep  # once per worker
+
+
 def test_access_log_has_the_path_only(conf):
     line = conf["access_log_format"]
     assert "%(U)s" in line

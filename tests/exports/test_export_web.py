@@ -361,12 +361,28 @@ def test_a_job_whose_worker_died_is_shown_failed_with_retry(exported, page_as, w
         connection.set_schema_to_public()
     finally:
         worker.close()
-    # A job whose runs keep ending with their worker is failed instead of run again for ever.
+    # Redelivered after its worker died: run again (earlier attempts that failed otherwise do not count) ...
+    redelivered = _job(world, study_id=exported["study"], requested_by=manager, formats=["csv_long"],
+                       status="running", attempts=5, started_at=minute_ago)
+    in_tenant(world.alpha)
+    assert services.export_run(job_id=redelivered.pk).status == "done"
+    assert ExportJob.objects.get(pk=redelivered.pk).lost_runs == 1
+    # ... but a job whose runs keep ending with their worker stops instead of looping.
+    connection.set_schema_to_public()
     again = _job(world, study_id=exported["study"], requested_by=manager, formats=["csv_long"], status="running",
-                 attempts=services.MAX_LOST_RUNS)
+                 attempts=7, lost_runs=services.MAX_LOST_RUNS - 1)
     in_tenant(world.alpha)
     ended = services.export_run(job_id=again.pk)
-    assert (ended.status, ended.error, ended.attempts) == ("failed", "WorkerLost", services.MAX_LOST_RUNS)
+    assert (ended.status, ended.error, ended.attempts, ended.lost_runs) == (
+        "failed", "WorkerLost", 7, services.MAX_LOST_RUNS)
+    assert services.export_run(job_id=again.pk).attempts == 7  # a further redelivery does not run it either
+    # The user's Retry starts afresh.
+    connection.set_schema_to_public()
+    client.post(f"/exports/{again.pk}/retry/")
+    in_tenant(world.alpha)
+    retried = ExportJob.objects.get(pk=again.pk)
+    assert (retried.status, retried.lost_runs) == ("queued", 0)
+    assert services.export_run(job_id=again.pk).status == "done"
 
 
 def test_a_broker_that_is_down_fails_the_job_with_a_message_not_a_500(
@@ -392,6 +408,7 @@ def test_a_broker_that_is_down_fails_the_job_with_a_message_not_a_500(
     job = ExportJob.objects.get()
     assert (job.status, job.error) == ("failed", "QueueUnavailable")
     connection.set_schema_to_public()
+    assert "retry it in a minute" in page_as("data_manager").get(f"/exports/{job.pk}/").content.decode()
     # Retry while it is still down: failed again, not stuck; the page still offers Retry.
     with django_capture_on_commit_callbacks() as publish:
         assert page_as("data_manager").post(f"/exports/{job.pk}/retry/").status_code == 302
