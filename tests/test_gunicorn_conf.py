@@ -49,7 +49,9 @@ def test_freezes_again_once_after_the_first_requests(conf, unfrozen):
     worker.nr = after + 1
     garbage_and_more = [[index] for index in range(1000)]
     conf["post_request"](worker, None, {}, None)
-    assert gc.get_freeze_count() == frozen  # only once
+    # Only once: a second freeze would have taken the 1,001 objects just made (frozen
+    # objects can still be freed, so the count may drop, never jump).
+    assert gc.get_freeze_count() <= frozen
     assert garbage_and_more
 
 
@@ -64,7 +66,7 @@ def test_the_second_freeze_is_not_missed_when_the_count_jumps_past_it(conf, unfr
     keep = [[index] for index in range(1000)]
     worker.nr += 1
     conf["post_request"](worker, None, {}, None)
-    assert gc.get_freeze_count() == frozen and keep  # once per worker
+    assert gc.get_freeze_count() <= frozen and keep  # once per worker (the 1,001 new objects stay out)
 
 
 def test_access_log_has_the_path_only(conf):
