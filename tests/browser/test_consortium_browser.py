@@ -241,7 +241,8 @@ def test_a_coordinator_signs_in_starts_a_run_and_downloads_its_files(
     with override_settings(STORAGES=file_storages(server_env)):
         done = committed(lambda: pooled_run_execute(run_id=new_run.pk))
     assert done.status == "done", done.error
-    page.reload()
+    # The page follows the run by itself (it asks the API while a run is queued or running).
+    page.wait_for_selector(f'tr.run-row[data-run="{new_run.pk}"][data-status="done"]', timeout=20000)
     row = _run_row(page, new_run.pk)
     assert row.locator(".run-status").inner_text() == "Done"
     link = row.locator("a.file-link", has_text="pooled_long.csv")
