@@ -10,6 +10,8 @@ from typing import Any
 from celery.signals import task_prerun
 from tenant_schemas_celery.app import CeleryApp
 
+from config.errors import DomainError
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
 app = CeleryApp("suifang")
@@ -37,17 +39,26 @@ def bind_task_log_context(task_id: str | None = None, task: Any = None, **_kwarg
 
 
 
-class QueueUnavailable(Exception):
-    """The broker could not take a task (it is down or unreachable)."""
+
+class QueueUnavailable(DomainError):
+    """The broker could not take a task (it is down or unreachable): a 503 that says to
+    try again. The caller records that its job was not queued (never "queued" for ever)
+    and lets it go up to the user."""
+
+    status_code = 503
+
+    def __init__(self) -> None:
+        from django.utils.translation import gettext as _
+
+        super().__init__("queue_unavailable", _("It could not be queued: the task queue cannot be reached just "
+                                                "now. Nothing was lost; try again in a minute."))
 
 
 def enqueue(task: Any, *args: Any) -> None:
-    """task.delay(*args), with a broker failure raised as QueueUnavailable: the caller
-    records that its job was not queued (instead of leaving it "queued" for ever) and
-    tells the user, instead of a 500."""
+    """task.delay(*args), with a broker failure raised as QueueUnavailable instead of a 500."""
     from kombu.exceptions import OperationalError
 
     try:
         task.delay(*args)
     except (OperationalError, OSError) as error:
-        raise QueueUnavailable(type(error).__name__) from error
+        raise QueueUnavailable from error

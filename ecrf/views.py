@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import zoneinfo
 from typing import Any
 
 import structlog
@@ -420,19 +419,10 @@ def entry_queries_view(request: HttpRequest, task_id: int, form_id: int) -> Http
     """The open queries of the entry, by item (a fragment the page swaps in after a save)."""
     membership, task, form, entry, _version = _entry_target(request, task_id, form_id)
     by_item = _queries_by_item(entry)
-    # In the site's time zone, as the page it goes into (entry.html).
-    with _site_time_zone(task.subject.site):
-        return render(request, "ecrf/_queries_fragment.html", {
-            "by_item": sorted(by_item.items()), "can_answer": membership.role in services.QUERY_ANSWERING_ROLES,
-            "can_close": membership.role in services.QUERY_RAISING_ROLES, "task": task, "form": form})
-
-
-def _site_time_zone(site: Any) -> Any:
-    try:
-        zone = zoneinfo.ZoneInfo(site.time_zone or "UTC")
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        zone = zoneinfo.ZoneInfo("UTC")
-    return timezone.override(zone)
+    return render(request, "ecrf/_queries_fragment.html", {
+        "by_item": sorted(by_item.items()), "can_answer": membership.role in services.QUERY_ANSWERING_ROLES,
+        "can_close": membership.role in services.QUERY_RAISING_ROLES, "task": task, "form": form,
+        "site_tz": task.subject.site.time_zone})  # the zone of the page it goes into (entry.html)
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -443,6 +433,11 @@ def _wants_json(request: HttpRequest) -> bool:
 def _error_json(exc: DomainError) -> JsonResponse:
     return JsonResponse({"error": {"code": exc.code, "message": str(exc.message), "fields": exc.fields}},
                         status=exc.status_code)
+
+
+def _refusal_messages(exc: DomainError) -> list[str]:
+    """What a refused action says: its field messages, else its message."""
+    return [m for ms in exc.fields.values() for m in ms] or [str(exc.message)]
 
 
 def _web_actor(request: HttpRequest, membership: Any) -> services.Actor:
@@ -462,7 +457,7 @@ def _page_action(request: HttpRequest, target: tuple[Any, Any, Any, Entry | None
     except DomainError as exc:
         if _wants_json(request):
             return _error_json(exc)
-        errors = [m for ms in exc.fields.values() for m in ms] or [str(exc.message)]
+        errors = _refusal_messages(exc)
         typed = request.POST.get("text", request.POST.get("reason", ""))[:services.MAX_QUERY_TEXT]
         refreshed = selectors.entry_for(task_id=task.pk, form_id=form.pk) if entry is not None else None
         return render(request, "ecrf/entry.html", _entry_page_context(
@@ -592,10 +587,9 @@ def casebook_sign_view(request: HttpRequest, subject_id: int) -> HttpResponse:
         if form is None:
             raise PermissionDenied
         if form.is_valid():
-            actor = services.Actor(user_id=int(request.user.pk or 0), label=str(getattr(request.user, "email", "")),
-                                   role=membership.role, source="web", display_name=membership.display_name or "")
             try:
-                signature = services.casebook_sign(subject=subject, user=request.user, actor=actor,
+                signature = services.casebook_sign(subject=subject, user=request.user,
+                                                   actor=_web_actor(request, membership),
                                                    signer_name=_signer_name(request, membership),
                                                    password=form.cleaned_data["password"],
                                                    meaning=form.cleaned_data["meaning"])
@@ -639,7 +633,7 @@ def casebook_lock_view(request: HttpRequest, subject_id: int, action: str) -> Ht
         services.casebook_lock_set(subject=subject, locked_state=action == "lock",
                                    reason=request.POST.get("reason", ""), actor=_web_actor(request, membership))
     except DomainError as exc:
-        messages.error(request, " ".join([m for ms in exc.fields.values() for m in ms] or [str(exc.message)]))
+        messages.error(request, " ".join(_refusal_messages(exc)))
     else:
         messages.success(request, _("Casebook locked.") if action == "lock" else _("Casebook unlocked."))
     return redirect(reverse("ecrf-sign", kwargs={"subject_id": subject.pk}) + "#casebook-lock")

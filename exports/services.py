@@ -31,7 +31,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from config.db import tenant_connection as connection
-from config.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
+from config.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from ecrf import audit
 from ecrf.models import FormDefinition
 from exports import extract, tabular
@@ -111,20 +111,18 @@ QUEUE_UNAVAILABLE_ERROR = "QueueUnavailable"
 def _queue_after_commit(job_pk: int) -> None:
     """Publish the job's task once the job is committed. When the broker cannot take it,
     the job is failed (so its page offers Retry, and nothing waits for a task that was
-    never sent) and the caller gets a 503 saying to try again."""
+    never sent) and QueueUnavailable (a 503 saying to try again) goes up to the caller."""
     from config.celery import QueueUnavailable, enqueue
     from exports.tasks import export_run_task
 
     def publish() -> None:
         try:
             enqueue(export_run_task, job_pk)
-        except QueueUnavailable as error:
+        except QueueUnavailable:
             ExportJob.objects.filter(pk=job_pk, status=ExportStatus.QUEUED).update(
                 status=ExportStatus.FAILED, error=QUEUE_UNAVAILABLE_ERROR, error_is_data=False)
-            log.error("export.queue_unavailable", job=job_pk, error=str(error))
-            raise DomainError("queue_unavailable", _("The export could not be queued: the task queue cannot be "
-                                                     "reached just now. Nothing was lost; try again in a minute."),
-                              status_code=503) from error
+            log.error("export.queue_unavailable", job=job_pk)
+            raise
 
     transaction.on_commit(publish)
 

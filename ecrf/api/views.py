@@ -493,11 +493,8 @@ class EproLinkView(APIView):
                                     base_url=tenant_url(request._request.tenant.slug),  # type: ignore[attr-defined]
                                     channel=data["channel"], ttl=timedelta(hours=data["ttl_hours"]))
         # For the coordinator's page: the expiry in the site's time zone, as the patient sees it.
-        site_zone = task.subject.site.time_zone or "UTC"
-        try:
-            expires_local = timezone.localtime(link.expires_at, zoneinfo.ZoneInfo(site_zone))
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            site_zone, expires_local = "UTC", link.expires_at
+        site_zone = task.subject.site.time_zone  # validated when the site was created
+        expires_local = timezone.localtime(link.expires_at, zoneinfo.ZoneInfo(site_zone))
         return Response({"url": url, "expires_at": link.expires_at, "channel": data["channel"],
                          "expires_display": f"{expires_local:%Y-%m-%d %H:%M} ({site_zone})"},
                         status=status.HTTP_201_CREATED)

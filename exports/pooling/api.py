@@ -35,10 +35,10 @@ def _consortium(slug: str) -> Consortium:
 def _member_consortium(request: Request, slug: str) -> Consortium:
     """A consortium the user has a role in. An unknown slug gets the same 403 as a
     consortium without a role, as on the pages: slugs cannot be probed."""
-    consortium = Consortium.objects.filter(slug=slug).first()
-    if consortium is None or selectors.member_role(user=request.user, consortium=consortium) is None:
+    found = selectors.consortium_with_role(user=request.user, slug=slug)
+    if found is None:
         raise PermissionDenied("permission_denied", _("You do not have a role in this consortium that allows this."))
-    return consortium
+    return found[0]
 
 
 def _run_state(run: PooledRun) -> dict[str, Any]:

@@ -25,6 +25,14 @@ def member_role(*, user: Any, consortium: Consortium) -> str | None:
             .values_list("role", flat=True).first())
 
 
+def consortium_with_role(*, user: Any, slug: str) -> tuple[Consortium, str] | None:
+    """The consortium and the user's role in it; None for an unknown slug and for a
+    consortium without a role alike (so slugs cannot be probed)."""
+    consortium = Consortium.objects.filter(slug=slug).first()
+    role = member_role(user=user, consortium=consortium) if consortium is not None else None
+    return (consortium, role) if consortium is not None and role is not None else None
+
+
 def runs_of(*, consortium: Consortium) -> QuerySet[PooledRun]:
     return PooledRun.objects.filter(consortium=consortium)
 

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from config.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
+from config.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from exports.pooling import selectors
 from exports.pooling.models import (
     AgreementStatus,
@@ -100,17 +100,16 @@ def pooled_run_start(*, user: Any, consortium: Consortium, queue: bool = True) -
 
 def _publish_run(run: PooledRun) -> None:
     """The run's task, once the run is committed; when the broker cannot take it, the run
-    is failed (never "queued" for ever) and the coordinator gets a 503."""
+    is failed (never "queued" for ever) and QueueUnavailable (a 503) goes up to the caller."""
     from config.celery import QueueUnavailable, enqueue
     from exports.pooling.tasks import pooled_run_task
 
     try:
         enqueue(pooled_run_task, run.pk)
-    except QueueUnavailable as error:
+    except QueueUnavailable:
         PooledRun.objects.filter(pk=run.pk, status="queued").update(
-            status="failed", error="the task queue could not be reached", finished_at=timezone.now())
-        raise DomainError("queue_unavailable", _("The run could not be queued: the task queue cannot be reached "
-                                                 "just now. Try again in a minute."), status_code=503) from error
+            status="failed", error=f"could not queue the run ({QueueUnavailable.__name__})", finished_at=timezone.now())
+        raise
 
 
 def pooled_runs(*, user: Any, consortium: Consortium) -> Any:

@@ -32,8 +32,8 @@ RUN_STATUS_LABELS = {"queued": gettext_lazy("Queued"), "running": gettext_lazy("
                      "done": gettext_lazy("Done"), "failed": gettext_lazy("Failed")}
 
 
-def _login_redirect(request: HttpRequest) -> HttpResponse:
-    return HttpResponseRedirect("/consortia/login/?" + urlencode({"next": request.get_full_path()}))
+def _login_redirect(request: HttpRequest, next_path: str | None = None) -> HttpResponse:
+    return HttpResponseRedirect("/consortia/login/?" + urlencode({"next": next_path or request.get_full_path()}))
 
 
 def _forbidden(request: HttpRequest) -> HttpResponse:
@@ -42,11 +42,7 @@ def _forbidden(request: HttpRequest) -> HttpResponse:
 
 def _member_consortium(request: HttpRequest, slug: str) -> tuple[Consortium, str] | None:
     """The consortium and the user's role in it, or None (unknown, or no role)."""
-    consortium = Consortium.objects.filter(slug=slug).first()
-    role = selectors.member_role(user=request.user, consortium=consortium) if consortium is not None else None
-    if consortium is None or role is None:
-        return None
-    return consortium, role
+    return selectors.consortium_with_role(user=request.user, slug=slug)
 
 
 def participants(*, consortium: Consortium) -> list[DataSharingAgreement]:
@@ -74,8 +70,6 @@ _RUN_ERRORS = (
     (re.compile(r"^could not queue the run \((.*)\)$"), gettext_lazy("The run could not be queued (%(detail)s).")),
     (re.compile(r"^a tenant's part did not finish \(its worker process stopped\)$"),
      gettext_lazy("An organisation's part did not finish: its worker process stopped.")),
-    (re.compile(r"^the task queue could not be reached$"),
-     gettext_lazy("The task queue could not be reached when the run was started.")),
 )
 
 
@@ -134,11 +128,11 @@ def consortium_run_start(request: HttpRequest, slug: str) -> HttpResponse:
     GET (the sign-in page sends a user whose session ended back here) goes to the
     consortium's page, where the button is, instead of an empty 405: nothing is started
     without a click."""
-    page = f"{LIST_URL}{slug}/#runs"
+    page = f"{LIST_URL}{slug}/"
     if not request.user.is_authenticated:
-        return HttpResponseRedirect("/consortia/login/?" + urlencode({"next": page.removesuffix("#runs")}))
+        return _login_redirect(request, page)
     if request.method == "GET":
-        return HttpResponseRedirect(page)
+        return HttpResponseRedirect(page + "#runs")
     found = _member_consortium(request, slug)
     if found is None or found[1] != ConsortiumRole.COORDINATOR:
         return _forbidden(request)
