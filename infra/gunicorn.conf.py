@@ -97,6 +97,7 @@ class ProbeQuietLogger(Logger):
 
 
 logger_class = ProbeQuietLogger
+proc_name = "suifang-web"
 
 
 # --- garbage collector ------------------------------------------------------------------
@@ -128,4 +129,3 @@ def post_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> N
         worker.gc_refrozen = True
         gc.collect()  # what is garbage by now is not frozen with the rest
         gc.freeze()
-proc_name = "suifang-web"
