@@ -111,3 +111,16 @@ def test_a_real_gunicorn_serves_with_these_settings(tmp_path):
     output = log_file.read_text(errors="replace")
     assert "Exception in" not in output, output
     assert "Traceback" not in output, output
+
+
+def test_the_wsgi_module_loads_every_view_before_the_fork():
+    """With preload_app the master imports config.wsgi: the URL confs and their views must
+    be loaded then, not by each worker's first request."""
+    probe = ("import sys, config.wsgi; "
+             "print(all(m in sys.modules for m in ('ecrf.api.views', 'ecrf.views', 'exports.views', "
+             "'config.urls_tenant', 'config.urls_public')))")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=CONF.parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True"
