@@ -5,6 +5,8 @@
   held until commit. Call it inside the transaction that makes the change, as its LAST
   write: every other append in this tenant waits for that commit.
 - `audit_record(...)` is the same for one row.
+- `audit_commit_with(rows=..., preceded_by=...)` sends writes and their append as one
+  implicit transaction, outside any open one (a form's first save).
 - `audit_partitions_ensure(months_ahead=...)` creates the coming monthly partitions
   (beat runs it daily in every tenant: ecrf.tasks).
 - `audit_chain_verify()` recomputes the hash chain of the current schema and lists every
@@ -183,6 +185,27 @@ def audit_record_many(*, rows: Sequence[AuditRow],
     needed; they are sent in the same round trip and run first (a form save completing
     its visit), which saves a round trip on the hottest write path."""
     _require_tenant_transaction("audit_record_many")
+    return _append(rows, preceded_by)
+
+
+def audit_commit_with(*, rows: Sequence[AuditRow],
+                      preceded_by: Sequence[tuple[str, Sequence[Any]]]) -> list[AuditAppended]:
+    """The writes `preceded_by` and the append of `rows` as ONE query of several
+    statements, outside any open transaction: PostgreSQL runs such a query as one implicit
+    transaction and commits it at its end, so the change and its audit land together or
+    not at all (a failing statement rolls back the ones before it). For a change that
+    needs nothing read under a lock first (a form's first save); one round trip instead of
+    BEGIN, the writes and COMMIT."""
+    if getattr(connection, "schema_name", "public") == "public":
+        raise RuntimeError("audit_commit_with runs in a tenant schema (the audit trail is per tenant)")
+    if connection.in_atomic_block or not connection.get_autocommit():
+        raise RuntimeError("audit_commit_with must run outside a transaction: it is its own")
+    if not rows or not preceded_by:
+        raise RuntimeError("audit_commit_with records a change: writes and their audit rows")
+    return _append(rows, preceded_by)
+
+
+def _append(rows: Sequence[AuditRow], preceded_by: Sequence[tuple[str, Sequence[Any]]]) -> list[AuditAppended]:
     if not rows:
         return []
     if len(rows) > MAX_BATCH:

@@ -63,18 +63,38 @@ _SUBJECT_COLUMNS = ("id", "study_id", "site_id", "arm_id", "subject_code", "stat
 _SITE_COLUMNS = ("id", "code", "time_zone")
 _FORM_COLUMNS = ("id", "study_id", "code")
 
-_TARGET_SQL = (  # column names are constants above, never input
+_TARGET_SELECT = (  # column names are constants above, never input
     "SELECT " + ", ".join(  # noqa: S608
         [f"t.{c}" for c in _TASK_COLUMNS] + [f"s.{c}" for c in _SUBJECT_COLUMNS] + [f"si.{c}" for c in _SITE_COLUMNS]
         + [f"f.{c}" for c in _FORM_COLUMNS]) + ", e.id, e.form_version_id, "
     "(SELECT v.id FROM ecrf_formversion v WHERE v.form_id = f.id AND v.status = %(published)s "
-    "ORDER BY v.number DESC LIMIT 1) "
+    "ORDER BY v.number DESC LIMIT 1) ")
+_TARGET_FROM = (
     "FROM studies_followuptask t "
     "JOIN studies_subject s ON s.id = t.subject_id "
     "JOIN sites_site si ON si.id = s.site_id "
     "LEFT JOIN ecrf_formdefinition f ON f.id = %(form)s AND f.study_id = s.study_id "
     "LEFT JOIN ecrf_entry e ON e.task_id = t.id AND e.form_id = f.id "
     "WHERE t.id = %(task)s")
+_TARGET_SQL = _TARGET_SELECT + _TARGET_FROM
+# For a save: also what a first save needs to write without a locking read (ecrf.services
+# entry_save, the direct path), read in the same round trip: whether the casebook is
+# locked or signed, and the id a new entry takes (none when the entry exists).
+_SAVE_COLUMNS = (
+    ", EXISTS (SELECT 1 FROM ecrf_casebooklock c WHERE c.subject_id = s.id)"
+    ", EXISTS (SELECT 1 FROM ecrf_signature g WHERE g.subject_id = s.id AND g.invalidated_at IS NULL)"
+    ", CASE WHEN e.id IS NULL AND f.id IS NOT NULL THEN nextval(pg_get_serial_sequence('ecrf_entry', 'id')) END ")
+_TARGET_FOR_SAVE_SQL = _TARGET_SELECT + _SAVE_COLUMNS + _TARGET_FROM
+
+
+@dataclass(frozen=True)
+class NewEntrySlot:
+    """A form of a visit that had no entry when its target was read (no lock: a save that
+    uses it must let the unique (task, form) row decide a race)."""
+
+    casebook_locked: bool
+    signed: bool
+    new_id: int
 
 
 @dataclass(frozen=True)
@@ -87,18 +107,20 @@ class EntryTarget:
     form: FormDefinition | None
     entry_id: int | None
     version: FormVersion | None
+    new_entry: NewEntrySlot | None = None  # only read `for_save`, when there is no entry yet
 
     @property
     def subject(self) -> Subject:
         return self.task.subject
 
 
-def entry_target_get(*, membership: Any, task_id: int, form_id: int) -> EntryTarget | None:
-    """None when the task does not exist or is not at one of the member's sites."""
+def entry_target_get(*, membership: Any, task_id: int, form_id: int, for_save: bool = False) -> EntryTarget | None:
+    """None when the task does not exist or is not at one of the member's sites.
+    `for_save`: also fill `new_entry` when the form has no entry yet."""
     if membership is None or not are_row_ids(task_id, form_id):
         return None
     scope, params = site_scope_sql(membership=membership, column="s.site_id")
-    sql = _TARGET_SQL + (f" AND {scope}" if scope else "")
+    sql = (_TARGET_FOR_SAVE_SQL if for_save else _TARGET_SQL) + (f" AND {scope}" if scope else "")
     params.update({"task": task_id, "form": form_id, "published": FormVersionStatus.PUBLISHED.value})
     with connection.cursor() as cursor:
         execute_prepared(cursor, sql, params)
@@ -124,7 +146,10 @@ def entry_target_get(*, membership: Any, task_id: int, form_id: int) -> EntryTar
     version = form_version_cached(version_id=version_id) if form is not None and version_id else None
     if version is not None and form is not None and version.form_id == form.pk:
         version.form = form
-    return EntryTarget(task=task, form=form, entry_id=entry_id, version=version)
+    new_entry = None
+    if for_save and row[at + 5] is not None:
+        new_entry = NewEntrySlot(casebook_locked=bool(row[at + 3]), signed=bool(row[at + 4]), new_id=row[at + 5])
+    return EntryTarget(task=task, form=form, entry_id=entry_id, version=version, new_entry=new_entry)
 
 
 # Published form versions never change (ecrf.services refuses to edit them).

@@ -151,12 +151,20 @@ def entry_save(
     *, subject: Any, task: Any, form: FormDefinition, values: Any, missing: Any = None, base_version: int | None,
     actor: Actor, complete: bool = False, reason: str = "", reasons: dict[str, str] | None = None,
     context: dict[str, Any] | None = None, language: str = "en", current_version: FormVersion | None = None,
+    new_entry: Any = None,
 ) -> SaveResult:
     """Save one form of one event occurrence (whole-form values: what is not given is
     empty). Malformed input saves nothing (400). Hard problems are returned and only
     block `complete`. Soft problems raise queries. A save based on an older version of
     the entry is refused with 412 and the items changed since, never merged silently.
-    After the first completion every change needs a reason. All in one transaction."""
+    After the first completion every change needs a reason. All in one transaction.
+
+    `new_entry` (ecrf.selectors.NewEntrySlot): the caller read, without a lock, that the
+    form has no entry yet. A first save that then needs nothing but its own writes (no
+    query to raise, no signature to void, no visit to re-plan) sends them all in ONE
+    statement outside any open transaction: PostgreSQL runs a multi-statement query as one
+    implicit transaction, so it saves the BEGIN, locking read and COMMIT round trips of
+    the hottest write, and the unique (task, form) row still decides a race (412)."""
     if actor.source not in SOURCES:
         raise ValidationFailed({"source": [_("Unknown source.")]})
     reasons = reasons or {}
@@ -166,103 +174,168 @@ def entry_save(
         raise ValidationFailed({"task": [_("This visit belongs to another subject.")]})
     if form.study_id != subject.study_id:
         raise ValidationFailed({"form": [_("This form belongs to another study.")]})
+    inputs = _SaveInput(subject=subject, task=task, form=form, values=values, missing=missing,
+                        base_version=base_version, actor=actor, complete=complete, reason=reason or "",
+                        reasons=reasons, context=context, language=language, current_version=current_version)
+    if new_entry is not None and not new_entry.signed:
+        plan = _save_plan(_Locked(entry=None, casebook_locked=new_entry.casebook_locked, signed=False,
+                                  new_id=new_entry.new_id), inputs)
+        # Soft problems first: the task statement below marks `task` completed in memory.
+        task_statements = None if plan.evaluation.soft else _complete_task_when_done(
+            task=task, subject=subject, form_code=form.code, replan=False) if complete else []
+        if task_statements is not None:
+            writes = [plan.entry_write, *task_statements]
+            if connection.in_atomic_block:  # the caller's transaction (ePRO, tests): a savepoint in it
+                with _first_save_race(), transaction.atomic():
+                    audit.audit_record_many(rows=plan.rows, preceded_by=writes)
+            else:
+                with _first_save_race():
+                    audit.audit_commit_with(rows=plan.rows, preceded_by=writes)
+            return _saved(plan)
+        # Queries to raise or a visit to re-plan: the ORM's writes, in the locked path.
     with _first_save_race(), transaction.atomic():
         locked = _entry_for_update(task_id=task.pk, form_id=form.pk, subject_id=subject.pk)
-        entry = locked.entry
-        if locked.casebook_locked or (entry is not None and entry.locked):
-            raise Conflict("locked", _("This record is locked; a data manager must unlock it first."))
-        if entry is None:
-            if base_version not in (None, 0):
-                raise PreconditionFailed("precondition_failed", _("This entry does not exist yet."),
-                                         fields={"version": [_("Start from an empty form (version 0).")]})
-            # The caller may already have read the current published version (the view does).
-            version = current_version if current_version is not None and current_version.form_id == form.pk and \
-                current_version.status == FormVersionStatus.PUBLISHED else form_current_version(form=form)
-            if version is None:
-                raise Conflict("form_not_published", _("This form has no published version yet."))
-        else:
-            if base_version is None:
-                raise ValidationFailed({"version": [_("Say which version of the entry you edited.")]})
-            if base_version != entry.version:
-                changed_since = sorted(path for path, at in entry.item_versions.items() if at > base_version)
-                raise PreconditionFailed(
-                    "precondition_failed",
-                    _("Someone else saved this form after you opened it. Reload it; your changes are kept "
-                      "in the page."),
-                    fields={path: [_("Changed by someone else.")] for path in changed_since} or
-                    {"version": [_("The entry is now at version %(v)d.") % {"v": entry.version}]})
-            version = current_version if current_version is not None and \
-                current_version.pk == entry.form_version_id else _form_version_of(entry)
-            entry.form, entry.form_version = form, version  # the same rows: saves reading them again
-        evaluation = entry_evaluate(definition=version.definition, values=values, missing=missing,
-                                    context=context, language=language)
-        if not evaluation.malformed:
-            from ecrf.files import file_values_check
-
-            evaluation.malformed.update(file_values_check(subject_id=subject.pk, form_id=form.pk,
-                                                          values=evaluation.values, definition=version.definition))
-        if evaluation.malformed:
-            raise ValidationFailed(evaluation.malformed)
-        changes = _changes(entry, evaluation)
-        calculated = {i["code"] for i in iter_items(version.definition.get("items") or [])
-                      if i.get("type") == "calculated"}
-        if entry is not None and entry.first_completed_at is not None and changes:
-            # Calculated items follow their inputs: the input's reason covers them.
-            lacking = [p for p in changes if not (reasons.get(p) or reason or "").strip()
-                       and item_code_of(p) not in calculated]
-            if lacking:
-                raise ValidationFailed({p: [_("Give a reason for this change.")] for p in lacking})
-        if complete and evaluation.hard:
-            raise ValidationFailed(evaluation.hard, message=_("Fix the items marked before completing the form."))
-        now = timezone.now()
-        creating = entry is None
-        if entry is None:
-            entry = Entry(subject_id=subject.pk, task_id=task.pk, form=form, form_version=version, version=0)
-        entry.version += 1
-        entry.values, entry.missing = evaluation.values, evaluation.missing
-        for path in changes:
-            entry.item_versions[path] = entry.version
-            entry.verified.pop(path, None)
-        if complete and entry.status != EntryStatus.COMPLETE:
-            entry.status = EntryStatus.COMPLETE
-            entry.completed_at = now
-            entry.first_completed_at = entry.first_completed_at or now
-        # Written with the audit append below, in one round trip (foreign keys to the entry
-        # are checked at commit, so queries raised before the INSERT may refer to it).
-        if creating:
-            entry.pk = locked.new_id
-            entry_write = insert_statement(entry)
-        else:
-            entry_write = update_statement(entry, fields=(
-                "status", "values", "missing", "item_versions", "verified", "version", "first_completed_at",
-                "completed_at"))
-        rows = [audit.AuditRow(
-            action="item_create" if old is None else ("item_delete" if new is None else "item_update"),
-            actor=actor.audit, source=actor.source, subject_id=subject.pk,
-            entry_id=entry.pk, event_code=task.event_code, form_code=form.code, form_version=version.number,
-            item=path, old=old, new=new,
-            reason=(reasons.get(path) or reason or "").strip()
-            or (_("Recalculated") if item_code_of(path) in calculated else ""))
-            for path, (old, new) in changes.items()]
-        if complete and entry.completed_at == now:
-            rows.append(audit.AuditRow(action="entry_complete", actor=actor.audit,
-                                       source=actor.source, subject_id=subject.pk, entry_id=entry.pk,
-                                       event_code=task.event_code, form_code=form.code, form_version=version.number))
-        result = SaveResult(entry=entry, version=version, hard=evaluation.hard, changed=list(changes))
-        if changes and locked.signed:
+        plan = _save_plan(locked, inputs)
+        entry, rows, result = plan.entry, plan.rows, plan.result
+        if plan.changes and locked.signed:
             rows.extend(_invalidate_signatures(subject_id=subject.pk, actor=actor,
                                                why=_("Signed data changed (%(form)s).") % {"form": form.code}))
-        if not creating or evaluation.soft:  # a new entry has no queries to close yet
-            result.queries_raised, result.queries_closed = _sync_auto_queries(entry, subject, evaluation, actor,
-                                                                              rows)
+        if not plan.creating or plan.evaluation.soft:  # a new entry has no queries to close yet
+            result.queries_raised, result.queries_closed = _sync_auto_queries(entry, subject, plan.evaluation,
+                                                                              actor, rows)
         # The visit's completion goes with the audit append, in one round trip.
         task_statements = _complete_task_when_done(task=task, subject=subject, form_code=form.code) \
             if complete else []
         # Last write before commit: from the append on, other saves in this tenant wait.
-        audit.audit_record_many(rows=rows, preceded_by=[entry_write, *task_statements])
-    log.info("entry.saved", entry_id=entry.pk, created=creating, version=entry.version, changed=len(changes),
-             complete=entry.status == EntryStatus.COMPLETE)
-    return result
+        audit.audit_record_many(rows=rows, preceded_by=[plan.entry_write, *(task_statements or [])])
+    return _saved(plan)
+
+
+@dataclass
+class _SaveInput:
+    subject: Any
+    task: Any
+    form: FormDefinition
+    values: Any
+    missing: Any
+    base_version: int | None
+    actor: Actor
+    complete: bool
+    reason: str
+    reasons: dict[str, str]
+    context: dict[str, Any] | None
+    language: str
+    current_version: FormVersion | None
+
+
+@dataclass
+class _SavePlan:
+    entry: Entry
+    creating: bool
+    evaluation: Evaluation
+    changes: dict[str, tuple[Any, Any]]
+    entry_write: tuple[str, list[Any]]
+    rows: list[audit.AuditRow]
+    result: SaveResult
+
+
+def _save_plan(locked: _Locked, given: _SaveInput) -> _SavePlan:
+    """Everything a save decides before it writes: refusals (locked, 412, malformed, a
+    missing reason, hard problems on completion), the entry's new state, its write
+    statement and the audit rows of its item changes. Writes nothing."""
+    form, task, subject, actor = given.form, given.task, given.subject, given.actor
+    base_version, complete, reason, reasons = given.base_version, given.complete, given.reason, given.reasons
+    current_version = given.current_version
+    entry = locked.entry
+    if locked.casebook_locked or (entry is not None and entry.locked):
+        raise Conflict("locked", _("This record is locked; a data manager must unlock it first."))
+    if entry is None:
+        if base_version not in (None, 0):
+            raise PreconditionFailed("precondition_failed", _("This entry does not exist yet."),
+                                     fields={"version": [_("Start from an empty form (version 0).")]})
+        # The caller may already have read the current published version (the view does).
+        version = current_version if current_version is not None and current_version.form_id == form.pk and \
+            current_version.status == FormVersionStatus.PUBLISHED else form_current_version(form=form)
+        if version is None:
+            raise Conflict("form_not_published", _("This form has no published version yet."))
+    else:
+        if base_version is None:
+            raise ValidationFailed({"version": [_("Say which version of the entry you edited.")]})
+        if base_version != entry.version:
+            changed_since = sorted(path for path, at in entry.item_versions.items() if at > base_version)
+            raise PreconditionFailed(
+                "precondition_failed",
+                _("Someone else saved this form after you opened it. Reload it; your changes are kept "
+                  "in the page."),
+                fields={path: [_("Changed by someone else.")] for path in changed_since} or
+                {"version": [_("The entry is now at version %(v)d.") % {"v": entry.version}]})
+        version = current_version if current_version is not None and \
+            current_version.pk == entry.form_version_id else _form_version_of(entry)
+        entry.form, entry.form_version = form, version  # the same rows: saves reading them again
+    evaluation = entry_evaluate(definition=version.definition, values=given.values, missing=given.missing,
+                                context=given.context, language=given.language)
+    if not evaluation.malformed:
+        from ecrf.files import file_values_check
+
+        evaluation.malformed.update(file_values_check(subject_id=subject.pk, form_id=form.pk,
+                                                      values=evaluation.values, definition=version.definition))
+    if evaluation.malformed:
+        raise ValidationFailed(evaluation.malformed)
+    changes = _changes(entry, evaluation)
+    calculated = {i["code"] for i in iter_items(version.definition.get("items") or [])
+                  if i.get("type") == "calculated"}
+    if entry is not None and entry.first_completed_at is not None and changes:
+        # Calculated items follow their inputs: the input's reason covers them.
+        lacking = [p for p in changes if not (reasons.get(p) or reason or "").strip()
+                   and item_code_of(p) not in calculated]
+        if lacking:
+            raise ValidationFailed({p: [_("Give a reason for this change.")] for p in lacking})
+    if complete and evaluation.hard:
+        raise ValidationFailed(evaluation.hard, message=_("Fix the items marked before completing the form."))
+    now = timezone.now()
+    creating = entry is None
+    if entry is None:
+        entry = Entry(subject_id=subject.pk, task_id=task.pk, form=form, form_version=version, version=0)
+    entry.version += 1
+    entry.values, entry.missing = evaluation.values, evaluation.missing
+    for path in changes:
+        entry.item_versions[path] = entry.version
+        entry.verified.pop(path, None)
+    if complete and entry.status != EntryStatus.COMPLETE:
+        entry.status = EntryStatus.COMPLETE
+        entry.completed_at = now
+        entry.first_completed_at = entry.first_completed_at or now
+    # Written with the audit append, in one round trip (foreign keys to the entry are
+    # checked at commit, so queries raised before the INSERT may refer to it).
+    if creating:
+        entry.pk = locked.new_id
+        entry_write = insert_statement(entry)
+    else:
+        entry_write = update_statement(entry, fields=(
+            "status", "values", "missing", "item_versions", "verified", "version", "first_completed_at",
+            "completed_at"))
+    rows = [audit.AuditRow(
+        action="item_create" if old is None else ("item_delete" if new is None else "item_update"),
+        actor=actor.audit, source=actor.source, subject_id=subject.pk,
+        entry_id=entry.pk, event_code=task.event_code, form_code=form.code, form_version=version.number,
+        item=path, old=old, new=new,
+        reason=(reasons.get(path) or reason or "").strip()
+        or (_("Recalculated") if item_code_of(path) in calculated else ""))
+        for path, (old, new) in changes.items()]
+    if complete and entry.completed_at == now:
+        rows.append(audit.AuditRow(action="entry_complete", actor=actor.audit,
+                                   source=actor.source, subject_id=subject.pk, entry_id=entry.pk,
+                                   event_code=task.event_code, form_code=form.code, form_version=version.number))
+    result = SaveResult(entry=entry, version=version, hard=evaluation.hard, changed=list(changes))
+    return _SavePlan(entry=entry, creating=creating, evaluation=evaluation, changes=changes, entry_write=entry_write,
+                     rows=rows, result=result)
+
+
+def _saved(plan: _SavePlan) -> SaveResult:
+    entry = plan.entry
+    log.info("entry.saved", entry_id=entry.pk, created=plan.creating, version=entry.version,
+             changed=len(plan.changes), complete=entry.status == EntryStatus.COMPLETE)
+    return plan.result
 
 
 _ENTRY_COLUMNS = tuple(f.attname for f in Entry._meta.concrete_fields)
@@ -340,12 +413,14 @@ def _query_row(action: str, query: Query, actor: Actor, entry: Entry, **extra: A
                           item=query.item, detail={"query": query.pk, "check": query.check_code}, **extra)
 
 
-def _complete_task_when_done(*, task: Any, subject: Any, form_code: str) -> list[tuple[str, list[Any]]]:
+def _complete_task_when_done(*, task: Any, subject: Any, form_code: str,
+                             replan: bool = True) -> list[tuple[str, list[Any]]] | None:
     """The visit is done when every form the schedule lists for it is complete (for an
     unscheduled visit, or an event that lists none, when one form is). The schedule is the
     task's own version (re-linked on amendments), as on the data-entry page. Returns the
     statement that completes the task when the caller may send it later in the
-    transaction (nothing needs re-planning); otherwise completes it now and returns []."""
+    transaction (nothing needs re-planning); otherwise completes it now and returns [],
+    or, with `replan=False`, writes nothing and returns None."""
     from studies.selectors import schedule_version_cached
     from studies.services import schedule_for_subject, site_today, task_complete, task_complete_statement
 
@@ -366,6 +441,8 @@ def _complete_task_when_done(*, task: Any, subject: Any, form_code: str) -> list
     today = site_today(subject.site)
     statement = task_complete_statement(task=task, completed_on=today, schedule=version)
     if statement is None:
+        if not replan:
+            return None
         task_complete(task=task, completed_on=today, schedule=version)
         return []
     return [statement]

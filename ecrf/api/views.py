@@ -157,19 +157,20 @@ class FormPublishView(APIView):
         return Response(FormVersionSerializer(services.form_publish(version=draft, actor=actor_for(request))).data)
 
 
-def _visit_target(request: Request, task_id: int, form_id: int) -> tuple[Any, FormDefinition, FormVersion, int | None]:
-    """(task, form, the version the entry uses or would use, the entry's id or None); 403/404 otherwise."""
+def _visit_target(request: Request, task_id: int, form_id: int, *, for_save: bool = False,
+                  ) -> tuple[Any, FormDefinition, FormVersion, selectors.EntryTarget]:
+    """(task, form, the version the entry uses or would use, the whole target); 403/404 otherwise."""
     membership = request_membership(request)
     if membership.role in selectors.NO_ENTRY_READ_ROLES:
         raise PermissionDenied("permission_denied", _("Your role does not allow reading clinical data."))
-    target = selectors.entry_target_get(membership=membership, task_id=task_id, form_id=form_id)
+    target = selectors.entry_target_get(membership=membership, task_id=task_id, form_id=form_id, for_save=for_save)
     if target is None:
         raise NotFound("not_found", _("No such visit, or not at one of your sites."))
     if target.form is None:
         raise NotFound("not_found", _("No such form in this study."))
     if target.version is None:
         raise NotFound("form_not_published", _("This form has no published version yet."))
-    return target.task, target.form, target.version, target.entry_id
+    return target.task, target.form, target.version, target
 
 
 class EntryView(APIView):
@@ -180,8 +181,8 @@ class EntryView(APIView):
 
     @extend_schema(responses={200: dict}, summary="A form of a visit, with its definition and data")
     def get(self, request: Request, task_id: int, form_id: int) -> Response:
-        task, _form, version, entry_id = _visit_target(request, task_id, form_id)
-        entry = selectors.entry_for(task_id=task.pk, form_id=form_id) if entry_id else None
+        task, _form, version, target = _visit_target(request, task_id, form_id)
+        entry = selectors.entry_for(task_id=task.pk, form_id=form_id) if target.entry_id else None
         body = entry_payload(entry=entry, version=version, task=task)
         return Response(body, headers={"ETag": f'"{body["version"]}"'})
 
@@ -192,7 +193,7 @@ class EntryView(APIView):
         membership = request_membership(request)
         if membership.role not in selectors.ENTRY_ROLES:
             raise PermissionDenied("permission_denied", _("Your role does not allow entering data."))
-        task, form, version, _entry_id = _visit_target(request, task_id, form_id)
+        task, form, version, target = _visit_target(request, task_id, form_id, for_save=True)
         data = entry_save_input(request.data)
         base = data["version"]
         if_match = (request.META.get("HTTP_IF_MATCH") or "").strip().strip('"').removeprefix("W/").strip('"')
@@ -207,7 +208,7 @@ class EntryView(APIView):
             complete=data["complete"], reason=data["reason"], reasons=data["reasons"],
             context=selectors.entry_context(subject=subject, task=task, form_code=form.code,
                                             today=site_today(subject.site), version=version),
-            language=getattr(request, "LANGUAGE_CODE", "en"), current_version=version)
+            language=getattr(request, "LANGUAGE_CODE", "en"), current_version=version, new_entry=target.new_entry)
         # The definition is left out: the client has it (GET), and it is most of the bytes.
         body = entry_payload(entry=result.entry, version=result.version, task=task, definition=False)
         body.update({"hard_errors": result.hard, "queries_raised": result.queries_raised,
@@ -231,7 +232,7 @@ class EntryFileUploadView(APIView):
         membership = request_membership(request)
         if membership.role not in selectors.ENTRY_ROLES:
             raise PermissionDenied("permission_denied", _("Your role does not allow entering data."))
-        task, form, version, _entry_id = _visit_target(request, task_id, form_id)
+        task, form, version, _target = _visit_target(request, task_id, form_id)
         # A file for a locked record could never be saved into it: refuse before storing.
         if selectors.record_locked(subject_id=task.subject_id, task_id=task.pk, form_id=form.pk):
             raise Conflict("locked", _("This record is locked; a data manager must unlock it first."))

@@ -1,0 +1,215 @@
+"""A form's first save outside any transaction (as in production, where nothing wraps a
+request in one): the entry, the visit's completion and the audit rows go to PostgreSQL as
+ONE query of several statements, which it runs as one implicit transaction. Tested on
+committed data in autocommit (no test transaction around it), which is the only place
+this path differs from the savepoint it takes inside a caller's transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from django.db import DataError, connection
+from django.test.utils import CaptureQueriesContext
+
+from config.errors import Conflict
+from ecrf import audit, selectors
+from ecrf import services as ecrf_services
+from ecrf.models import Entry, FormDefinition, Query
+from ecrf.models_audit import AuditEvent
+from ecrf.samples import VITALS
+from ecrf.services import PreconditionFailed
+from sites import services as site_services
+from sites.models import Site
+from studies import services
+from studies.models import FollowUpTask, Study, Subject, TaskStatus
+from tests.ecrf.test_entries import GOOD
+from tests.studies.test_enrolment import event
+
+pytestmark = pytest.mark.django_db
+
+COORDINATOR = "coordinator@alpha.example.org"
+
+
+@pytest.fixture(scope="module")
+def committed_world(world, django_db_blocker):  # type: ignore[no-untyped-def]
+    """Committed, in alpha: an active site with its coordinator, a study whose D3 visit
+    (open today) collects VITALS, and subjects for the tests; removed afterwards."""
+    day = dt.date.today() - dt.timedelta(days=3)
+    with django_db_blocker.unblock():
+        connection.set_tenant(world.alpha)
+        site = site_services.site_create(code="FS1", name="First saves", institution="H", country_region="CN",
+                                         principal_investigator="Dr F", target_enrolment=9, time_zone="Asia/Shanghai")
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        site = site_services.site_update_checklist(
+            site=site, ethics_approval_date=day, contract_signed=day, staff_trained=day,
+            ethics_document=SimpleUploadedFile("e.pdf", b"%PDF", "application/pdf"))
+        site = site_services.site_activate(site=site)
+        site_services.site_staff_assign(site=site, tenant=world.alpha, user=world.users[COORDINATOR],
+                                        role="coordinator", is_primary=True)
+        study = services.study_create(code="FSS", title="First saves", study_type="registry", target_enrolment=9)
+        services.schedule_publish(version=services.schedule_draft_save(
+            study=study, events=[{**event("D3", 3, before=3, after=3), "forms": ["VITALS"]}]))
+        study = services.study_activate(study=study)
+        designer = ecrf_services.Actor(user_id=world.users[COORDINATOR].pk, label=COORDINATOR, role="data_manager")
+        draft = ecrf_services.form_draft_save(study=study, definition=VITALS, actor=designer)
+        form = ecrf_services.form_publish(version=draft, actor=designer).form
+        subjects = [services.subject_enrol(study=study, site=site, consent_date=day, enrolment_date=day)
+                    for _ in range(5)]
+        tasks = [subject.tasks.get() for subject in subjects]
+        connection.set_schema_to_public()
+        try:
+            yield {"form": form, "tasks": tasks, "subjects": subjects}
+        finally:
+            connection.set_tenant(world.alpha)
+            ids = [s.pk for s in subjects]
+            Query.objects.filter(subject_id__in=ids).delete()
+            Entry.objects.filter(subject_id__in=ids).delete()
+            FormDefinition.objects.filter(study=study).delete()
+            Subject.objects.filter(study=study).delete()
+            Study.objects.filter(pk=study.pk).delete()
+            Site.objects.filter(pk=site.pk).delete()
+            connection.set_schema_to_public()
+            connection.close()
+
+
+def _committed(act: Any, world: Any) -> Any:
+    """`act` on a connection of its own, in autocommit and in alpha's schema (the test's
+    own connection is inside the test's transaction)."""
+    from tests.browser.server_env import committed
+
+    return committed(act, tenant=world.alpha)
+
+
+def _in_alpha(world: Any) -> None:
+    connection.set_tenant(world.alpha)
+
+
+def _audit_rows(subject_id: int) -> int:
+    return AuditEvent.objects.filter(subject_id=subject_id).count()
+
+
+def test_an_api_first_save_is_one_statement_with_its_audit_and_the_visit_done(committed_world, world, api):
+    task, form = committed_world["tasks"][0], committed_world["form"]
+
+    def act() -> None:
+        client = api(world.alpha, COORDINATOR)
+        with CaptureQueriesContext(connection) as sent:
+            saved = client.put(f"/api/v1/tasks/{task.pk}/forms/{form.pk}/entry/",
+                               {"values": GOOD, "version": 0, "complete": True}, format="json")
+        assert saved.status_code == 200, saved.content
+        body = saved.json()
+        statements = [q["sql"] for q in sent.captured_queries]
+        assert not any("FOR UPDATE" in sql for sql in statements)  # no locking read: no row to lock yet
+        writes = [sql for sql in statements if "ecrf_audit_append" in sql]
+        assert len(writes) == 1 and 'INSERT INTO "ecrf_entry"' in writes[0] and "studies_followuptask" in writes[0]
+        assert connection.get_autocommit() and not connection.in_atomic_block
+        _in_alpha(world)
+        entry = Entry.objects.get(task=task, form=form)
+        assert entry.pk == body["entry"] and entry.version == 1 and entry.values["weight"] == 70.5
+        assert FollowUpTask.objects.get(pk=task.pk).status == TaskStatus.COMPLETED
+        assert _audit_rows(task.subject_id) == len(body["changed"]) + 1  # every item, then the completion
+        assert audit.audit_chain_verify().ok
+
+    _committed(act, world)
+
+
+def test_a_failing_append_leaves_neither_the_entry_nor_the_visit_done(committed_world, world, monkeypatch):
+    """The last statement fails (a value too long for its column, in PostgreSQL): the
+    entry's INSERT and the visit's UPDATE before it in the same query are rolled back."""
+    task, form = committed_world["tasks"][1], committed_world["form"]
+    real_payload = audit._row_payload
+
+    def too_long(index: int, row: Any, problems: Any) -> dict[str, Any]:
+        return {**real_payload(index, row, problems), "action": "x" * 41}
+
+    def act() -> None:
+        before = AuditEvent.objects.count()
+        monkeypatch.setattr(audit, "_row_payload", too_long)
+        with pytest.raises(DataError):
+            _save(world, _target(world, task, form), values=GOOD, complete=True)
+        monkeypatch.undo()
+        assert not Entry.objects.filter(task=task).exists()
+        assert FollowUpTask.objects.get(pk=task.pk).status != TaskStatus.COMPLETED
+        assert AuditEvent.objects.count() == before
+        # Nothing was left half done: the same save goes through now.
+        _save(world, _target(world, task, form), values=GOOD, complete=True)
+        assert Entry.objects.get(task=task).version == 1
+        assert FollowUpTask.objects.get(pk=task.pk).status == TaskStatus.COMPLETED
+
+    _committed(act, world)
+
+
+def test_two_first_saves_that_both_read_no_entry_give_one_entry_and_a_412(committed_world, world):
+    task, form = committed_world["tasks"][2], committed_world["form"]
+
+    def act() -> None:
+        first, second = _target(world, task, form), _target(world, task, form)  # both before either saves
+        assert first.new_entry is not None and second.new_entry is not None
+        _save(world, first, values=GOOD)
+        audited = _audit_rows(task.subject_id)
+        with pytest.raises(PreconditionFailed):
+            _save(world, second, values={**GOOD, "weight": "71"})
+        assert Entry.objects.filter(task=task).count() == 1
+        assert Entry.objects.get(task=task).values["weight"] == 70.5
+        assert _audit_rows(task.subject_id) == audited  # the refused save left no audit row
+        assert audit.audit_chain_verify().ok
+
+    _committed(act, world)
+
+
+def test_a_first_save_that_raises_queries_takes_the_locked_path(committed_world, world, api):
+    task, form = committed_world["tasks"][3], committed_world["form"]
+
+    def act() -> None:
+        client = api(world.alpha, COORDINATOR)
+        with CaptureQueriesContext(connection) as sent:
+            saved = client.put(f"/api/v1/tasks/{task.pk}/forms/{form.pk}/entry/",
+                               {"values": {**GOOD, "weight": "30"}, "version": 0}, format="json")
+        assert saved.status_code == 200, saved.content
+        assert saved.json()["queries_raised"] == 1
+        assert any("FOR UPDATE" in q["sql"] for q in sent.captured_queries)
+        _in_alpha(world)
+        assert Query.objects.filter(subject_id=task.subject_id, item="weight", status="open").count() == 1
+
+    _committed(act, world)
+
+
+def test_a_casebook_locked_when_the_target_was_read_is_refused(committed_world, world):
+    task, form = committed_world["tasks"][4], committed_world["form"]
+
+    def act() -> None:
+        target = _target(world, task, form)
+        assert target.new_entry is not None
+        locked = selectors.NewEntrySlot(casebook_locked=True, signed=False, new_id=target.new_entry.new_id)
+        with pytest.raises(Conflict):
+            ecrf_services.entry_save(subject=target.subject, task=target.task, form=target.form, values=GOOD,
+                                     base_version=0, actor=_actor(world), current_version=target.version,
+                                     new_entry=locked)
+        assert not Entry.objects.filter(task=task).exists()
+
+    _committed(act, world)
+
+
+def _actor(world: Any) -> ecrf_services.Actor:
+    user = world.users[COORDINATOR]
+    return ecrf_services.Actor(user_id=user.pk, label=user.email, role="coordinator", source="api")
+
+
+def _target(world: Any, task: Any, form: Any) -> selectors.EntryTarget:
+    from tenants.models import TenantMembership
+
+    membership = TenantMembership.objects.get(tenant=world.alpha, user=world.users[COORDINATOR])
+    target = selectors.entry_target_get(membership=membership, task_id=task.pk, form_id=form.pk, for_save=True)
+    assert target is not None
+    return target
+
+
+def _save(world: Any, target: selectors.EntryTarget, *, values: dict[str, Any], complete: bool = False) -> Any:
+    return ecrf_services.entry_save(subject=target.subject, task=target.task, form=target.form, values=values,
+                                    base_version=0, actor=_actor(world), complete=complete,
+                                    current_version=target.version, new_entry=target.new_entry,
+                                    context={"_today": dt.date.today().isoformat()})
+
