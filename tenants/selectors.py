@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from django.db import connection
 from django.db.models import QuerySet
 from django_tenants.utils import get_public_schema_name
 
+from config.db import execute_prepared, instance_from_row
 from tenants.models import ApiToken, Tenant, TenantMembership, TenantStatus, User
 from tenants.roles import ALL_SITES_ROLES
 
@@ -68,12 +71,39 @@ def member_user(*, tenant: Tenant, user_id: int) -> User | None:
     return membership.user if membership else None
 
 
-def token_for_key(*, raw_key: str) -> ApiToken | None:
-    return (
-        ApiToken.objects.select_related("user", "tenant")
-        .filter(digest=ApiToken.digest_of(raw_key))
-        .first()
-    )
+def _columns(model: Any) -> tuple[str, ...]:
+    return tuple(f.attname for f in model._meta.concrete_fields)
+
+
+_TOKEN_COLUMNS, _USER_COLUMNS, _MEMBERSHIP_COLUMNS = _columns(ApiToken), _columns(User), _columns(TenantMembership)
+_TOKEN_SQL = (  # column names come from the models, never from input
+    "SELECT " + ", ".join([f"k.{c}" for c in _TOKEN_COLUMNS] + [f"u.{c}" for c in _USER_COLUMNS]  # noqa: S608
+                          + [f"m.{c}" for c in _MEMBERSHIP_COLUMNS])
+    + f" FROM {ApiToken._meta.db_table} k JOIN {User._meta.db_table} u ON u.id = k.user_id"
+    f" LEFT JOIN {TenantMembership._meta.db_table} m ON m.user_id = k.user_id AND m.tenant_id = %(tenant)s"
+    " AND m.is_active WHERE k.digest = %(digest)s")
+
+
+def token_with_membership(*, raw_key: str, tenant: Tenant) -> tuple[ApiToken, TenantMembership | None] | None:
+    """The token of `raw_key` with its user, and that user's active membership of `tenant`
+    (None when there is none), in one prepared statement: every API request runs it. The
+    token's own tenant is left to the caller to compare (token.tenant_id); `token.tenant`
+    is set only when it is `tenant`."""
+    with connection.cursor() as cursor:
+        execute_prepared(cursor, _TOKEN_SQL, {"digest": ApiToken.digest_of(raw_key), "tenant": tenant.pk})
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    first, second = len(_TOKEN_COLUMNS), len(_TOKEN_COLUMNS) + len(_USER_COLUMNS)
+    token = instance_from_row(ApiToken, _TOKEN_COLUMNS, row[:first])
+    token.user = instance_from_row(User, _USER_COLUMNS, row[first:second])
+    if token.tenant_id == tenant.pk:
+        token.tenant = tenant
+    membership = None
+    if row[second] is not None:
+        membership = instance_from_row(TenantMembership, _MEMBERSHIP_COLUMNS, row[second:])
+        membership.user, membership.tenant = token.user, tenant
+    return token, membership
 
 
 @dataclass(frozen=True)

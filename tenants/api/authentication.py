@@ -17,7 +17,7 @@ from rest_framework.request import Request
 
 from tenants.auth import is_public_request
 from tenants.models import ApiToken
-from tenants.selectors import membership_for, token_for_key
+from tenants.selectors import token_with_membership
 
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -38,18 +38,20 @@ class TenantTokenAuthentication(BaseAuthentication):
             raw = parts[1].decode()
         except UnicodeError as exc:
             raise exceptions.AuthenticationFailed(_("Invalid token header.")) from exc
-        token = token_for_key(raw_key=raw)
         django_request = request._request
-        if token is None or is_public_request(django_request):
+        if is_public_request(django_request):
             raise exceptions.AuthenticationFailed(_("Invalid or revoked token."))
         tenant = django_request.tenant  # type: ignore[attr-defined]
+        found = token_with_membership(raw_key=raw, tenant=tenant)
+        if found is None:
+            raise exceptions.AuthenticationFailed(_("Invalid or revoked token."))
+        token, membership = found
         if token.tenant_id != tenant.pk:
             raise exceptions.AuthenticationFailed(_("This token is not valid for this organisation."))
         if token.expires and token.expires < timezone.now():
             raise exceptions.AuthenticationFailed(_("This token has expired."))
         if not token.user.is_active:
             raise exceptions.AuthenticationFailed(_("This account is disabled."))
-        membership = membership_for(user=token.user, tenant=tenant)
         if membership is None:
             raise exceptions.AuthenticationFailed(_("You are not a member of this organisation."))
         django_request.membership = membership  # type: ignore[attr-defined]

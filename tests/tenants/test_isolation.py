@@ -118,3 +118,17 @@ def test_requests_run_in_the_hosts_schema(api, world, email_of):
     assert alpha_paths and all("t_beta" not in s for s in alpha_paths)
     assert any("t_alpha" in s for s in alpha_paths)
     assert beta_paths and all("t_alpha" not in s for s in beta_paths)
+
+
+def test_a_token_request_reads_token_user_and_membership_in_one_statement(api, world, email_of):
+    """Every API request authenticates: one prepared statement, not three ORM reads."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = api(world.alpha, email_of("viewer", "alpha"))
+    client.get("/api/v1/tenant/")  # prepares it on this connection
+    with CaptureQueriesContext(connection) as sent:
+        assert client.get("/api/v1/tenant/").status_code == 200
+    auth = [q["sql"] for q in sent.captured_queries
+            if "apitoken" in q["sql"] or "tenantmembership" in q["sql"] or q["sql"].startswith("EXECUTE")]
+    assert len(auth) == 1, auth
