@@ -175,57 +175,65 @@ def _require_tenant_transaction(what: str) -> None:
         raise RuntimeError(f"{what} must run inside the transaction that makes the change it records")
 
 
-def audit_record_many(*, rows: Sequence[AuditRow],
-                      preceded_by: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[AuditAppended]:
+Statement = tuple[str, Sequence[Any]]
+
+
+def audit_record_many(*, rows: Sequence[AuditRow], preceded_by: Sequence[Statement] = (),
+                      followed_by: Sequence[Statement] = ()) -> list[AuditAppended]:
     """Append `rows`, in order, to this tenant's audit trail: one INSERT, one head update.
 
     Must run inside the caller's transaction (the one that makes the change), as its last
     write: from here until commit, every other append in this tenant waits.
     `preceded_by`: the caller's last other writes, (sql, params) whose results are not
     needed; they are sent in the same round trip and run first (a form save completing
-    its visit), which saves a round trip on the hottest write path."""
+    its visit), which saves a round trip on the hottest write path. `followed_by`: checks
+    that must run once the append holds the audit lock (then nothing is returned)."""
     _require_tenant_transaction("audit_record_many")
-    return _append(rows, preceded_by)
+    return _append(rows, preceded_by, followed_by)
 
 
-def audit_commit_with(*, rows: Sequence[AuditRow],
-                      preceded_by: Sequence[tuple[str, Sequence[Any]]]) -> list[AuditAppended]:
-    """The writes `preceded_by` and the append of `rows` as ONE query of several
-    statements, outside any open transaction: PostgreSQL runs such a query as one implicit
-    transaction and commits it at its end, so the change and its audit land together or
-    not at all (a failing statement rolls back the ones before it). For a change that
-    needs nothing read under a lock first (a form's first save); one round trip instead of
-    BEGIN, the writes and COMMIT."""
+def audit_commit_with(*, rows: Sequence[AuditRow], preceded_by: Sequence[Statement],
+                      followed_by: Sequence[Statement] = ()) -> list[AuditAppended]:
+    """The writes `preceded_by`, the append of `rows` and the checks `followed_by` as ONE
+    query of several statements, outside any open transaction: PostgreSQL runs such a
+    query as one implicit transaction and commits it at its end, so the change and its
+    audit land together or not at all (a failing statement rolls back the ones before
+    it). For a change that needs nothing read under a lock first (a form's first save);
+    one round trip instead of BEGIN, the writes and COMMIT."""
     if getattr(connection, "schema_name", "public") == "public":
         raise RuntimeError("audit_commit_with runs in a tenant schema (the audit trail is per tenant)")
     if connection.in_atomic_block or not connection.get_autocommit():
         raise RuntimeError("audit_commit_with must run outside a transaction: it is its own")
     if not rows or not preceded_by:
         raise RuntimeError("audit_commit_with records a change: writes and their audit rows")
-    return _append(rows, preceded_by)
+    return _append(rows, preceded_by, followed_by)
 
 
-def _append(rows: Sequence[AuditRow], preceded_by: Sequence[tuple[str, Sequence[Any]]]) -> list[AuditAppended]:
-    if not rows:
-        return []
+def _append(rows: Sequence[AuditRow], preceded_by: Sequence[Statement],
+            followed_by: Sequence[Statement]) -> list[AuditAppended]:
     if len(rows) > MAX_BATCH:
         raise DomainError("audit_invalid", _("At most %(n)d audit rows at once.") % {"n": MAX_BATCH})
     problems: dict[str, list[str]] = {}
     payload = [_row_payload(index, row, problems) for index, row in enumerate(rows)]
     if problems:
         raise DomainError("audit_invalid", _("The audit record is not valid."), fields=problems)
+    # Nothing to audit (a save that changed nothing): the caller's writes still run.
+    append: list[Statement] = [("SELECT id, seq, at, encode(hash, 'hex') FROM ecrf_audit_append(%s::jsonb)",
+                                [json.dumps(payload, ensure_ascii=False)])] if payload else []
+    statements = [*preceded_by, *append, *followed_by]
+    if not statements:
+        return []
     with connection.cursor() as cursor:
-        append = ("SELECT id, seq, at, encode(hash, 'hex') FROM ecrf_audit_append(%s::jsonb)",
-                  [json.dumps(payload, ensure_ascii=False)])
-        if preceded_by:
-            # Bound client-side by psycopg2 (as every execute is), then one query string
-            # of several statements: the result read is the last one's, the append's.
-            cursor.execute(b"; ".join(cursor.mogrify(sql, params) for sql, params in (*preceded_by, append))
-                           .decode())  # Django sets client_encoding UTF8
+        if len(statements) == 1:
+            cursor.execute(*statements[0])
         else:
-            cursor.execute(*append)
-        appended = [AuditAppended(id=r[0], seq=r[1], at=r[2], hash=r[3]) for r in cursor.fetchall()]
-    return appended
+            # Bound client-side by psycopg2 (as every execute is), then one query string
+            # of several statements: the result read is the last one's.
+            cursor.execute(b"; ".join(cursor.mogrify(sql, params) for sql, params in statements)
+                           .decode())  # Django sets client_encoding UTF8
+        if not append or followed_by:
+            return []
+        return [AuditAppended(id=r[0], seq=r[1], at=r[2], hash=r[3]) for r in cursor.fetchall()]
 
 
 def audit_record(

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 from django.core.cache import cache
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -35,6 +35,7 @@ from ecrf.models import (
     QueryStatus,
     Signature,
 )
+from ecrf.selectors import NewEntrySlot
 from ecrf.validation import Evaluation, entry_evaluate, flatten_values, item_code_of
 
 log = structlog.get_logger(__name__)
@@ -151,7 +152,7 @@ def entry_save(
     *, subject: Any, task: Any, form: FormDefinition, values: Any, missing: Any = None, base_version: int | None,
     actor: Actor, complete: bool = False, reason: str = "", reasons: dict[str, str] | None = None,
     context: dict[str, Any] | None = None, language: str = "en", current_version: FormVersion | None = None,
-    new_entry: Any = None,
+    new_entry: NewEntrySlot | None = None,
 ) -> SaveResult:
     """Save one form of one event occurrence (whole-form values: what is not given is
     empty). Malformed input saves nothing (400). Hard problems are returned and only
@@ -159,12 +160,14 @@ def entry_save(
     the entry is refused with 412 and the items changed since, never merged silently.
     After the first completion every change needs a reason. All in one transaction.
 
-    `new_entry` (ecrf.selectors.NewEntrySlot): the caller read, without a lock, that the
-    form has no entry yet. A first save that then needs nothing but its own writes (no
+    `new_entry`: the caller read, without a lock, that the form has no entry yet (the
+    view's target read). A first save that then needs nothing but its own writes (no
     query to raise, no signature to void, no visit to re-plan) sends them all in ONE
     statement outside any open transaction: PostgreSQL runs a multi-statement query as one
     implicit transaction, so it saves the BEGIN, locking read and COMMIT round trips of
-    the hottest write, and the unique (task, form) row still decides a race (412)."""
+    the hottest write. The unique (task, form) row decides a race (412); a casebook
+    locked or signed since the read is caught after the audit lock (_casebook_guard)
+    and the save is done again on the locked path."""
     if actor.source not in SOURCES:
         raise ValidationFailed({"source": [_("Unknown source.")]})
     reasons = reasons or {}
@@ -174,41 +177,99 @@ def entry_save(
         raise ValidationFailed({"task": [_("This visit belongs to another subject.")]})
     if form.study_id != subject.study_id:
         raise ValidationFailed({"form": [_("This form belongs to another study.")]})
-    inputs = _SaveInput(subject=subject, task=task, form=form, values=values, missing=missing,
-                        base_version=base_version, actor=actor, complete=complete, reason=reason or "",
-                        reasons=reasons, context=context, language=language, current_version=current_version)
+    given = _SaveInput(subject=subject, task=task, form=form, values=values, missing=missing,
+                       base_version=base_version, actor=actor, complete=complete, reason=reason or "",
+                       reasons=reasons, context=context, language=language, current_version=current_version)
+    evaluated: Evaluation | None = None
     if new_entry is not None and not new_entry.signed:
-        plan = _save_plan(_Locked(entry=None, casebook_locked=new_entry.casebook_locked, signed=False,
-                                  new_id=new_entry.new_id), inputs)
-        # Soft problems first: the task statement below marks `task` completed in memory.
-        task_statements = None if plan.evaluation.soft else _complete_task_when_done(
-            task=task, subject=subject, form_code=form.code, replan=False) if complete else []
-        if task_statements is not None:
-            writes = [plan.entry_write, *task_statements]
-            if connection.in_atomic_block:  # the caller's transaction (ePRO, tests): a savepoint in it
-                with _first_save_race(), transaction.atomic():
-                    audit.audit_record_many(rows=plan.rows, preceded_by=writes)
-            else:
-                with _first_save_race():
-                    audit.audit_commit_with(rows=plan.rows, preceded_by=writes)
+        plan = _save_plan(_EntryState(entry=None, casebook_locked=new_entry.casebook_locked, signed=False,
+                                      new_id=new_entry.new_id), given)
+        if _first_save_direct(plan, given):
             return _saved(plan)
-        # Queries to raise or a visit to re-plan: the ORM's writes, in the locked path.
-    with _first_save_race(), transaction.atomic():
-        locked = _entry_for_update(task_id=task.pk, form_id=form.pk, subject_id=subject.pk)
-        plan = _save_plan(locked, inputs)
+        evaluated = plan.evaluation  # the same input: the locked path need not evaluate it again
+    with _first_save_race(), _casebook_changed(), transaction.atomic():
+        state = _entry_for_update(task_id=task.pk, form_id=form.pk, subject_id=subject.pk)
+        plan = _save_plan(state, given, evaluated=evaluated if state.entry is None else None)
         entry, rows, result = plan.entry, plan.rows, plan.result
-        if plan.changes and locked.signed:
+        if plan.changes and state.signed:
             rows.extend(_invalidate_signatures(subject_id=subject.pk, actor=actor,
                                                why=_("Signed data changed (%(form)s).") % {"form": form.code}))
         if not plan.creating or plan.evaluation.soft:  # a new entry has no queries to close yet
             result.queries_raised, result.queries_closed = _sync_auto_queries(entry, subject, plan.evaluation,
                                                                               actor, rows)
         # The visit's completion goes with the audit append, in one round trip.
-        task_statements = _complete_task_when_done(task=task, subject=subject, form_code=form.code) \
-            if complete else []
+        task_statements = _task_completion(task=task, subject=subject, form_code=form.code) if complete else []
+        if task_statements is None:
+            _task_complete_replanning(task=task, subject=subject)
+            task_statements = []
         # Last write before commit: from the append on, other saves in this tenant wait.
-        audit.audit_record_many(rows=rows, preceded_by=[plan.entry_write, *(task_statements or [])])
+        audit.audit_record_many(rows=rows, preceded_by=[plan.entry_write, *task_statements],
+                                followed_by=[_casebook_guard(subject.pk, changed=bool(plan.changes))])
     return _saved(plan)
+
+
+def _first_save_direct(plan: _SavePlan, given: _SaveInput) -> bool:
+    """Send a first save's writes, its visit's completion and its audit rows as one
+    statement (entry_save). False, with nothing written and `task` as it was, when the
+    save needs the locked path: queries to raise, a visit to re-plan, nothing to audit
+    (no audit lock to order it after a casebook lock), or a casebook locked or signed
+    since the caller's read."""
+    task = given.task
+    if plan.evaluation.soft or not plan.rows:
+        return False
+    kept = (task.status, task.completed_on, task.updated)  # the completion statement sets them
+    statements: list[tuple[str, list[Any]]] = []
+    if given.complete:
+        completion = _task_completion(task=task, subject=given.subject, form_code=given.form.code)
+        if completion is None:  # re-planning writes through the ORM
+            return False
+        statements = completion
+    writes = [plan.entry_write, *statements]
+    guard = [_casebook_guard(given.subject.pk, changed=True)]
+    try:
+        with _first_save_race(), _casebook_changed(retry=True):
+            if connection.in_atomic_block or not connection.get_autocommit():
+                with transaction.atomic():  # within the caller's transaction: a savepoint
+                    audit.audit_record_many(rows=plan.rows, preceded_by=writes, followed_by=guard)
+            else:
+                audit.audit_commit_with(rows=plan.rows, preceded_by=writes, followed_by=guard)
+    except _CasebookChanged:
+        task.status, task.completed_on, task.updated = kept
+        return False
+    except BaseException:
+        task.status, task.completed_on, task.updated = kept
+        raise
+    return True
+
+
+class _CasebookChanged(Exception):
+    """The casebook was locked, or signed, after the save read that it was not."""
+
+
+_GUARD_SQLSTATE = "SF409"  # raised by ecrf_casebook_open (ecrf migration 0007)
+
+
+def _casebook_guard(subject_id: int, *, changed: bool) -> tuple[str, list[Any]]:
+    """The statement that fails (SQLSTATE SF409) if the subject's casebook is locked, or,
+    when the save changed data, signed. Sent after the audit append: by then every lock
+    or signature that came first has committed (each takes the audit lock) and is seen."""
+    return "SELECT ecrf_casebook_open(%s, %s)", [subject_id, changed]
+
+
+@contextlib.contextmanager
+def _casebook_changed(*, retry: bool = False) -> Iterator[None]:
+    """The guard's failure: with `retry`, _CasebookChanged (the direct path falls back to
+    the locked one, which reads the lock or signature itself); else a 409, someone locked
+    or signed the casebook while this save ran."""
+    try:
+        yield
+    except DatabaseError as error:
+        if getattr(error.__cause__, "pgcode", None) != _GUARD_SQLSTATE:
+            raise
+        if retry:
+            raise _CasebookChanged from error
+        raise Conflict("locked", _("The casebook was locked or signed while you were saving. Reload the form; "
+                                   "your changes are kept in the page.")) from error
 
 
 @dataclass
@@ -239,15 +300,15 @@ class _SavePlan:
     result: SaveResult
 
 
-def _save_plan(locked: _Locked, given: _SaveInput) -> _SavePlan:
+def _save_plan(state: _EntryState, given: _SaveInput, *, evaluated: Evaluation | None = None) -> _SavePlan:
     """Everything a save decides before it writes: refusals (locked, 412, malformed, a
     missing reason, hard problems on completion), the entry's new state, its write
     statement and the audit rows of its item changes. Writes nothing."""
     form, task, subject, actor = given.form, given.task, given.subject, given.actor
     base_version, complete, reason, reasons = given.base_version, given.complete, given.reason, given.reasons
     current_version = given.current_version
-    entry = locked.entry
-    if locked.casebook_locked or (entry is not None and entry.locked):
+    entry = state.entry
+    if state.casebook_locked or (entry is not None and entry.locked):
         raise Conflict("locked", _("This record is locked; a data manager must unlock it first."))
     if entry is None:
         if base_version not in (None, 0):
@@ -272,15 +333,7 @@ def _save_plan(locked: _Locked, given: _SaveInput) -> _SavePlan:
         version = current_version if current_version is not None and \
             current_version.pk == entry.form_version_id else _form_version_of(entry)
         entry.form, entry.form_version = form, version  # the same rows: saves reading them again
-    evaluation = entry_evaluate(definition=version.definition, values=given.values, missing=given.missing,
-                                context=given.context, language=given.language)
-    if not evaluation.malformed:
-        from ecrf.files import file_values_check
-
-        evaluation.malformed.update(file_values_check(subject_id=subject.pk, form_id=form.pk,
-                                                      values=evaluation.values, definition=version.definition))
-    if evaluation.malformed:
-        raise ValidationFailed(evaluation.malformed)
+    evaluation = evaluated or _evaluation(given, version, subject_id=subject.pk)
     changes = _changes(entry, evaluation)
     calculated = {i["code"] for i in iter_items(version.definition.get("items") or [])
                   if i.get("type") == "calculated"}
@@ -308,7 +361,7 @@ def _save_plan(locked: _Locked, given: _SaveInput) -> _SavePlan:
     # Written with the audit append, in one round trip (foreign keys to the entry are
     # checked at commit, so queries raised before the INSERT may refer to it).
     if creating:
-        entry.pk = locked.new_id
+        entry.pk = state.new_id
         entry_write = insert_statement(entry)
     else:
         entry_write = update_statement(entry, fields=(
@@ -329,6 +382,20 @@ def _save_plan(locked: _Locked, given: _SaveInput) -> _SavePlan:
     result = SaveResult(entry=entry, version=version, hard=evaluation.hard, changed=list(changes))
     return _SavePlan(entry=entry, creating=creating, evaluation=evaluation, changes=changes, entry_write=entry_write,
                      rows=rows, result=result)
+
+
+def _evaluation(given: _SaveInput, version: FormVersion, *, subject_id: int) -> Evaluation:
+    """The values checked against the version: 400 for anything malformed (files too)."""
+    from ecrf.files import file_values_check
+
+    evaluation = entry_evaluate(definition=version.definition, values=given.values, missing=given.missing,
+                                context=given.context, language=given.language)
+    if not evaluation.malformed:
+        evaluation.malformed.update(file_values_check(subject_id=subject_id, form_id=given.form.pk,
+                                                      values=evaluation.values, definition=version.definition))
+    if evaluation.malformed:
+        raise ValidationFailed(evaluation.malformed)
+    return evaluation
 
 
 def _saved(plan: _SavePlan) -> SaveResult:
@@ -353,14 +420,17 @@ _ENTRY_FOR_UPDATE = (
 
 
 @dataclass
-class _Locked:
-    entry: Entry | None  # row-locked until commit
+class _EntryState:
+    """What a save starts from: the entry (None: not saved yet; otherwise row-locked until
+    commit, by _entry_for_update), whether the casebook is locked and whether it is signed."""
+
+    entry: Entry | None
     casebook_locked: bool
     signed: bool  # the subject has a valid signature
     new_id: int | None = None  # the id a new entry takes
 
 
-def _entry_for_update(*, task_id: int, form_id: int, subject_id: int) -> _Locked:
+def _entry_for_update(*, task_id: int, form_id: int, subject_id: int) -> _EntryState:
     """The entry (locked), whether the casebook is locked and whether it is signed.
     Hand-written: it runs on every save, one statement instead of three ORM reads."""
     with connection.cursor() as cursor:
@@ -368,7 +438,7 @@ def _entry_for_update(*, task_id: int, form_id: int, subject_id: int) -> _Locked
         row = cursor.fetchone()
     entry_values = row[2:-1]
     entry = instance_from_row(Entry, _ENTRY_COLUMNS, entry_values) if entry_values[0] is not None else None
-    return _Locked(entry=entry, casebook_locked=bool(row[0]), signed=bool(row[1]), new_id=row[-1])
+    return _EntryState(entry=entry, casebook_locked=bool(row[0]), signed=bool(row[1]), new_id=row[-1])
 
 
 def _form_version_of(entry: Entry) -> FormVersion:
@@ -413,39 +483,47 @@ def _query_row(action: str, query: Query, actor: Actor, entry: Entry, **extra: A
                           item=query.item, detail={"query": query.pk, "check": query.check_code}, **extra)
 
 
-def _complete_task_when_done(*, task: Any, subject: Any, form_code: str,
-                             replan: bool = True) -> list[tuple[str, list[Any]]] | None:
-    """The visit is done when every form the schedule lists for it is complete (for an
-    unscheduled visit, or an event that lists none, when one form is). The schedule is the
-    task's own version (re-linked on amendments), as on the data-entry page. Returns the
-    statement that completes the task when the caller may send it later in the
-    transaction (nothing needs re-planning); otherwise completes it now and returns [],
-    or, with `replan=False`, writes nothing and returns None."""
-    from studies.selectors import schedule_version_cached
-    from studies.services import schedule_for_subject, site_today, task_complete, task_complete_statement
+def _task_completion(*, task: Any, subject: Any, form_code: str) -> list[tuple[str, list[Any]]] | None:
+    """What completing `form_code` does to its visit, which is done when every form the
+    schedule lists for it is complete (for an unscheduled visit, or an event that lists
+    none, when one form is). The schedule is the task's own version (re-linked on
+    amendments), as on the data-entry page. Returns [] when the visit stays open (or is
+    closed already), the statement that completes it (sent with the save's other writes;
+    it marks `task` completed in memory), or None when completing it re-plans other
+    events: then call _task_complete_replanning, which writes through the ORM."""
+    from studies.services import site_today, task_complete_statement
 
     if task.status in ("completed", "missed", "cancelled"):
         return []
-    version = (schedule_version_cached(version_id=task.schedule_version_id) if task.schedule_version_id
-               else schedule_for_subject(subject=subject))
+    version = _schedule_of(task, subject)
     listed: set[str] = set()
     if version is not None and not task.unscheduled:
         listed = next((set(raw.get("forms") or []) for raw in version.events if raw.get("code") == task.event_code),
                       set())
     # The form just completed is the only one listed (the usual visit): nothing to read.
+    # Otherwise the others must be complete already (this one is being completed now: its
+    # row is written with the statement returned here).
     if listed and listed != {form_code}:
         complete_codes = set(Entry.objects.filter(task_id=task.pk, status=EntryStatus.COMPLETE)
                              .values_list("form__code", flat=True))
-        if not listed <= complete_codes:
+        if not listed <= complete_codes | {form_code}:
             return []
-    today = site_today(subject.site)
-    statement = task_complete_statement(task=task, completed_on=today, schedule=version)
-    if statement is None:
-        if not replan:
-            return None
-        task_complete(task=task, completed_on=today, schedule=version)
-        return []
-    return [statement]
+    statement = task_complete_statement(task=task, completed_on=site_today(subject.site), schedule=version)
+    return None if statement is None else [statement]
+
+
+def _task_complete_replanning(*, task: Any, subject: Any) -> None:
+    from studies.services import site_today, task_complete
+
+    task_complete(task=task, completed_on=site_today(subject.site), schedule=_schedule_of(task, subject))
+
+
+def _schedule_of(task: Any, subject: Any) -> Any:
+    from studies.selectors import schedule_version_cached
+    from studies.services import schedule_for_subject
+
+    return (schedule_version_cached(version_id=task.schedule_version_id) if task.schedule_version_id
+            else schedule_for_subject(subject=subject))
 
 
 # --- signatures ------------------------------------------------------------------------------

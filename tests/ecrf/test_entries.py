@@ -23,7 +23,8 @@ from tests.tenants.test_api import _assert_error_shape
 pytestmark = pytest.mark.django_db
 
 
-def _crf_in(tenant, world, in_tenant, email_of, api, definition=VITALS, later=None):  # type: ignore[no-untyped-def]
+def _crf_in(tenant, world, in_tenant, email_of, api, definition=VITALS, later=None,  # type: ignore[no-untyped-def]
+            also=()):
     """In `tenant` ("alpha"/"beta" objects of world): an active site S1 (coordinator,
     investigator, monitor), an active study whose D7 visit collects the form
     (published), and one enrolled subject."""
@@ -39,7 +40,7 @@ def _crf_in(tenant, world, in_tenant, email_of, api, definition=VITALS, later=No
     admin = api(tenant, email_of("tenant_admin", slug))
     study = admin.post("/api/v1/studies/", {"code": "CRF", "title": "eCRF", "study_type": "registry",
                                             "target_enrolment": 10}, format="json").json()
-    d7 = {**event("D7", 7, before=7, after=7), "forms": [definition["code"]]}
+    d7 = {**event("D7", 7, before=7, after=7), "forms": [definition["code"], *(d["code"] for d in also)]}
     events = [d7, *(later or [event("D30", 30)])]
     assert admin.post(f"/api/v1/studies/{study['id']}/schedule/", {"events": events},
                       format="json").status_code == 200
@@ -47,15 +48,20 @@ def _crf_in(tenant, world, in_tenant, email_of, api, definition=VITALS, later=No
     assert admin.post(f"/api/v1/studies/{study['id']}/activate/").status_code == 200
     draft = admin.post(f"/api/v1/studies/{study['id']}/forms/", {"definition": definition}, format="json")
     assert draft.status_code == 200, draft.content
-    form_id = admin.get(f"/api/v1/studies/{study['id']}/forms/").json()[0]["id"]
-    assert admin.post(f"/api/v1/forms/{form_id}/publish/").status_code == 200
+    for other in also:  # more forms the D7 visit collects
+        assert admin.post(f"/api/v1/studies/{study['id']}/forms/", {"definition": other},
+                          format="json").status_code == 200
+    forms = {f["code"]: f["id"] for f in admin.get(f"/api/v1/studies/{study['id']}/forms/").json()}
+    for other_id in forms.values():
+        assert admin.post(f"/api/v1/forms/{other_id}/publish/").status_code == 200
+    form_id = forms[definition["code"]]
     coordinator = api(tenant, email_of("coordinator", slug))
     subject = coordinator.post("/api/v1/subjects/", {"study": study["id"], "site": site.pk,
                                                      "consent_date": TODAY.isoformat()}, format="json").json()
     task = coordinator.get(f"/api/v1/subjects/{subject['id']}/").json()["tasks"][0]
     return {"study": study["id"], "form": form_id, "subject": subject["id"], "task": task["id"],
             "url": f"/api/v1/tasks/{task['id']}/forms/{form_id}/entry/", "admin": admin,
-            "coordinator": coordinator, "site": site.pk}
+            "coordinator": coordinator, "site": site.pk, "forms": forms}
 
 
 @pytest.fixture
@@ -401,7 +407,7 @@ def test_two_first_saves_at_once_give_one_entry_and_a_412(crf, in_tenant, world,
     assert _put(crf["coordinator"], crf, GOOD, version=0).status_code == 200
     # The second save read "no entry" before the first committed:
     monkeypatch.setattr(services, "_entry_for_update",
-                        lambda **_: services._Locked(entry=None, casebook_locked=False, signed=False))
+                        lambda **_: services._EntryState(entry=None, casebook_locked=False, signed=False))
     late = _put(crf["coordinator"], crf, {**GOOD, "weight": "71"}, version=0)
     _assert_error_shape(late, 412)
     in_tenant(world.alpha)
@@ -449,3 +455,85 @@ def test_completing_the_form_of_an_anchor_visit_replans_the_events_anchored_on_i
     assert after["D7"]["status"] == "completed" and after["D7"]["completed_on"] == TODAY.isoformat()
     assert after["CALL"]["provisional"] is False
     assert after["CALL"]["target_date"] == (TODAY + dt.timedelta(days=14)).isoformat()
+
+
+def test_the_save_target_read_says_whether_the_casebook_is_locked_or_signed(crf, in_tenant, world, email_of):
+    from ecrf import selectors
+    from ecrf.models import CasebookLock
+    from tenants.models import TenantMembership
+
+    in_tenant(world.alpha)
+    membership = TenantMembership.objects.get(tenant=world.alpha, user=world.users[email_of("coordinator", "alpha")])
+
+    def slot() -> Any:
+        target = selectors.entry_target_get(membership=membership, task_id=crf["task"], form_id=crf["form"],
+                                            for_save=True)
+        assert target is not None
+        return target.new_entry
+
+    first = slot()
+    assert first is not None and not first.casebook_locked and not first.signed
+    assert slot().new_id != first.new_id  # each save its own id
+    lock = CasebookLock.objects.create(subject_id=crf["subject"], locked_by=world.users[email_of("data_manager",
+                                                                                               "alpha")])
+    assert slot().casebook_locked
+    lock.delete()
+    Signature.objects.create(subject_id=crf["subject"], signer=world.users[email_of("investigator", "alpha")],
+                             signer_name="Dr I", meaning="review", content_hash="0" * 64)
+    assert slot().signed and not slot().casebook_locked
+    connection.set_schema_to_public()
+    assert _put(crf["coordinator"], crf, GOOD, version=0).status_code == 200
+    in_tenant(world.alpha)
+    assert slot() is None  # saved: the next save locks the entry's row
+
+
+def test_a_lock_that_lands_during_an_edit_is_a_409_and_nothing_is_saved(crf, in_tenant, world, email_of,
+                                                                       monkeypatch):
+    """The locked path reads the lock at its start; the guard after the audit append
+    catches one that committed after that read (simulated: the read is made to miss it)."""
+    from ecrf import services
+    from ecrf.models import CasebookLock
+
+    assert _put(crf["coordinator"], crf, GOOD, version=0).status_code == 200
+    in_tenant(world.alpha)
+    CasebookLock.objects.create(subject_id=crf["subject"], locked_by=world.users[email_of("data_manager", "alpha")])
+    real = services._entry_for_update
+
+    def missed_the_lock(**kwargs: Any) -> Any:
+        state = real(**kwargs)
+        state.casebook_locked = False
+        return state
+
+    monkeypatch.setattr(services, "_entry_for_update", missed_the_lock)
+    connection.set_schema_to_public()
+    late = _put(crf["coordinator"], crf, {**GOOD, "weight": "80"}, version=1)
+    assert _assert_error_shape(late, 409)["code"] == "locked"
+    in_tenant(world.alpha)
+    assert Entry.objects.get(task_id=crf["task"]).values["weight"] == 70.5
+
+
+def test_an_empty_first_save_creates_the_entry_it_reports(crf, in_tenant, world):
+    """No values: nothing to audit, but the entry exists at version 1, so the next save
+    that says version 1 is accepted (it was silently not written, and then a 412)."""
+    empty = _put(crf["coordinator"], crf, {}, version=0)
+    assert empty.status_code == 200 and empty.json()["version"] == 1
+    in_tenant(world.alpha)
+    assert Entry.objects.get(task_id=crf["task"]).version == 1
+    connection.set_schema_to_public()
+    assert _put(crf["coordinator"], crf, GOOD, version=1).status_code == 200
+
+
+def test_a_visit_of_two_forms_is_done_when_the_second_is_completed(world, in_tenant, email_of, api):
+    from tests.ecrf.test_entry_web import PRO
+
+    crf = _crf_in(world.alpha, world, in_tenant, email_of, api, also=[PRO])
+    assert _put(crf["coordinator"], crf, GOOD, version=0, complete=True).status_code == 200
+    in_tenant(world.alpha)
+    assert FollowUpTask.objects.get(pk=crf["task"]).status != TaskStatus.COMPLETED  # one of two
+    connection.set_schema_to_public()
+    pro_url = f"/api/v1/tasks/{crf['task']}/forms/{crf['forms'][PRO['code']]}/entry/"
+    done = crf["coordinator"].put(pro_url, {"values": {"sex": "1", "pain": 2}, "version": 0, "complete": True},
+                                  format="json")
+    assert done.status_code == 200, done.content
+    in_tenant(world.alpha)
+    assert FollowUpTask.objects.get(pk=crf["task"]).status == TaskStatus.COMPLETED

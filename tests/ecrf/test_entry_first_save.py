@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from config.errors import Conflict
 from ecrf import audit, selectors
 from ecrf import services as ecrf_services
-from ecrf.models import Entry, FormDefinition, Query
+from ecrf.models import CasebookLock, Entry, FormDefinition, Query, Signature
 from ecrf.models_audit import AuditEvent
 from ecrf.samples import VITALS
 from ecrf.services import PreconditionFailed
@@ -57,7 +57,7 @@ def committed_world(world, django_db_blocker):  # type: ignore[no-untyped-def]
         draft = ecrf_services.form_draft_save(study=study, definition=VITALS, actor=designer)
         form = ecrf_services.form_publish(version=draft, actor=designer).form
         subjects = [services.subject_enrol(study=study, site=site, consent_date=day, enrolment_date=day)
-                    for _ in range(5)]
+                    for _ in range(7)]
         tasks = [subject.tasks.get() for subject in subjects]
         connection.set_schema_to_public()
         try:
@@ -66,6 +66,8 @@ def committed_world(world, django_db_blocker):  # type: ignore[no-untyped-def]
             connection.set_tenant(world.alpha)
             ids = [s.pk for s in subjects]
             Query.objects.filter(subject_id__in=ids).delete()
+            Signature.objects.filter(subject_id__in=ids).delete()
+            CasebookLock.objects.filter(subject_id__in=ids).delete()
             Entry.objects.filter(subject_id__in=ids).delete()
             FormDefinition.objects.filter(study=study).delete()
             Subject.objects.filter(study=study).delete()
@@ -213,3 +215,50 @@ def _save(world: Any, target: selectors.EntryTarget, *, values: dict[str, Any], 
                                     current_version=target.version, new_entry=target.new_entry,
                                     context={"_today": dt.date.today().isoformat()})
 
+
+
+# --- a casebook locked or signed after the save read it was not (the guard) ---------------------
+
+def _lock_casebook(world: Any, subject: Any) -> None:
+    manager = world.users["data_manager@alpha.example.org"]
+    ecrf_services.casebook_lock_set(subject=subject, locked_state=True, reason="", actor=ecrf_services.Actor(
+        user_id=manager.pk, label=manager.email, role="data_manager"))
+
+
+def test_a_casebook_locked_after_the_target_was_read_refuses_the_save(committed_world, world):
+    """The slot says "not locked" (read before the lock committed): the statement's guard
+    sees the lock, nothing is written, and the locked path refuses with 409."""
+    task, form, subject = committed_world["tasks"][5], committed_world["form"], committed_world["subjects"][5]
+
+    def act() -> None:
+        target = _target(world, task, form)
+        assert target.new_entry is not None and not target.new_entry.casebook_locked
+        _lock_casebook(world, subject)
+        before = AuditEvent.objects.filter(subject_id=subject.pk).count()
+        with pytest.raises(Conflict):
+            _save(world, target, values=GOOD, complete=True)
+        assert not Entry.objects.filter(task=task).exists()
+        assert FollowUpTask.objects.get(pk=task.pk).status != TaskStatus.COMPLETED
+        assert target.task.status != TaskStatus.COMPLETED  # not left "completed" in memory either
+        assert AuditEvent.objects.filter(subject_id=subject.pk).count() == before
+
+    _committed(act, world)
+
+
+def test_a_casebook_signed_after_the_target_was_read_gets_its_signature_voided(committed_world, world):
+    task, form, subject = committed_world["tasks"][6], committed_world["form"], committed_world["subjects"][6]
+
+    def act() -> None:
+        target = _target(world, task, form)
+        assert target.new_entry is not None and not target.new_entry.signed
+        investigator = world.users["investigator@alpha.example.org"]
+        signature = Signature.objects.create(subject=subject, signer=investigator, signer_name="Dr I",
+                                             meaning="review", content_hash="0" * 64)
+        _save(world, target, values=GOOD, complete=True)  # the guard sends it down the locked path
+        assert Entry.objects.get(task=task).version == 1
+        assert FollowUpTask.objects.get(pk=task.pk).status == TaskStatus.COMPLETED
+        signature.refresh_from_db()
+        assert signature.invalidated_at is not None
+        assert AuditEvent.objects.filter(subject_id=subject.pk, action="signature_invalidated").exists()
+
+    _committed(act, world)

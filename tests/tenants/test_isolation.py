@@ -132,3 +132,23 @@ def test_a_token_request_reads_token_user_and_membership_in_one_statement(api, w
     auth = [q["sql"] for q in sent.captured_queries
             if "apitoken" in q["sql"] or "tenantmembership" in q["sql"] or q["sql"].startswith("EXECUTE")]
     assert len(auth) == 1, auth
+
+
+def test_an_expired_token_and_a_disabled_account_are_refused(api, world, email_of):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tenants.models import ApiToken, User
+
+    email = email_of("viewer", "beta")  # beta speaks English
+    client = api(world.beta, email)
+    assert client.get("/api/v1/tenant/").status_code == 200
+    ApiToken.objects.filter(user__email=email).update(expires=timezone.now() - timedelta(seconds=1))
+    expired = client.get("/api/v1/tenant/")
+    assert expired.status_code == 401 and expired.json()["error"]["message"] == "This token has expired."
+    ApiToken.objects.filter(user__email=email).update(expires=None)
+    assert client.get("/api/v1/tenant/").status_code == 200
+    User.objects.filter(email=email).update(is_active=False)
+    disabled = client.get("/api/v1/tenant/")
+    assert disabled.status_code == 401 and disabled.json()["error"]["message"] == "This account is disabled."
