@@ -3,6 +3,7 @@ next to a bare DRF endpoint on the same stack, in the same run.
 
     .venv/bin/python bench/form_save.py                      # 8 clients, 20 s each
     .venv/bin/python bench/form_save.py --clients 1,8,16 --seconds 30 --workers 4
+    .venv/bin/python bench/form_save.py --breakdown 200 --reuse  # one request's SQL, serially
 
 It DROPS and recreates its scratch database (BENCH_DATABASE_URL, default
 postgresql://postgres@127.0.0.1:5432/suifang_bench), creates one tenant with an active
@@ -63,6 +64,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--reuse", action="store_true",
                         help="keep the scratch database of an earlier run (its unsaved visits; a new API token) "
                              "instead of dropping and filling it again; for trying changes, not for recorded figures")
+    parser.add_argument("--breakdown", type=int, default=0, metavar="N",
+                        help="instead of the load: N saves and N echoes one after another, in this process "
+                             "(Django's test client, no gunicorn), with the wall time of each SQL statement")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)  # the load process
     return parser.parse_args(argv)
 
@@ -301,8 +305,59 @@ def measure(kind: str, clients: int, seconds: float, port: int, setup_data: dict
     return json.loads(done.stdout)
 
 
+def breakdown(data: dict[str, Any], count: int) -> None:
+    """Where one request's time goes, serially: per kind, the mean wall time of a request
+    and of each SQL statement (by its first 60 characters) per request."""
+    import collections
+
+    from django.db import connection
+    from django.test import Client
+
+    client = Client()
+    headers = {"HTTP_HOST": data["host"], "HTTP_AUTHORIZATION": f"Token {data['token']}"}
+    body = json.dumps({"values": dict(VALUES, visit_date=data["visit_date"]), "version": 0, "complete": True})
+    tasks = iter(data["tasks"])
+
+    def request(kind: str) -> None:
+        path = "/api/v1/bench/echo/" if kind == "echo" else f"/api/v1/tasks/{next(tasks)}/forms/{data['form']}/entry/"
+        response = client.put(path, body, content_type="application/json", **headers)
+        if response.status_code != 200:
+            raise SystemExit(f"{kind}: {response.status_code} {response.content[:300]!r}")
+
+    for kind in ("echo", "save"):
+        for _warm in range(20):  # caches, prepared statements
+            request(kind)
+        spent: dict[str, float] = collections.defaultdict(float)
+
+        def timed(execute: Any, sql: str, params: Any, many: bool, context: Any,
+                  spent: dict[str, float] = spent) -> Any:
+            started = time.perf_counter()
+            try:
+                return execute(sql, params, many, context)
+            finally:
+                spent[sql[:60]] += time.perf_counter() - started
+
+        began = time.perf_counter()
+        with connection.execute_wrapper(timed):
+            for _n in range(count):
+                request(kind)
+        total = (time.perf_counter() - began) / count * 1000
+        log(f"{kind}: {total:.2f} ms per request, of which SQL {sum(spent.values()) / count * 1000:.2f} ms:")
+        for sql, seconds in sorted(spent.items(), key=lambda pair: -pair[1]):
+            log(f"  {seconds / count * 1000:6.3f} ms  {sql}")
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
+    if args.breakdown:
+        os.environ["BENCH_ECHO_ENDPOINT"] = "1"  # before settings load: the echo route
+        data = reuse(args.breakdown + 20) if args.reuse else None
+        if data is None:
+            log(f"setup: {args.breakdown + 20} subjects in a fresh database ...")
+            data = setup(args.breakdown + 20)
+        log(machine_info())
+        breakdown(data, args.breakdown)
+        return
     if args.client:
         spec = json.loads(sys.stdin.read())
         print(json.dumps(run_clients(spec)))

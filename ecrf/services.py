@@ -217,7 +217,9 @@ def _first_save_direct(plan: _SavePlan, given: _SaveInput) -> bool:
     task = given.task
     if plan.evaluation.soft or not plan.rows:
         return False
-    kept = (task.status, task.completed_on, task.updated)  # the completion statement sets them
+    # The completion statement sets these on `task`; put back what was loaded (reading a
+    # deferred one here would cost a query).
+    kept = {name: task.__dict__[name] for name in _TASK_COMPLETION_FIELDS if name in task.__dict__}
     statements: list[tuple[str, list[Any]]] = []
     if given.complete:
         completion = _task_completion(task=task, subject=given.subject, form_code=given.form.code)
@@ -234,12 +236,23 @@ def _first_save_direct(plan: _SavePlan, given: _SaveInput) -> bool:
             else:
                 audit.audit_commit_with(rows=plan.rows, preceded_by=writes, followed_by=guard)
     except _CasebookChanged:
-        task.status, task.completed_on, task.updated = kept
+        _task_restore(task, kept)
         return False
     except BaseException:
-        task.status, task.completed_on, task.updated = kept
+        _task_restore(task, kept)
         raise
     return True
+
+
+_TASK_COMPLETION_FIELDS = ("status", "completed_on", "updated")
+
+
+def _task_restore(task: Any, kept: dict[str, Any]) -> None:
+    for name in _TASK_COMPLETION_FIELDS:
+        if name in kept:
+            setattr(task, name, kept[name])
+        else:
+            task.__dict__.pop(name, None)  # deferred again, as it was
 
 
 class _CasebookChanged(Exception):

@@ -11,21 +11,15 @@ import re
 from typing import Any
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 
 from ecrf import services as ecrf_services
-from ecrf.models import CasebookLock, Entry, EntryStatus, EproLink, FormDefinition, Query, Signature
-from notifications.models import OutboxMessage
-from sites import services as site_services
-from sites.models import Site
-from studies import services
-from studies.models import Study, Subject
+from ecrf.models import Entry, EntryStatus, EproLink, Signature
 from tests.browser.test_login_browser import browser, server  # noqa: F401  (fixtures)
 from tests.conftest import PASSWORD
+from tests.ecrf.committed import committed_ecrf_study
 from tests.ecrf.test_entries import VITALS
 from tests.ecrf.test_entry_web import PRO
-from tests.studies.test_enrolment import event
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 pytestmark = [pytest.mark.browser, pytest.mark.django_db]
@@ -40,51 +34,11 @@ def ecrf_world(world, django_db_blocker):  # type: ignore[no-untyped-def]
     """Committed data the server process sees: an active site with the alpha coordinator,
     investigator and monitor, a study whose D3 visit (open today) collects VITALS, a
     patient-reported form, and one subject per test."""
-    day = dt.date.today() - dt.timedelta(days=3)
-    with django_db_blocker.unblock():
-        connection.set_tenant(world.alpha)
-        site = site_services.site_create(code="EB1", name="eCRF browser", institution="H", country_region="CN",
-                                         principal_investigator="Dr E", target_enrolment=9, time_zone="Asia/Shanghai")
-        site = site_services.site_update_checklist(
-            site=site, ethics_approval_date=day, contract_signed=day, staff_trained=day,
-            ethics_document=SimpleUploadedFile("e.pdf", b"%PDF", "application/pdf"))
-        site = site_services.site_activate(site=site)
-        for role, primary in (("coordinator", True), ("investigator", False), ("monitor", False)):
-            site_services.site_staff_assign(site=site, tenant=world.alpha, user=world.users[_email(role)], role=role,
-                                            is_primary=primary)
-        study = services.study_create(code="EBS", title="eCRF browser", study_type="registry", target_enrolment=9)
-        services.schedule_publish(version=services.schedule_draft_save(
-            study=study, events=[{**event("D3", 3, before=3, after=3), "forms": ["VITALS"]}]))
-        study = services.study_activate(study=study)
-        designer = ecrf_services.Actor(user_id=world.users[_email("data_manager")].pk, label=_email("data_manager"),
-                                       role="data_manager")
-        forms = {}
-        for definition in (VITALS, PRO):
-            draft = ecrf_services.form_draft_save(study=study, definition=definition, actor=designer)
-            forms[definition["code"]] = ecrf_services.form_publish(version=draft, actor=designer).form
-        subjects = {name: services.subject_enrol(study=study, site=site, consent_date=day, enrolment_date=day,
-                                                 language="en", email=f"{name}@example.org", phone="13800002222")
-                    for name in ("flow", "draft", "conflict", "epro", "monitored")}
-        tasks = {name: subject.tasks.get() for name, subject in subjects.items()}
-        connection.set_schema_to_public()
-        try:
-            yield {"site": site, "study": study, "forms": forms, "subjects": subjects, "tasks": tasks}
-        finally:
-            connection.set_tenant(world.alpha)
-            ids = [s.pk for s in subjects.values()]
-            links = list(EproLink.objects.filter(subject_id__in=ids).values_list("pk", flat=True))
-            OutboxMessage.objects.filter(key__in=[f"epro:{pk}" for pk in links]).delete()
-            EproLink.objects.filter(subject_id__in=ids).delete()
-            Query.objects.filter(subject_id__in=ids).delete()
-            Signature.objects.filter(subject_id__in=ids).delete()
-            CasebookLock.objects.filter(subject_id__in=ids).delete()
-            Entry.objects.filter(subject_id__in=ids).delete()
-            FormDefinition.objects.filter(study=study).delete()
-            Subject.objects.filter(study=study).delete()
-            Study.objects.filter(pk=study.pk).delete()
-            Site.objects.filter(pk=site.pk).delete()
-            connection.set_schema_to_public()
-            connection.close()
+    with django_db_blocker.unblock(), committed_ecrf_study(
+            world, site_code="EB1", study_code="EBS", roles=("coordinator", "investigator", "monitor"),
+            definitions=(VITALS, PRO), subjects=("flow", "draft", "conflict", "epro", "monitored"),
+            contact=True) as data:
+        yield data
 
 
 def _login(browser, server: int, role: str, **options: Any):  # type: ignore[no-untyped-def]  # noqa: F811

@@ -16,16 +16,13 @@ from django.test.utils import CaptureQueriesContext
 from config.errors import Conflict
 from ecrf import audit, selectors
 from ecrf import services as ecrf_services
-from ecrf.models import CasebookLock, Entry, FormDefinition, Query, Signature
+from ecrf.models import Entry, Query, Signature
 from ecrf.models_audit import AuditEvent
 from ecrf.samples import VITALS
 from ecrf.services import PreconditionFailed
-from sites import services as site_services
-from sites.models import Site
-from studies import services
-from studies.models import FollowUpTask, Study, Subject, TaskStatus
+from studies.models import FollowUpTask, TaskStatus
+from tests.ecrf.committed import committed_ecrf_study
 from tests.ecrf.test_entries import GOOD
-from tests.studies.test_enrolment import event
 
 pytestmark = pytest.mark.django_db
 
@@ -35,46 +32,12 @@ COORDINATOR = "coordinator@alpha.example.org"
 @pytest.fixture(scope="module")
 def committed_world(world, django_db_blocker):  # type: ignore[no-untyped-def]
     """Committed, in alpha: an active site with its coordinator, a study whose D3 visit
-    (open today) collects VITALS, and subjects for the tests; removed afterwards."""
-    day = dt.date.today() - dt.timedelta(days=3)
-    with django_db_blocker.unblock():
-        connection.set_tenant(world.alpha)
-        site = site_services.site_create(code="FS1", name="First saves", institution="H", country_region="CN",
-                                         principal_investigator="Dr F", target_enrolment=9, time_zone="Asia/Shanghai")
-        from django.core.files.uploadedfile import SimpleUploadedFile
-
-        site = site_services.site_update_checklist(
-            site=site, ethics_approval_date=day, contract_signed=day, staff_trained=day,
-            ethics_document=SimpleUploadedFile("e.pdf", b"%PDF", "application/pdf"))
-        site = site_services.site_activate(site=site)
-        site_services.site_staff_assign(site=site, tenant=world.alpha, user=world.users[COORDINATOR],
-                                        role="coordinator", is_primary=True)
-        study = services.study_create(code="FSS", title="First saves", study_type="registry", target_enrolment=9)
-        services.schedule_publish(version=services.schedule_draft_save(
-            study=study, events=[{**event("D3", 3, before=3, after=3), "forms": ["VITALS"]}]))
-        study = services.study_activate(study=study)
-        designer = ecrf_services.Actor(user_id=world.users[COORDINATOR].pk, label=COORDINATOR, role="data_manager")
-        draft = ecrf_services.form_draft_save(study=study, definition=VITALS, actor=designer)
-        form = ecrf_services.form_publish(version=draft, actor=designer).form
-        subjects = [services.subject_enrol(study=study, site=site, consent_date=day, enrolment_date=day)
-                    for _ in range(7)]
-        tasks = [subject.tasks.get() for subject in subjects]
-        connection.set_schema_to_public()
-        try:
-            yield {"form": form, "tasks": tasks, "subjects": subjects}
-        finally:
-            connection.set_tenant(world.alpha)
-            ids = [s.pk for s in subjects]
-            Query.objects.filter(subject_id__in=ids).delete()
-            Signature.objects.filter(subject_id__in=ids).delete()
-            CasebookLock.objects.filter(subject_id__in=ids).delete()
-            Entry.objects.filter(subject_id__in=ids).delete()
-            FormDefinition.objects.filter(study=study).delete()
-            Subject.objects.filter(study=study).delete()
-            Study.objects.filter(pk=study.pk).delete()
-            Site.objects.filter(pk=site.pk).delete()
-            connection.set_schema_to_public()
-            connection.close()
+    (open today) collects VITALS, and a subject per test; removed afterwards."""
+    with django_db_blocker.unblock(), committed_ecrf_study(
+            world, site_code="FS1", study_code="FSS", roles=("coordinator",), definitions=(VITALS,),
+            subjects=[str(n) for n in range(7)]) as data:
+        yield {"form": data["forms"]["VITALS"], "tasks": [data["tasks"][str(n)] for n in range(7)],
+               "subjects": [data["subjects"][str(n)] for n in range(7)]}
 
 
 def _committed(act: Any, world: Any) -> Any:
