@@ -378,25 +378,25 @@ def study_meta(scope: ExportScope) -> StudyMeta:
 def _subjects(scope: ExportScope) -> list[SubjectRecord]:
     from studies.models import Subject
 
-    subjects = Subject.objects.filter(study_id=scope.study_id).select_related("site", "arm")
+    subjects = Subject.objects.filter(study_id=scope.study_id)
     if scope.sites:
         subjects = subjects.filter(site_id__in=scope.sites)
     records = []
-    for subject in subjects.only("subject_code", "status", "enrolment_date", "status_changed_on", "birth_date",
-                                 "site__code", "site__country_region", "arm__name"):
+    # Tuples, not model instances (a tenth of a second per 10,000 subjects); the birth
+    # date still goes through its field's decryption (values_list applies it).
+    for code, status, enrolled, status_date, birth_text, site_code, country, arm in subjects.values_list(
+            "subject_code", "status", "enrolment_date", "status_changed_on", "birth_date", "site__code",
+            "site__country_region", "arm__name"):
         try:  # an encrypted text field: "YYYY-MM-DD" when given
-            birth = date.fromisoformat(subject.birth_date) if subject.birth_date else None
+            birth = date.fromisoformat(birth_text) if birth_text else None
         except ValueError:
             birth = None
         age = None
-        if birth is not None and subject.enrolment_date is not None:
-            age = subject.enrolment_date.year - birth.year - (
-                (subject.enrolment_date.month, subject.enrolment_date.day) < (birth.month, birth.day))
+        if birth is not None and enrolled is not None:
+            age = enrolled.year - birth.year - ((enrolled.month, enrolled.day) < (birth.month, birth.day))
         records.append(SubjectRecord(
-            subject_key=subject.subject_code, site_code=subject.site.code, status=subject.status,
-            enrolment_date=subject.enrolment_date, arm=subject.arm.name if subject.arm else "",
-            birth_year=birth.year if birth else None, age=age, country=subject.site.country_region or "",
-            status_date=subject.status_changed_on))
+            subject_key=code, site_code=site_code, status=status, enrolment_date=enrolled, arm=arm or "",
+            birth_year=birth.year if birth else None, age=age, country=country or "", status_date=status_date))
     return sorted(records, key=lambda record: record.subject_key)
 
 
@@ -420,7 +420,9 @@ def study_data(scope: ExportScope, *, snapshot_at: datetime) -> StudyData:
             yield EntryRecord(subject_key=subject, site_code=site, event_code=event, sequence=sequence,
                               form_code=form, form_version=version, status=status,
                               values=values if isinstance(values, dict) else json.loads(values or "{}"),
-                              missing=missing if isinstance(missing, dict) else json.loads(missing or "{}"),
+                              # Most entries have no missing-data code: no parse for those.
+                              missing=missing if isinstance(missing, dict) else
+                              ({} if not missing or missing == "{}" else json.loads(missing)),
                               visit_date=visit_date, updated=updated)
 
     def visits() -> Iterator[VisitRecord]:
