@@ -187,7 +187,8 @@ def audit_record_many(*, rows: Sequence[AuditRow], preceded_by: Sequence[Stateme
     `preceded_by`: the caller's last other writes, (sql, params) whose results are not
     needed; they are sent in the same round trip and run first (a form save completing
     its visit), which saves a round trip on the hottest write path. `followed_by`: checks
-    that must run once the append holds the audit lock (then nothing is returned)."""
+    that must run once the append holds the audit lock (then nothing is returned; with no
+    rows there is no append and no lock: the caller's writes and checks still run)."""
     _require_tenant_transaction("audit_record_many")
     return _append(rows, preceded_by, followed_by)
 
@@ -207,6 +208,14 @@ def audit_commit_with(*, rows: Sequence[AuditRow], preceded_by: Sequence[Stateme
     if not rows or not preceded_by:
         raise RuntimeError("audit_commit_with records a change: writes and their audit rows")
     return _append(rows, preceded_by, followed_by)
+
+
+def audit_lock() -> None:
+    """Take this tenant's audit lock now, until the transaction ends: for a change that
+    reads what earlier appends wrote and must not miss one (signing a casebook)."""
+    _require_tenant_transaction("audit_lock")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(ecrf_audit_lock_key())")
 
 
 def _append(rows: Sequence[AuditRow], preceded_by: Sequence[Statement],

@@ -21,6 +21,7 @@ class AuditAction(models.TextChoices):
     ITEM_CREATE = "item_create", _("Item entered")
     ITEM_UPDATE = "item_update", _("Item changed")
     ITEM_DELETE = "item_delete", _("Item removed")
+    ENTRY_CREATE = "entry_create", _("Form saved empty")
     ENTRY_COMPLETE = "entry_complete", _("Form completed")
     QUERY_OPEN = "query_open", _("Query opened")
     QUERY_ANSWER = "query_answer", _("Query answered")

@@ -187,9 +187,11 @@ def entry_save(
         if _first_save_direct(plan, given):
             return _saved(plan)
         evaluated = plan.evaluation  # the same input: the locked path need not evaluate it again
-    with _first_save_race(), _casebook_changed(), transaction.atomic():
+    with _first_save_race(), _casebook_changed(), _task_restored_on_error(task), transaction.atomic():
         state = _entry_for_update(task_id=task.pk, form_id=form.pk, subject_id=subject.pk)
         plan = _save_plan(state, given, evaluated=evaluated if state.entry is None else None)
+        if plan.entry_write is None:
+            return _saved(plan)
         entry, rows, result = plan.entry, plan.rows, plan.result
         if plan.changes and state.signed:
             rows.extend(_invalidate_signatures(subject_id=subject.pk, actor=actor,
@@ -215,44 +217,47 @@ def _first_save_direct(plan: _SavePlan, given: _SaveInput) -> bool:
     (no audit lock to order it after a casebook lock), or a casebook locked or signed
     since the caller's read."""
     task = given.task
-    if plan.evaluation.soft or not plan.rows:
+    if plan.evaluation.soft or plan.entry_write is None:
         return False
-    # The completion statement sets these on `task`; put back what was loaded (reading a
-    # deferred one here would cost a query).
-    kept = {name: task.__dict__[name] for name in _TASK_COMPLETION_FIELDS if name in task.__dict__}
-    statements: list[tuple[str, list[Any]]] = []
-    if given.complete:
-        completion = _task_completion(task=task, subject=given.subject, form_code=given.form.code)
-        if completion is None:  # re-planning writes through the ORM
-            return False
-        statements = completion
-    writes = [plan.entry_write, *statements]
-    guard = [_casebook_guard(given.subject.pk, changed=True)]
     try:
-        with _first_save_race(), _casebook_changed(retry=True):
-            if connection.in_atomic_block or not connection.get_autocommit():
-                with transaction.atomic():  # within the caller's transaction: a savepoint
-                    audit.audit_record_many(rows=plan.rows, preceded_by=writes, followed_by=guard)
-            else:
-                audit.audit_commit_with(rows=plan.rows, preceded_by=writes, followed_by=guard)
+        with _task_restored_on_error(task):
+            statements: list[tuple[str, list[Any]]] = []
+            if given.complete:
+                completion = _task_completion(task=task, subject=given.subject, form_code=given.form.code)
+                if completion is None:  # re-planning writes through the ORM
+                    return False
+                statements = completion
+            writes = [plan.entry_write, *statements]
+            guard = [_casebook_guard(given.subject.pk, changed=True)]
+            with _first_save_race(), _casebook_changed(retry=True):
+                if connection.in_atomic_block or not connection.get_autocommit():
+                    with transaction.atomic():  # within the caller's transaction: a savepoint
+                        audit.audit_record_many(rows=plan.rows, preceded_by=writes, followed_by=guard)
+                else:
+                    audit.audit_commit_with(rows=plan.rows, preceded_by=writes, followed_by=guard)
     except _CasebookChanged:
-        _task_restore(task, kept)
         return False
-    except BaseException:
-        _task_restore(task, kept)
-        raise
     return True
 
 
 _TASK_COMPLETION_FIELDS = ("status", "completed_on", "updated")
 
 
-def _task_restore(task: Any, kept: dict[str, Any]) -> None:
-    for name in _TASK_COMPLETION_FIELDS:
-        if name in kept:
-            setattr(task, name, kept[name])
-        else:
-            task.__dict__.pop(name, None)  # deferred again, as it was
+@contextlib.contextmanager
+def _task_restored_on_error(task: Any) -> Iterator[None]:
+    """The completion statement marks `task` completed in memory before it is sent: put
+    back what was loaded if the save fails (a deferred field is left deferred: reading it
+    here would cost a query)."""
+    kept = {name: task.__dict__[name] for name in _TASK_COMPLETION_FIELDS if name in task.__dict__}
+    try:
+        yield
+    except BaseException:
+        for name in _TASK_COMPLETION_FIELDS:
+            if name in kept:
+                setattr(task, name, kept[name])
+            else:
+                task.__dict__.pop(name, None)
+        raise
 
 
 class _CasebookChanged(Exception):
@@ -308,7 +313,7 @@ class _SavePlan:
     creating: bool
     evaluation: Evaluation
     changes: dict[str, tuple[Any, Any]]
-    entry_write: tuple[str, list[Any]]
+    entry_write: tuple[str, list[Any]] | None  # None: nothing changes, nothing to write
     rows: list[audit.AuditRow]
     result: SaveResult
 
@@ -358,6 +363,10 @@ def _save_plan(state: _EntryState, given: _SaveInput, *, evaluated: Evaluation |
             raise ValidationFailed({p: [_("Give a reason for this change.")] for p in lacking})
     if complete and evaluation.hard:
         raise ValidationFailed(evaluation.hard, message=_("Fix the items marked before completing the form."))
+    if entry is not None and not changes and not (complete and entry.status != EntryStatus.COMPLETE):
+        # Nothing changes: nothing is written or audited, and the version stays.
+        return _SavePlan(entry=entry, creating=False, evaluation=evaluation, changes={}, entry_write=None, rows=[],
+                         result=SaveResult(entry=entry, version=version, hard=evaluation.hard))
     now = timezone.now()
     creating = entry is None
     if entry is None:
@@ -392,6 +401,10 @@ def _save_plan(state: _EntryState, given: _SaveInput, *, evaluated: Evaluation |
         rows.append(audit.AuditRow(action="entry_complete", actor=actor.audit,
                                    source=actor.source, subject_id=subject.pk, entry_id=entry.pk,
                                    event_code=task.event_code, form_code=form.code, form_version=version.number))
+    if creating and not rows:  # a form saved before anything was typed in it: its creation is audited
+        rows.append(audit.AuditRow(action="entry_create", actor=actor.audit, source=actor.source,
+                                   subject_id=subject.pk, entry_id=entry.pk, event_code=task.event_code,
+                                   form_code=form.code, form_version=version.number))
     result = SaveResult(entry=entry, version=version, hard=evaluation.hard, changed=list(changes))
     return _SavePlan(entry=entry, creating=creating, evaluation=evaluation, changes=changes, entry_write=entry_write,
                      rows=rows, result=result)
@@ -590,6 +603,9 @@ def casebook_sign(*, subject: Any, user: Any, password: str, meaning: str, actor
             cache.incr(failures_key)
         raise ValidationFailed({"password": [_("The password is not correct.")]})
     with transaction.atomic():
+        # The audit lock first (held to commit): a save that appended before has committed
+        # and is in what is signed; one after waits, then its guard sees this signature.
+        audit.audit_lock()
         incomplete = Entry.objects.filter(subject_id=subject.pk).exclude(status=EntryStatus.COMPLETE).count()
         if not Entry.objects.filter(subject_id=subject.pk).exists() or incomplete:
             raise Conflict("casebook_incomplete", _("Only a casebook whose forms are all complete can be signed."))

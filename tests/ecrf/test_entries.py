@@ -512,13 +512,24 @@ def test_a_lock_that_lands_during_an_edit_is_a_409_and_nothing_is_saved(crf, in_
     assert Entry.objects.get(task_id=crf["task"]).values["weight"] == 70.5
 
 
-def test_an_empty_first_save_creates_the_entry_it_reports(crf, in_tenant, world):
-    """No values: nothing to audit, but the entry exists at version 1, so the next save
-    that says version 1 is accepted (it was silently not written, and then a 412)."""
+def test_an_empty_first_save_creates_the_entry_it_reports_and_audits_it(crf, in_tenant, world):
+    """No values: the entry exists at version 1 (it was silently not written, then a 412)
+    and its creation is audited; saving it again unchanged writes nothing."""
+    from ecrf.models_audit import AuditEvent
+
     empty = _put(crf["coordinator"], crf, {}, version=0)
     assert empty.status_code == 200 and empty.json()["version"] == 1
     in_tenant(world.alpha)
-    assert Entry.objects.get(task_id=crf["task"]).version == 1
+    entry = Entry.objects.get(task_id=crf["task"])
+    assert entry.version == 1
+    actions = list(AuditEvent.objects.filter(entry_id=entry.pk).values_list("action", flat=True))
+    assert actions[0] == "entry_create" and "item_create" not in actions  # (+ the soft "required" query)
+    connection.set_schema_to_public()
+    again = _put(crf["coordinator"], crf, {}, version=1)
+    assert again.status_code == 200 and again.json()["version"] == 1 and again["ETag"] == '"1"'
+    in_tenant(world.alpha)
+    assert Entry.objects.get(task_id=crf["task"]).version == 1 and AuditEvent.objects.filter(
+        entry_id=entry.pk).count() == len(actions)
     connection.set_schema_to_public()
     assert _put(crf["coordinator"], crf, GOOD, version=1).status_code == 200
 

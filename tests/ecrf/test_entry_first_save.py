@@ -10,7 +10,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from django.db import DataError, connection
+from django.db import DataError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from config.errors import Conflict
@@ -35,9 +35,9 @@ def committed_world(world, django_db_blocker):  # type: ignore[no-untyped-def]
     (open today) collects VITALS, and a subject per test; removed afterwards."""
     with django_db_blocker.unblock(), committed_ecrf_study(
             world, site_code="FS1", study_code="FSS", roles=("coordinator",), definitions=(VITALS,),
-            subjects=[str(n) for n in range(7)]) as data:
-        yield {"form": data["forms"]["VITALS"], "tasks": [data["tasks"][str(n)] for n in range(7)],
-               "subjects": [data["subjects"][str(n)] for n in range(7)]}
+            subjects=[str(n) for n in range(8)]) as data:
+        yield {"form": data["forms"]["VITALS"], "tasks": [data["tasks"][str(n)] for n in range(8)],
+               "subjects": [data["subjects"][str(n)] for n in range(8)]}
 
 
 def _committed(act: Any, world: Any) -> Any:
@@ -70,19 +70,20 @@ def test_an_api_first_save_is_one_statement_with_its_audit_and_the_visit_done(co
         assert not any("FOR UPDATE" in sql for sql in statements)  # no locking read: no row to lock yet
         writes = [sql for sql in statements if "ecrf_audit_append" in sql]
         assert len(writes) == 1 and 'INSERT INTO "ecrf_entry"' in writes[0] and "studies_followuptask" in writes[0]
-        assert connection.get_autocommit() and not connection.in_atomic_block
+        assert not any(sql.startswith("SAVEPOINT") for sql in statements)  # its own transaction, not a savepoint
         _in_alpha(world)
         entry = Entry.objects.get(task=task, form=form)
         assert entry.pk == body["entry"] and entry.version == 1 and entry.values["weight"] == 70.5
         assert FollowUpTask.objects.get(pk=task.pk).status == TaskStatus.COMPLETED
         assert _audit_rows(task.subject_id) == len(body["changed"]) + 1  # every item, then the completion
         assert audit.audit_chain_verify().ok
+        assert client.delete("/api/v1/auth/token/current/").status_code in (200, 204)  # committed: revoke
 
     _committed(act, world)
 
 
 def test_a_failing_append_leaves_neither_the_entry_nor_the_visit_done(committed_world, world, monkeypatch):
-    """The last statement fails (a value too long for its column, in PostgreSQL): the
+    """The audit append fails (a value too long for its column, in PostgreSQL): the
     entry's INSERT and the visit's UPDATE before it in the same query are rolled back."""
     task, form = committed_world["tasks"][1], committed_world["form"]
     real_payload = audit._row_payload
@@ -138,11 +139,13 @@ def test_a_first_save_that_raises_queries_takes_the_locked_path(committed_world,
         assert any("FOR UPDATE" in q["sql"] for q in sent.captured_queries)
         _in_alpha(world)
         assert Query.objects.filter(subject_id=task.subject_id, item="weight", status="open").count() == 1
+        connection.set_schema_to_public()
+        assert client.delete("/api/v1/auth/token/current/").status_code in (200, 204)  # committed: revoke
 
     _committed(act, world)
 
 
-def test_a_casebook_locked_when_the_target_was_read_is_refused(committed_world, world):
+def test_a_slot_that_says_the_casebook_is_locked_refuses_the_save(committed_world, world):
     task, form = committed_world["tasks"][4], committed_world["form"]
 
     def act() -> None:
@@ -225,3 +228,66 @@ def test_a_casebook_signed_after_the_target_was_read_gets_its_signature_voided(c
         assert AuditEvent.objects.filter(subject_id=subject.pk, action="signature_invalidated").exists()
 
     _committed(act, world)
+
+
+def test_signing_waits_for_the_audit_lock_so_no_earlier_save_is_left_out(committed_world, world):
+    """A save whose append holds the audit lock has not committed yet: signing waits for
+    it (then reads the casebook with that save in it) instead of signing without it."""
+    import threading
+
+    from tests.conftest import PASSWORD
+
+    task, form, subject = committed_world["tasks"][7], committed_world["form"], committed_world["subjects"][7]
+    _committed(lambda: _save(world, _target(world, task, form), values=GOOD, complete=True), world)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_audit_lock() -> None:  # as a save between its append and its commit
+        from django.db.models import F
+
+        with transaction.atomic():
+            audit.audit_lock()
+            Entry.objects.filter(task=task).update(version=F("version") + 1)  # the save's change
+            held.set()
+            release.wait(30)
+
+    investigator = world.users["investigator@alpha.example.org"]
+
+    def sign() -> None:
+        ecrf_services.casebook_sign(subject=subject, user=investigator, password=PASSWORD, meaning="review",
+                                    signer_name="Dr I", actor=ecrf_services.Actor(
+                                        user_id=investigator.pk, label=investigator.email, role="investigator"))
+
+    failed: list[BaseException] = []
+
+    def run(act: Any) -> None:
+        try:
+            _committed(act, world)
+        except BaseException as error:  # shown by the assertions below
+            failed.append(error)
+
+    holder = threading.Thread(target=run, args=(hold_the_audit_lock,))
+    holder.start()
+    assert held.wait(30)
+    signer = threading.Thread(target=run, args=(sign,))
+    signer.start()
+    try:
+        waiting = False
+        for _attempt in range(200):  # until the signer's backend waits on the advisory lock
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_stat_clear_snapshot()")  # else one snapshot per transaction
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                               "AND wait_event = 'advisory' AND datname = current_database()")
+                waiting = cursor.fetchone()[0] > 0
+            if waiting:
+                break
+            signer.join(0.05)
+        assert waiting and signer.is_alive(), failed
+    finally:
+        release.set()
+        holder.join(30)
+        signer.join(30)
+    assert not signer.is_alive() and not failed, failed
+    signed, current = _committed(lambda: (
+        Signature.objects.get(subject=subject, invalidated_at__isnull=True).content_hash,
+        ecrf_services.casebook_hash(subject_id=subject.pk)), world)
+    assert signed == current  # what was signed includes the save that held the lock
