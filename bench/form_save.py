@@ -363,8 +363,8 @@ def main(argv: list[str]) -> None:
         print(json.dumps(run_clients(spec)))
         return
     levels = [int(x) for x in args.clients.split(",") if x.strip()]
-    # A generous bound on what one phase can save: 320 saves/s (measured: at most ~250).
-    per_phase = int(320 * (args.seconds + 3.5))
+    # A generous bound on what one phase can save: 400 saves/s (measured: at most ~290).
+    per_phase = int(400 * (args.seconds + 3.5))
     subject_count = args.subjects or per_phase * len(levels) * args.rounds
     data = reuse(subject_count) if args.reuse else None
     if data is None:
