@@ -56,17 +56,20 @@ def _audit_rows(subject_id: int) -> int:
     return AuditEvent.objects.filter(subject_id=subject_id).count()
 
 
+def _put_capturing(client: Any, task: Any, form: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """PUT the form of the visit: (the 200 response's body, every SQL statement sent)."""
+    with CaptureQueriesContext(connection) as sent:
+        saved = client.put(f"/api/v1/tasks/{task.pk}/forms/{form.pk}/entry/", payload, format="json")
+    assert saved.status_code == 200, saved.content
+    return saved.json(), [q["sql"] for q in sent.captured_queries]
+
+
 def test_an_api_first_save_is_one_statement_with_its_audit_and_the_visit_done(committed_world, world, api):
     task, form = committed_world["tasks"][0], committed_world["form"]
 
     def act() -> None:
         client = api(world.alpha, COORDINATOR)
-        with CaptureQueriesContext(connection) as sent:
-            saved = client.put(f"/api/v1/tasks/{task.pk}/forms/{form.pk}/entry/",
-                               {"values": GOOD, "version": 0, "complete": True}, format="json")
-        assert saved.status_code == 200, saved.content
-        body = saved.json()
-        statements = [q["sql"] for q in sent.captured_queries]
+        body, statements = _put_capturing(client, task, form, {"values": GOOD, "version": 0, "complete": True})
         assert not any("FOR UPDATE" in sql for sql in statements)  # no locking read: no row to lock yet
         writes = [sql for sql in statements if "ecrf_audit_append" in sql]
         assert len(writes) == 1 and 'INSERT INTO "ecrf_entry"' in writes[0] and "studies_followuptask" in writes[0]
@@ -131,12 +134,9 @@ def test_a_first_save_that_raises_queries_takes_the_locked_path(committed_world,
 
     def act() -> None:
         client = api(world.alpha, COORDINATOR)
-        with CaptureQueriesContext(connection) as sent:
-            saved = client.put(f"/api/v1/tasks/{task.pk}/forms/{form.pk}/entry/",
-                               {"values": {**GOOD, "weight": "30"}, "version": 0}, format="json")
-        assert saved.status_code == 200, saved.content
-        assert saved.json()["queries_raised"] == 1
-        assert any("FOR UPDATE" in q["sql"] for q in sent.captured_queries)
+        body, statements = _put_capturing(client, task, form, {"values": {**GOOD, "weight": "30"}, "version": 0})
+        assert body["queries_raised"] == 1
+        assert any("FOR UPDATE" in sql for sql in statements)
         _in_alpha(world)
         assert Query.objects.filter(subject_id=task.subject_id, item="weight", status="open").count() == 1
         connection.set_schema_to_public()
