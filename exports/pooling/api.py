@@ -21,6 +21,7 @@ from config.api.pagination import Pagination
 from config.api.permissions import request_membership, role_required
 from config.errors import NotFound, PermissionDenied
 from exports.pooling import selectors, services
+from exports.pooling.messages import run_error_text
 from exports.pooling.models import Consortium, DataSharingAgreement, PooledRun
 from tenants.roles import Role
 
@@ -42,8 +43,11 @@ def _member_consortium(request: Request, slug: str) -> Consortium:
 
 
 def _run_state(run: PooledRun) -> dict[str, Any]:
+    # `error`: the stable English sentence (for scripts); `error_message`: the same in the
+    # reader's language, as the consortium page shows it.
     return {"id": run.pk, "status": run.status, "created": run.created, "finished_at": run.finished_at,
-            "error": run.error, "manifest": run.manifest if run.status == "done" else None}
+            "error": run.error, "error_message": run_error_text(run.error) if run.status == "failed" else "",
+            "manifest": run.manifest if run.status == "done" else None}
 
 
 class MemberView(APIView):

@@ -8,7 +8,6 @@ probed). The tenant side (accept, withdraw) is exports.pooling.tenant_views."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,6 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from config.errors import DomainError
 from exports.pooling import selectors, services
+from exports.pooling.messages import run_error_text
 from exports.pooling.models import AgreementStatus, Consortium, ConsortiumRole, DataSharingAgreement, PooledRun
 
 RUNS_PAGE_SIZE = 20
@@ -54,31 +54,6 @@ def participants(*, consortium: Consortium) -> list[DataSharingAgreement]:
     for agreement in selectors.agreements_of(consortium=consortium).order_by("tenant_id", "-accepted_at", "-id"):
         latest.setdefault(agreement.tenant_id, agreement)
     return sorted(latest.values(), key=lambda a: (a.status != AgreementStatus.ACTIVE, a.tenant.name.lower()))
-
-
-# A failed run's `error` is a fixed English sentence (kept so, for logs and the API):
-# the page says it in the reader's language. Group 1 is a detail kept as it is (tenant
-# slugs, an error's class name, declaration paths).
-_RUN_ERRORS = (
-    (re.compile(r"^POOLING_SECRET is not set$"),
-     gettext_lazy("Pooling is not configured on this platform; ask the platform operator.")),
-    (re.compile(r"^the consortium's common data elements are not valid: (.*)$"),
-     gettext_lazy("The consortium's common data elements are not valid (%(detail)s); ask the platform operator.")),
-    (re.compile(r"^extraction failed for (.*)$"),
-     gettext_lazy("Extracting the data of these organisations failed: %(detail)s.")),
-    (re.compile(r"^combining the parts failed \((.*)\)$"), gettext_lazy("Combining the parts failed (%(detail)s).")),
-    (re.compile(r"^could not queue the run \((.*)\)$"), gettext_lazy("The run could not be queued (%(detail)s).")),
-    (re.compile(r"^a tenant's part did not finish \(its worker process stopped\)$"),
-     gettext_lazy("An organisation's part did not finish: its worker process stopped.")),
-)
-
-
-def run_error_text(error: str) -> str:
-    for pattern, text in _RUN_ERRORS:
-        found = pattern.match(error or "")
-        if found:
-            return str(text) % {"detail": found.group(1)} if found.groups() else str(text)
-    return error
 
 
 def _run_row(run: PooledRun) -> dict[str, Any]:

@@ -580,3 +580,24 @@ def test_a_run_started_while_the_broker_is_down_is_failed_not_left_queued(
     assert refused.value.status_code == 503 and refused.value.code == "queue_unavailable"
     run = PooledRun.objects.get()
     assert run.status == "failed" and run.finished_at is not None
+
+
+def test_a_failed_run_says_why_in_the_readers_language_in_the_api(world):
+    from exports.pooling.models import ConsortiumMember
+    from tenants.models import User
+
+    consortium = Consortium.objects.create(slug="lang", name="Lang", coordinating_organisation="X")
+    lead = User.objects.create_user(email="lead@lang.example.org", password=PASSWORD)
+    ConsortiumMember.objects.create(consortium=consortium, user=lead, role="coordinator")
+    PooledRun.objects.create(consortium=consortium, requested_by=lead, status="failed",
+                             error="could not queue the run (ConnectionRefusedError)")
+    client = _public(lead)
+    client.cookies["django_language"] = "en"
+    english = client.get("/api/v1/consortia/lang/runs/").json()["results"][0]
+    assert english["error"] == "could not queue the run (ConnectionRefusedError)"  # stable, for scripts
+    assert english["error_message"] == "The run could not be queued (ConnectionRefusedError)."
+    client.cookies["django_language"] = "zh-hans"
+    chinese = client.get("/api/v1/consortia/lang/runs/").json()["results"][0]
+    assert chinese["error"] == english["error"]
+    assert chinese["error_message"] != english["error_message"] and "ConnectionRefusedError" in chinese[
+        "error_message"]
