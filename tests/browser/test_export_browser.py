@@ -20,17 +20,15 @@ from django.db import connection
 from django.test import override_settings
 
 from ecrf import services as ecrf_services
-from ecrf.models import Entry, FormDefinition, Query
 from ecrf.samples import VITALS
 from exports.models import ExportFile, ExportJob, ExportStatus
 from exports.services import export_run, progress_key
 from sites import services as site_services
-from sites.models import Site
 from studies import services as study_services
-from studies.models import Study, Subject
 from tests.browser.server_env import committed, file_storages, isolated_media_and_queue
 from tests.browser.test_ecrf_browser import _email, _login
 from tests.browser.test_login_browser import browser, server  # noqa: F401  (fixtures)
+from tests.ecrf.committed import committed_study_remove
 from tests.ecrf.test_entries import GOOD
 from tests.studies.test_enrolment import event
 
@@ -85,14 +83,7 @@ def export_world(server_env, world, django_db_blocker):  # type: ignore[no-untyp
             connection.set_tenant(world.alpha)
             ExportFile.objects.filter(job__study=study).delete()
             ExportJob.objects.filter(study=study).delete()
-            Query.objects.filter(subject=subject).delete()
-            Entry.objects.filter(subject=subject).delete()
-            FormDefinition.objects.filter(study=study).delete()
-            Subject.objects.filter(study=study).delete()
-            Study.objects.filter(pk=study.pk).delete()
-            Site.objects.filter(pk=site.pk).delete()
-            connection.set_schema_to_public()
-            connection.close()
+            committed_study_remove(world, study=study, site=site)
 
 
 def _percent(page) -> str:  # type: ignore[no-untyped-def]

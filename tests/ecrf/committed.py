@@ -66,18 +66,24 @@ def committed_ecrf_study(world: Any, *, site_code: str, study_code: str, roles: 
     try:
         yield {"site": site, "study": study, "forms": forms, "subjects": enrolled, "tasks": tasks}
     finally:
-        connection.set_tenant(world.alpha)
-        ids = [s.pk for s in enrolled.values()]
-        links = list(EproLink.objects.filter(subject_id__in=ids).values_list("pk", flat=True))
-        OutboxMessage.objects.filter(key__in=[f"epro:{pk}" for pk in links]).delete()
-        EproLink.objects.filter(subject_id__in=ids).delete()
-        Query.objects.filter(subject_id__in=ids).delete()
-        Signature.objects.filter(subject_id__in=ids).delete()
-        CasebookLock.objects.filter(subject_id__in=ids).delete()
-        Entry.objects.filter(subject_id__in=ids).delete()
-        FormDefinition.objects.filter(study=study).delete()
-        Subject.objects.filter(study=study).delete()
-        Study.objects.filter(pk=study.pk).delete()
-        Site.objects.filter(pk=site.pk).delete()
-        connection.set_schema_to_public()
-        connection.close()
+        committed_study_remove(world, study=study, site=site)
+
+
+def committed_study_remove(world: Any, *, study: Any, site: Any) -> None:
+    """Delete a committed study of alpha, its subjects' clinical data and its site, in an
+    order the foreign keys accept (the append-only audit rows stay). Database unblocked."""
+    connection.set_tenant(world.alpha)
+    ids = list(Subject.objects.filter(study=study).values_list("pk", flat=True))
+    links = list(EproLink.objects.filter(subject_id__in=ids).values_list("pk", flat=True))
+    OutboxMessage.objects.filter(key__in=[f"epro:{pk}" for pk in links]).delete()
+    EproLink.objects.filter(subject_id__in=ids).delete()
+    Query.objects.filter(subject_id__in=ids).delete()
+    Signature.objects.filter(subject_id__in=ids).delete()
+    CasebookLock.objects.filter(subject_id__in=ids).delete()
+    Entry.objects.filter(subject_id__in=ids).delete()
+    FormDefinition.objects.filter(study=study).delete()
+    Subject.objects.filter(study=study).delete()
+    Study.objects.filter(pk=study.pk).delete()
+    Site.objects.filter(pk=site.pk).delete()
+    connection.set_schema_to_public()
+    connection.close()
