@@ -4,6 +4,7 @@ next to a bare DRF endpoint on the same stack, in the same run.
     .venv/bin/python bench/form_save.py                      # 8 clients, 20 s each
     .venv/bin/python bench/form_save.py --clients 1,8,16 --seconds 30 --workers 4
     .venv/bin/python bench/form_save.py --breakdown 200 --reuse  # one request's SQL, serially
+    .venv/bin/python bench/form_save.py --breakdown 500 --reuse --profile /tmp/save.prof  # + cProfile of the saves
 
 It DROPS and recreates its scratch database (BENCH_DATABASE_URL, default
 postgresql://postgres@127.0.0.1:5432/suifang_bench), creates one tenant with an active
@@ -28,8 +29,10 @@ errors, and the save/echo throughput ratio. Figures, not pass/fail.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import socket
 import subprocess
 import sys
@@ -67,6 +70,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--breakdown", type=int, default=0, metavar="N",
                         help="instead of the load: N saves and N echoes one after another, in this process "
                              "(Django's test client, no gunicorn), with the wall time of each SQL statement")
+    parser.add_argument("--profile", metavar="FILE", default="",
+                        help="with --breakdown: cProfile the saves (not the echoes) into FILE, print the top")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)  # the load process
     return parser.parse_args(argv)
 
@@ -305,7 +310,7 @@ def measure(kind: str, clients: int, seconds: float, port: int, setup_data: dict
     return json.loads(done.stdout)
 
 
-def breakdown(data: dict[str, Any], count: int) -> None:
+def breakdown(data: dict[str, Any], count: int, profile: str = "") -> None:
     """Where one request's time goes, serially: per kind, the mean wall time of a request
     and of each SQL statement (by its first 60 characters) per request."""
     import collections
@@ -337,14 +342,22 @@ def breakdown(data: dict[str, Any], count: int) -> None:
             finally:
                 spent[sql[:60]] += time.perf_counter() - started
 
+        profiler = cProfile.Profile() if profile and kind == "save" else None
         began = time.perf_counter()
         with connection.execute_wrapper(timed):
+            if profiler:
+                profiler.enable()
             for _n in range(count):
                 request(kind)
+            if profiler:
+                profiler.disable()
         total = (time.perf_counter() - began) / count * 1000
         log(f"{kind}: {total:.2f} ms per request, of which SQL {sum(spent.values()) / count * 1000:.2f} ms:")
         for sql, seconds in sorted(spent.items(), key=lambda pair: -pair[1]):
             log(f"  {seconds / count * 1000:6.3f} ms  {sql}")
+        if profiler:
+            profiler.dump_stats(profile)
+            pstats.Stats(profile).sort_stats("tottime").print_stats(30)
 
 
 def main(argv: list[str]) -> None:
@@ -356,7 +369,7 @@ def main(argv: list[str]) -> None:
             log(f"setup: {args.breakdown + 20} subjects in a fresh database ...")
             data = setup(args.breakdown + 20)
         log(machine_info())
-        breakdown(data, args.breakdown)
+        breakdown(data, args.breakdown, args.profile)
         return
     if args.client:
         spec = json.loads(sys.stdin.read())

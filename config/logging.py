@@ -121,7 +121,10 @@ def build_logging_config(*, fmt: str, level: str) -> dict[str, Any]:
         else structlog.processors.JSONRenderer(ensure_ascii=False)
     )
     structlog.configure(
-        processors=[*_SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # filter_by_level first: an event below the level costs one isEnabledFor call, not
+        # the whole processor chain (a form save's info line cost ~0.25 ms at level ERROR).
+        processors=[structlog.stdlib.filter_by_level, *_SHARED_PROCESSORS,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
