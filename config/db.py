@@ -55,6 +55,16 @@ def are_row_ids(*values: int) -> bool:
     return all(0 < value <= BIGINT_MAX for value in values)
 
 
+def whole_number_param(raw: str | None, *, maximum: int = BIGINT_MAX) -> int | None:
+    """A query parameter or header read as a whole number 0..maximum, else None. ASCII
+    digits only: str.isdigit() also accepts "²" or "①", which int() then refuses (a 500)."""
+    text = (raw or "").strip()
+    if not text or not text.isascii() or not text.isdigit() or len(text) > len(str(maximum)):
+        return None
+    value = int(text)
+    return value if value <= maximum else None
+
+
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
 

@@ -30,6 +30,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from config.db import whole_number_param
 from config.errors import DomainError, ValidationFailed
 from config.web import request_member
 from ecrf import epro, selectors, services
@@ -722,7 +723,7 @@ def _epro_post(request: HttpRequest, *, token: str, context: dict[str, Any], lan
                                        "fields": {}}}, status=413)
     try:
         body = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[…" nested too deep
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("values"), dict) or not isinstance(
             body.get("missing", {}), dict) or not isinstance(body.get("draft", False), bool):
@@ -766,7 +767,7 @@ def audit_view(request: HttpRequest, subject_id: int) -> HttpResponse:
     form_code = (request.GET.get("form") or "").strip()[:30] or None
     item = (request.GET.get("item") or "").strip()[:200] or None
     before_raw = request.GET.get("before") or ""
-    before = int(before_raw) if before_raw.isdigit() and len(before_raw) < 19 else None
+    before = whole_number_param(before_raw)
     rows = audit_for_subject(subject_id=subject.pk, form_code=form_code, item=item, limit=AUDIT_PAGE,
                              before_seq=before)
     forms = sorted(Entry.objects.filter(subject_id=subject.pk).values_list("form__code", flat=True).distinct())
@@ -796,8 +797,8 @@ def queries_view(request: HttpRequest) -> HttpResponse:
     if status_filter != "all":
         queries = queries.filter(status=status_filter)
     site_raw = request.GET.get("site") or ""
-    if site_raw.isdigit() and len(site_raw) < 10:
-        queries = queries.filter(site_id=int(site_raw))
+    if (site_id := whole_number_param(site_raw)) is not None:
+        queries = queries.filter(site_id=site_id)
     page = Paginator(queries.order_by("created", "pk"), QUERY_PAGE).get_page(request.GET.get("page"))
     language = _language()
     for query in page:  # the item as the form names it (published versions are cached per process)

@@ -526,9 +526,24 @@ def export_file_open(*, membership: Any, file: ExportFile) -> IO[bytes]:
         raise PermissionDenied("permission_denied", _("Your role does not allow downloading exports."))
     if file.job.status != ExportStatus.DONE:
         raise Conflict("export_not_ready", _("This export is not finished."))
-    handle = export_storage().open(file.storage_name, "rb")
+    try:
+        handle = export_storage().open(file.storage_name, "rb")
+    except FileNotFoundError as error:
+        raise _file_gone() from error
     _audit_download(membership, file)
     return handle
+
+
+def _file_gone() -> Conflict:
+    # Lost from storage after the run (a bucket lifecycle rule, a restore from backup):
+    # the export's record is still right, its bytes are not there to serve.
+    return Conflict("export_file_missing", _("This file is no longer stored. Run the export again."))
+
+
+def export_file_check_stored(*, file: ExportFile) -> None:
+    """409 when the file's bytes are gone from storage, before a link is handed out for it."""
+    if not export_storage().exists(file.storage_name):
+        raise _file_gone()
 
 
 def _audit_download(membership: Any, file: ExportFile) -> None:
@@ -547,6 +562,7 @@ def export_file_download_url(*, membership: Any, file: ExportFile) -> str | None
         raise Conflict("export_not_ready", _("This export is not finished."))
     url = presigned_download_url(export_storage(), file.storage_name, filename=file.name, expires=60)
     if url is not None:
+        export_file_check_stored(file=file)  # else the client would get the store's own error page
         _audit_download(membership, file)
     return url
 

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.permissions import IsTenantMember, request_membership
+from config.db import whole_number_param
 from config.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
 from ecrf import selectors, services
 from ecrf.api.serializers import (
@@ -198,9 +199,10 @@ class EntryView(APIView):
         base = data["version"]
         if_match = (request.META.get("HTTP_IF_MATCH") or "").strip().strip('"').removeprefix("W/").strip('"')
         if if_match:
-            if not if_match.isdigit():
+            matched = whole_number_param(if_match)
+            if matched is None:
                 raise ValidationFailed({"If-Match": [_("Give the entry version you edited.")]})
-            base = int(if_match)
+            base = matched
         subject = task.subject
         result = services.entry_save(
             subject=subject, task=task, form=form,
@@ -308,9 +310,10 @@ class QueryListView(generics.ListAPIView):
             queries = queries.filter(status=wanted)
         site = self.request.query_params.get("site")
         if site:
-            if not site.isdigit():
+            site_id = whole_number_param(site)
+            if site_id is None:
                 raise ValidationFailed({"site": [_("Give an id (a whole number).")]})
-            queries = queries.filter(site_id=int(site))
+            queries = queries.filter(site_id=site_id)
         return queries.order_by("created", "pk")
 
     @extend_schema(parameters=[OpenApiParameter("status", str), OpenApiParameter("site", int)],
@@ -432,10 +435,10 @@ class SubjectAuditView(APIView):
             raw = params.get(name)
             if raw in (None, ""):
                 numbers[name] = default
-            elif not raw.isdigit() or len(raw) > 18:
+            elif (number := whole_number_param(raw)) is None:
                 raise ValidationFailed({name: [_("Give a whole number.")]})
             else:
-                numbers[name] = int(raw)
+                numbers[name] = number
         rows = audit_for_subject(subject_id=subject.pk, form_code=(params.get("form") or None),
                                  item=(params.get("item") or None), entry_id=numbers["entry"],
                                  limit=numbers["limit"] or 100, before_seq=numbers["before_seq"])

@@ -104,6 +104,7 @@ class ExportFileLinkView(APIView):
         file = next((f for f in job.files.all() if f.pk == file_id), None)
         if file is None:
             raise NotFound("not_found", _("No such file in this export."))
+        services.export_file_check_stored(file=file)
         token = signing.dumps({"s": tenant_connection.schema_name, "f": file.pk, "u": request.user.pk},
                               salt=_LINK_SALT)
         return Response({"url": f"/api/v1/exports/download/{token}/", "expires_in": LINK_MAX_AGE,
@@ -128,7 +129,9 @@ class ExportDownloadView(APIView):
             raise NotFound("not_found", _("No such download link."))
         membership = _exporter(request)
         file = ExportFile.objects.select_related("job").filter(pk=claims.get("f")).first()
-        if file is None:
+        # The job must still be one the member may see now (a role changed since the link
+        # was made narrows it), not only when the link was made.
+        if file is None or job_get(membership=membership, job_id=file.job_id) is None:
             raise NotFound("not_found", _("No such download link."))
         url = services.export_file_download_url(membership=membership, file=file)
         if url is not None:  # object storage: the client fetches the bytes from there

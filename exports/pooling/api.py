@@ -56,11 +56,14 @@ class MemberView(APIView):
 
 
 class ConsortiaView(MemberView):
-    @extend_schema(responses={200: dict}, summary="The consortia I am a member of, with my role")
+    @extend_schema(responses={200: dict}, summary="The consortia I am a member of, with my role (paged)")
     def get(self, request: Request) -> Response:
-        return Response([{"slug": c.slug, "name": c.name, "coordinating_organisation": c.coordinating_organisation,
-                          "role": selectors.member_role(user=request.user, consortium=c)}
-                         for c in selectors.consortia_of(user=request.user)])
+        paginator = Pagination()
+        page = paginator.paginate_queryset(selectors.consortia_of(user=request.user).order_by("name", "pk"), request,
+                                           view=self)
+        return paginator.get_paginated_response([
+            {"slug": c.slug, "name": c.name, "coordinating_organisation": c.coordinating_organisation,
+             "role": selectors.member_role(user=request.user, consortium=c)} for c in page or []])
 
 
 class ConsortiumRunsView(MemberView):

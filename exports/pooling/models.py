@@ -153,6 +153,22 @@ def common_data_elements_problems(value: Any) -> dict[str, list[str]]:
     return problems
 
 
+def common_data_element_fields(value: Any) -> list[str]:
+    """"FORM.item" for every item of the well-formed elements of a common data elements
+    document, in its order; malformed elements are left out (common_data_elements_problems
+    names them)."""
+    if not isinstance(value, list):
+        return []
+    fields: list[str] = []
+    for element in value:
+        if not isinstance(element, dict) or not isinstance(element.get("form"), str) or not element["form"]:
+            continue
+        items = element.get("items")
+        fields += [f"{element['form']}.{item}" for item in (items if isinstance(items, list) else [])
+                   if isinstance(item, str)]
+    return fields
+
+
 class ConsortiumRole(models.TextChoices):
     STATISTICIAN = "statistician", _("Consortium statistician")
     COORDINATOR = "coordinator", _("Consortium coordinator")

@@ -20,6 +20,7 @@ from exports.pooling.models import (
     ConsortiumRole,
     DataSharingAgreement,
     PooledRun,
+    common_data_element_fields,
     common_data_elements_problems,
 )
 
@@ -35,7 +36,10 @@ def agreement_accept(*, membership: Any, tenant: Any, consortium: Consortium, st
 
     if membership is None or membership.role != "tenant_admin":
         raise PermissionDenied("permission_denied", _("Only the organisation's administrator accepts agreements."))
-    elements = {f"{e['form']}.{item}" for e in consortium.common_data_elements or [] for item in e.get("items") or []}
+    if common_data_elements_problems(consortium.common_data_elements):
+        raise Conflict("consortium_invalid", _("The consortium's common data elements are not valid; ask the "
+                                               "platform operator to correct them before accepting."))
+    elements = set(common_data_element_fields(consortium.common_data_elements))
     problems: dict[str, list[str]] = {}
     if not Study.objects.filter(code=study_code).exists():
         problems["study"] = [_("No such study.")]
@@ -125,5 +129,9 @@ def pooled_file_open(*, user: Any, run: PooledRun, name: str) -> IO[bytes]:
     found = next((f for f in run.manifest.get("files") or [] if f.get("name") == name), None)
     if found is None:
         raise NotFound("not_found", _("No such file in this run."))
+    try:
+        handle = default_storage.open(found["storage"], "rb")
+    except FileNotFoundError as error:
+        raise Conflict("run_file_missing", _("This file is no longer stored. Start a new pooled run.")) from error
     log.info("pooling.download", run=run.pk, file=name, user=user.pk)
-    return default_storage.open(found["storage"], "rb")
+    return handle

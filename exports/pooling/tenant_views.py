@@ -14,6 +14,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
@@ -23,7 +24,13 @@ from django.views.decorators.http import require_http_methods
 from config.errors import DomainError, add_domain_error
 from config.web import request_member
 from exports.pooling import services
-from exports.pooling.models import AgreementStatus, Consortium, DataSharingAgreement
+from exports.pooling.models import (
+    AgreementStatus,
+    Consortium,
+    DataSharingAgreement,
+    common_data_element_fields,
+    common_data_elements_problems,
+)
 from studies import selectors as study_selectors
 
 ADMIN_ROLE = "tenant_admin"  # tenants.roles.Role.TENANT_ADMIN, as exports.pooling.services checks it
@@ -63,16 +70,16 @@ def _consortium_or_404(slug: str) -> Consortium:
     return consortium
 
 
-def _agreements(request: HttpRequest, consortium: Consortium) -> list[DataSharingAgreement]:
+def _agreements(request: HttpRequest, consortium: Consortium) -> QuerySet[DataSharingAgreement]:
     """This organisation's agreements with the consortium, newest first (the first is
     the current one, as in the tenant API)."""
-    return list(DataSharingAgreement.objects.filter(consortium=consortium, tenant=request.tenant)  # type: ignore[attr-defined]
-                .order_by("-accepted_at", "-id"))
+    return (DataSharingAgreement.objects.filter(consortium=consortium, tenant=request.tenant)  # type: ignore[attr-defined]
+            .order_by("-accepted_at", "-id"))
 
 
 def _item_choices(consortium: Consortium) -> list[tuple[str, str]]:
-    return [(f"{element['form']}.{item}", f"{element['form']} · {item}")
-            for element in consortium.common_data_elements or [] for item in element.get("items") or []]
+    fields = common_data_element_fields(consortium.common_data_elements)
+    return [(field, field.replace(".", " · ", 1)) for field in fields]
 
 
 def _study_choices(membership: Any) -> list[tuple[str, str]]:
@@ -120,10 +127,13 @@ def tenant_consortium_view(request: HttpRequest, slug: str) -> HttpResponse:
         else:
             status = 400
     agreements = _agreements(request, consortium)
-    active = next((a for a in agreements if a.status == AgreementStatus.ACTIVE), None)
+    active = agreements.filter(status=AgreementStatus.ACTIVE).first()
     chosen = set(request.POST.getlist("items")) if request.method == "POST" else set()
     return render(request, "pooling/tenant_consortium.html", {
-        "consortium": consortium, "form": form, "active": active, "history": agreements,
+        "consortium": consortium, "form": form, "active": active, "latest": agreements.first(),
+        "history": Paginator(agreements, PAGE_SIZE).get_page(request.GET.get("history_page")),
+        # Malformed common data elements (only an operator can fix them): no accept form.
+        "elements_invalid": bool(common_data_elements_problems(consortium.common_data_elements)),
         # Not form.errors.items in the template: that resolves to dict.items() when "items" has no error.
         "items_errors": form.errors.get("items") or [],
         "item_options": [{"value": value, "label": label, "checked": value in chosen}

@@ -26,6 +26,7 @@ from exports.pooling.messages import run_error_text
 from exports.pooling.models import AgreementStatus, Consortium, ConsortiumRole, DataSharingAgreement, PooledRun
 
 RUNS_PAGE_SIZE = 20
+PARTICIPANTS_PAGE_SIZE = 25
 LIST_URL = "/consortia/"
 # PooledRun.status is a plain string (no choices on the model): the page's words for it.
 RUN_STATUS_LABELS = {"queued": gettext_lazy("Queued"), "running": gettext_lazy("Running"),
@@ -69,10 +70,12 @@ def _run_row(run: PooledRun) -> dict[str, Any]:
 def consortia_page(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return _login_redirect(request)
+    page = Paginator(selectors.consortia_of(user=request.user).order_by("name", "pk"), RUNS_PAGE_SIZE).get_page(
+        request.GET.get("page"))
     rows = [{"consortium": consortium, "role": ConsortiumRole(role).label if role in ConsortiumRole.values else role}
-            for consortium in selectors.consortia_of(user=request.user).order_by("name")
+            for consortium in page
             if (role := selectors.member_role(user=request.user, consortium=consortium))]
-    return render(request, "pooling/consortia.html", {"rows": rows})
+    return render(request, "pooling/consortia.html", {"rows": rows, "page": page})
 
 
 @require_GET
@@ -92,7 +95,8 @@ def consortium_page(request: HttpRequest, slug: str) -> HttpResponse:
         "consortium": consortium, "role": role,
         "role_label": ConsortiumRole(role).label if role in ConsortiumRole.values else role,
         "can_start": role == ConsortiumRole.COORDINATOR,
-        "participants": participants(consortium=consortium),
+        "participants": Paginator(participants(consortium=consortium), PARTICIPANTS_PAGE_SIZE).get_page(
+            request.GET.get("participants_page")),
         "page": page, "rows": [_run_row(run) for run in page],
     })
 

@@ -107,14 +107,18 @@
         headers: {Accept: "application/json", "X-CSRFToken": csrfToken}
       })
         .then(function (response) {
-          if (!response.ok) throw new Error("HTTP " + response.status);
-          return response.json();
+          // The server says why (role, file no longer stored); signed out: the poll's wording.
+          return response.json().catch(function () { return {}; }).then(function (body) {
+            if (response.ok) return body;
+            var message = response.status === 401 ? M.poll_gone : (body.error && body.error.message) || "";
+            throw new Error(message);
+          });
         })
         .then(function (link) {
           notice("");
           window.location.assign(link.url);
         })
-        .catch(function () { notice(M.download_failed, "error"); })
+        .catch(function (error) { notice((error && error.message) || M.download_failed, "error"); })
         .then(function () { download.disabled = false; });
       return;
     }

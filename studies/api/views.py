@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.permissions import IsTenantMember, request_membership, role_required
+from config.db import whole_number_param
 from config.errors import NotFound, PermissionDenied, ValidationFailed
 from notifications import rules as reminder_rules
 from notifications.models import ReminderRule
@@ -173,9 +174,10 @@ class SubjectListView(generics.ListAPIView):
         for param, field in (("study", "study_id"), ("site", "site_id")):
             value = self.request.query_params.get(param)
             if value:
-                if not value.isdigit():
+                row_id = whole_number_param(value)
+                if row_id is None:
                     raise ValidationFailed({param: [_("Give an id (a whole number).")]})
-                subjects = subjects.filter(**{field: int(value)})
+                subjects = subjects.filter(**{field: row_id})
         if status_value := self.request.query_params.get("status"):
             subjects = subjects.filter(status=status_value[:30])
         return subjects.order_by("study_id", "subject_code")

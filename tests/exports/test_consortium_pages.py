@@ -381,3 +381,56 @@ def test_a_failed_runs_reason_is_said_in_the_readers_language(pool, members):
     chinese = client.get("/consortia/cardio/").content.decode()
     assert "alpha (KeyError)" in chinese and "extraction failed" not in chinese
     assert "Extracting the data" not in chinese
+
+
+def test_malformed_common_data_elements_are_said_not_a_500(pool, page_as, world, api, email_of):
+    """Elements written without the operator's form (no "form", not an object): the
+    admin's page says why no agreement can be accepted, and accepting is a 409."""
+    from tests.tenants.test_api import _assert_error_shape
+
+    Consortium.objects.filter(pk=pool["consortium"].pk).update(
+        common_data_elements=[{"items": ["weight"]}, "VITALS", {"form": "LAB", "items": ["hba1c"]}])
+    beta = page_as("tenant_admin", world.beta)
+    page = beta.get("/consortia/cardio/")
+    assert page.status_code == 200
+    tree = _tree(page)
+    assert "not valid" in _text(tree, "//*[@id='elements-invalid']")[0]
+    assert not tree.xpath("//*[@id='accept-form']")
+    refused = beta.post("/consortia/cardio/", {"study": "CPS", "items": ["LAB.hba1c"]})
+    assert refused.status_code == 409 and "not valid" in refused.content.decode()
+    admin = api(world.beta, email_of("tenant_admin", "beta"))
+    body = _assert_error_shape(admin.post("/api/v1/consortia/cardio/agreement/",
+                                          {"study": "CPS", "items": ["LAB.hba1c"]}, format="json"), 409)
+    assert body["code"] == "consortium_invalid"
+    assert not DataSharingAgreement.objects.filter(tenant=world.beta, status="active").exists()
+
+
+def test_the_agreement_history_pages_and_the_current_agreement_stays_shown(pool, page_as, world, monkeypatch):
+    from exports.pooling import tenant_views
+
+    monkeypatch.setattr(tenant_views, "PAGE_SIZE", 1)
+    alpha = page_as("tenant_admin", world.alpha)
+    first, second = (_tree(alpha.get(f"/consortia/cardio/?history_page={n}")) for n in (1, 2))
+    for tree in (first, second):
+        assert _text(tree, "//*[@id='agreement-status']") == ["Active"]  # the current one, on every page
+        assert len(tree.xpath("//*[@id='agreement-history']//tbody/tr")) == 1
+    assert first.xpath("//nav[@class='pager']/a[@rel='next']/@href") == ["?history_page=2#agreement-history"]
+    assert "withdrawn" in second.xpath("//*[@id='agreement-history']//tbody/tr")[0].get("class")
+    assert alpha.get("/consortia/cardio/?history_page=zz").status_code == 200
+
+
+def test_members_consortia_and_participants_are_paged(pool, members, monkeypatch):
+    from exports.pooling import views
+
+    monkeypatch.setattr(views, "PARTICIPANTS_PAGE_SIZE", 1)
+    monkeypatch.setattr(views, "RUNS_PAGE_SIZE", 1)
+    ConsortiumMember.objects.create(consortium=members["other"], user=members["stats"], role="statistician")
+    client = _public("stats@cardio.example.org")
+    pages = [_tree(client.get(f"/consortia/?page={n}")) for n in (1, 2)]
+    hrefs = [a.get("href") for tree in pages for a in tree.xpath("//*[@id='consortia']//a")]
+    assert sorted(hrefs) == ["/consortia/cardio/", "/consortia/other/"]
+    shown = [row.get("data-tenant") for n in (1, 2) for row in _tree(
+        client.get(f"/consortia/cardio/?participants_page={n}")).xpath("//*[@id='participants']//tr[@data-tenant]")]
+    assert shown == ["alpha", "beta"]
+    listed = client.get("/api/v1/consortia/?page_size=1").json()
+    assert listed["count"] == 2 and len(listed["results"]) == 1 and listed["next"]

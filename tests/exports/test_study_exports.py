@@ -13,7 +13,7 @@ import pytest
 from django.db import connection
 
 from ecrf.models_audit import AuditEvent
-from exports.models import ExportJob
+from exports.models import ExportFile, ExportJob
 from tests.ecrf.test_entries import GOOD, crf  # noqa: F401 (fixture)
 from tests.tenants.test_api import _assert_error_shape
 
@@ -176,6 +176,44 @@ def test_roles_other_tenants_and_links(exported, api, world, email_of, in_tenant
 
     monkeypatch.setattr(views, "LINK_MAX_AGE", -1)
     assert _assert_error_shape(manager.get(link), 404)["code"] == "link_expired"
+
+
+def test_a_link_stops_working_when_its_user_may_no_longer_see_the_export(exported, api, world, email_of,
+                                                                        in_tenant):
+    """A data manager's link to an admin's export, then the data manager becomes a
+    statistician (who sees only their own exports): the link is refused, not served."""
+    from tenants.models import TenantMembership
+
+    admin = api(world.alpha, email_of("tenant_admin", "alpha"))
+    job_id = admin.post(f"/api/v1/studies/{exported['study']}/exports/", {"formats": ["csv_long"]},
+                        format="json").json()["id"]
+    _run(world, in_tenant, job_id)
+    manager = exported["manager"]
+    file_id = manager.get(f"/api/v1/exports/{job_id}/").json()["files"][0]["id"]
+    link = manager.post(f"/api/v1/exports/{job_id}/files/{file_id}/link/").json()["url"]
+    assert manager.get(link).status_code == 200  # while allowed
+    user = world.users[email_of("data_manager", "alpha")]
+    TenantMembership.objects.filter(user=user, tenant=world.alpha).update(role="statistician")
+    _assert_error_shape(manager.get(f"/api/v1/exports/{job_id}/"), 404)
+    _assert_error_shape(manager.get(link), 404)
+
+
+def test_a_file_lost_from_storage_is_a_409_with_a_message_not_a_500(exported, world, in_tenant):
+    from exports.storage import export_storage
+
+    manager = exported["manager"]
+    job_id = manager.post(f"/api/v1/studies/{exported['study']}/exports/", {"formats": ["csv_long"]},
+                          format="json").json()["id"]
+    _run(world, in_tenant, job_id)
+    file_id = manager.get(f"/api/v1/exports/{job_id}/").json()["files"][0]["id"]
+    link = manager.post(f"/api/v1/exports/{job_id}/files/{file_id}/link/").json()["url"]
+    in_tenant(world.alpha)
+    export_storage().delete(ExportFile.objects.get(pk=file_id).storage_name)
+    connection.set_schema_to_public()
+    # The link asked for now is refused with the reason; one made before fails the same way.
+    refused = _assert_error_shape(manager.post(f"/api/v1/exports/{job_id}/files/{file_id}/link/"), 409)
+    assert refused["code"] == "export_file_missing" and "Run the export again" in refused["message"]
+    assert _assert_error_shape(manager.get(link), 409)["code"] == "export_file_missing"
 
 
 @pytest.mark.parametrize(("body", "field"), [
