@@ -157,6 +157,8 @@ def test_concurrent_edit_gets_412_with_the_conflicting_items(crf, api, world, em
     assert "version" in _assert_error_shape(no_version, 400)["fields"]
     assert _put(second, crf, GOOD, version=5).status_code == 412
     assert second.put(crf["url"], {"values": GOOD}, format="json", HTTP_IF_MATCH='"x"').status_code == 400
+    assert "If-Match" in _assert_error_shape(
+        second.put(crf["url"], {"values": GOOD}, format="json", HTTP_IF_MATCH='"²"'), 400)["fields"]
 
 
 def test_completion_marks_the_visit_done_and_later_changes_need_a_reason(crf, in_tenant, world):
@@ -210,6 +212,7 @@ def test_soft_problems_raise_queries_that_follow_the_lifecycle(crf, api, world, 
                        "open_0_7_days": 1, "open_8_30_days": 0, "open_over_30_days": 0}]
     assert monitor.get("/api/v1/queries/?status=open").json()["count"] == 1
     _assert_error_shape(monitor.get("/api/v1/queries/?status=later"), 400)
+    assert "site" in _assert_error_shape(monitor.get("/api/v1/queries/?site=³"), 400)["fields"]
 
 
 def test_changing_a_verified_item_clears_its_verification(crf, api, world, email_of):
@@ -354,6 +357,8 @@ def test_every_change_is_audited_item_by_item_with_reason_and_source(crf, api, w
     actions = {r["action"] for r in older + everything["results"]}
     assert {"entry_complete", "item_create", "item_update", "item_delete"} <= actions
     _assert_error_shape(monitor.get(url + "?limit=abc"), 400)
+    for bad in ("?limit=²", "?before_seq=①", "?entry=" + "9" * 30):  # Unicode digits, past bigint
+        assert list(_assert_error_shape(monitor.get(url + bad), 400)["fields"]) == [bad[1:].split("=")[0]]
     _assert_error_shape(monitor.get(url + "?limit=100000"), 400)
     _assert_error_shape(api(world.alpha, email_of("viewer", "alpha")).get(url), 403)
     _assert_error_shape(api(world.beta, email_of("tenant_admin", "beta")).get(url), 404)

@@ -303,6 +303,10 @@ def test_epro_link_lifecycle(pro, web, world, email_of, api, in_tenant):
     # A draft: errors next to the fields for malformed answers; the link stays usable.
     wrong = _epro_post(patient, url, {"values": {"sex": "1", "pregnant": "1"}, "draft": True})
     assert "pregnant" in _assert_error_shape(wrong, 400)["fields"]
+    # Nested past Python's recursion limit (well under the size limit): 400, not a 500.
+    deep = patient.post(url, b'{"values": ' + b"[" * 50000 + b"]" * 50000 + b"}", content_type="application/json",
+                        HTTP_X_CSRFTOKEN=patient.cookies["csrftoken"].value)
+    assert _assert_error_shape(deep, 400)["code"] == "invalid"
     draft = _epro_post(patient, url, {"values": {"sex": "2"}, "draft": True})
     assert draft.status_code == 200 and draft.json()["status"] == "draft"
     assert "pain" in draft.json()["hard_errors"]
@@ -399,6 +403,7 @@ def test_audit_viewer_per_subject_form_and_item(crf, web, world, email_of):
     assert weight.count("<tr>") == 3  # header, the change and the creation
     assert "70.5" in weight and "71.0" in weight
     assert page.get(url + "?before=abc&item=" + "x" * 300).status_code == 200
+    assert page.get(url + "?before=²").status_code == 200  # a Unicode digit that int() refuses
     viewer = web(world.alpha)
     _login(viewer, email_of("viewer", "alpha"))
     assert viewer.get(url).status_code == 403
@@ -423,6 +428,7 @@ def test_queries_page_reports_per_site_and_lists_them(crf, web, world, email_of,
     assert page.get("/queries/?status=closed").content.decode().count('class="query-open"') == 0
     assert page.get(f"/queries/?status=all&site={crf['site']}").content.decode().count("query-open") == 2
     assert page.get("/queries/?status=bogus&site=x&page=zz").status_code == 200
+    assert page.get("/queries/?site=²").status_code == 200
     with django_assert_max_num_queries(12):  # not one query per row
         page.get("/queries/?status=all")
     beta = web(world.beta)

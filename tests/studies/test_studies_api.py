@@ -148,6 +148,9 @@ def test_worklist_is_mine_scoped_paged_and_sorted_by_urgency(api, world, email_o
     assert coordinator.get(f"/api/v1/worklist/?site={trial['s2']}").json()["count"] == 0
     _assert_error_shape(coordinator.get("/api/v1/worklist/?bucket=later"), 400)
     _assert_error_shape(coordinator.get("/api/v1/worklist/?site=abc"), 400)
+    for bad in ("?site=²", "?study=" + "9" * 25):  # a Unicode digit int() refuses; past bigint
+        assert list(_assert_error_shape(coordinator.get("/api/v1/subjects/" + bad), 400)["fields"]) == [
+            bad[1:].split("=")[0]]
     # Someone else's worklist is their own.
     assert api(world.alpha, email_of("monitor", "alpha")).get("/api/v1/worklist/").json()["count"] == 0
 
