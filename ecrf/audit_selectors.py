@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from django.utils.translation import gettext as _
 
 from config.errors import ValidationFailed
 from ecrf.models_audit import AuditChainHead, AuditEvent
@@ -26,9 +27,9 @@ def audit_for_subject(
     "newest first" is `at DESC, seq DESC`, which the (subject_id, at, seq) index of every
     partition returns in order."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise ValidationFailed({"limit": [f"Between 1 and {MAX_LIMIT}."]})
+        raise ValidationFailed({"limit": [_("Between 1 and %(max)d.") % {"max": MAX_LIMIT}]})
     if before_seq is not None and (isinstance(before_seq, bool) or not isinstance(before_seq, int)):
-        raise ValidationFailed({"before_seq": ["Must be a whole number."]})
+        raise ValidationFailed({"before_seq": [_("Give a whole number.")]})
     events: QuerySet[AuditEvent] = AuditEvent.objects.filter(subject_id=subject_id)
     if form_code is not None:
         events = events.filter(form_code=form_code)

@@ -35,7 +35,7 @@ from config.errors import DomainError, ValidationFailed
 from config.web import request_member
 from ecrf import epro, selectors, services
 from ecrf.definition import VALUELESS_TYPES, iter_items
-from ecrf.models import CasebookLock, Entry, EntryStatus, Query, QueryStatus, Signature, SignatureMeaning
+from ecrf.models import CasebookLock, Entry, EntryStatus, Query, Signature, SignatureMeaning
 from ecrf.validation import entry_evaluate
 from studies import selectors as study_selectors
 from studies.services import site_today
@@ -254,11 +254,12 @@ def _defaults(definition: dict[str, Any]) -> dict[str, Any]:
 
 
 def _queries_by_item(entry: Entry | None) -> dict[str, list[Query]]:
+    """Every query of the entry by item, closed ones too (shown folded, with their
+    closing note and the way to re-open them)."""
     if entry is None:
         return {}
     by_item: dict[str, list[Query]] = {}
-    for query in (Query.objects.filter(entry=entry, status__in=[QueryStatus.OPEN, QueryStatus.ANSWERED])
-                  .prefetch_related("messages__author").order_by("created", "pk")):
+    for query in (Query.objects.filter(entry=entry).prefetch_related("messages__author").order_by("created", "pk")):
         by_item.setdefault(query.item, []).append(query)
     return by_item
 
@@ -417,7 +418,7 @@ def entry_view(request: HttpRequest, task_id: int, form_id: int) -> HttpResponse
 @login_required
 @require_GET
 def entry_queries_view(request: HttpRequest, task_id: int, form_id: int) -> HttpResponse:
-    """The open queries of the entry, by item (a fragment the page swaps in after a save)."""
+    """The queries of the entry, by item (a fragment the page swaps in after a save)."""
     membership, task, form, entry, _version = _entry_target(request, task_id, form_id)
     by_item = _queries_by_item(entry)
     return render(request, "ecrf/_queries_fragment.html", {
@@ -483,7 +484,7 @@ def query_act_view(request: HttpRequest, task_id: int, form_id: int, query_id: i
     if query is None or action not in QUERY_ACTIONS:
         raise Http404
     return _page_action(
-        request, target, key=f"q-{query.pk}-{action}", anchor=f"#{_dom_id(query.item)}", done=_("Query updated."),
+        request, target, key=f"q-{query.pk}-{action}", anchor=f"#{_dom_id(query.item)}-item", done=_("Query updated."),
         act=lambda actor: services.query_act(query=query, action=action, text=request.POST.get("text", ""),
                                              actor=actor))
 
@@ -501,7 +502,7 @@ def query_raise_view(request: HttpRequest, task_id: int, form_id: int) -> HttpRe
     target = _entry_target(request, task_id, form_id)
     item = request.POST.get("item", "")[:200]
     return _page_action(
-        request, target, key=f"raise-{item}", anchor=f"#{_dom_id(item)}", done=_("Query raised."),
+        request, target, key=f"raise-{item}", anchor=f"#{_dom_id(item)}-item", done=_("Query raised."),
         act=lambda actor: services.query_raise(entry=_existing_entry(target[3]), item=item,
                                                text=request.POST.get("text", ""), actor=actor))
 
@@ -515,7 +516,7 @@ def entry_verify_view(request: HttpRequest, task_id: int, form_id: int) -> HttpR
     item = request.POST.get("item", "")[:200]
     every = request.POST.get("all") == "1"
     return _page_action(
-        request, target, key="verify" if every else f"verify-{item}", anchor="" if every else f"#{_dom_id(item)}",
+        request, target, key="verify" if every else f"verify-{item}", anchor="" if every else f"#{_dom_id(item)}-item",
         done=_("Marked as verified against the source."),
         act=lambda actor: services.entry_verify(entry=_existing_entry(target[3]), items=None if every else [item],
                                                 actor=actor))
@@ -774,7 +775,7 @@ def audit_view(request: HttpRequest, subject_id: int) -> HttpResponse:
     older = rows[-1].seq if len(rows) == AUDIT_PAGE else None
     return render(request, "ecrf/audit.html", {
         "subject": subject, "rows": rows, "forms": forms, "form_code": form_code or "", "item": item or "",
-        "older": older, "filtered": bool(form_code or item or before),
+        "older": older, "before": before, "filtered": bool(form_code or item or before),
     })
 
 

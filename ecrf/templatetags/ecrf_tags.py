@@ -81,7 +81,8 @@ def posted_state(posted: Any, *parts: Any) -> dict[str, Any]:
 
 @register.filter
 def item_anchor(path: Any) -> str:
-    """The id of an item's input on the entry page (ecrf.views._dom_id), for links to it."""
+    """The id of an item's block on the entry page, for links to it: every item has one
+    (a choice's inputs are f-<item>-<code>, a group has no input of its own)."""
     from ecrf.views import _dom_id
 
-    return _dom_id(str(path))
+    return _dom_id(str(path)) + "-item"

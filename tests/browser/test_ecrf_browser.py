@@ -291,7 +291,12 @@ def test_a_monitor_raises_a_query_verifies_an_item_and_closes_the_query_on_the_p
     query.locator('form[data-action="close"] textarea').fill("Corrected at the site.")
     query.locator('form[data-action="close"] button[type=submit]').click()
     page.wait_for_function("document.getElementById('entry-notices').innerText.includes('Query closed.')")
-    page.wait_for_selector('[data-queries-for="height"] .query', state="detached")  # the page lists open ones
+    # Folded, with its closing note and the way to re-open it; nothing open is left on the item.
+    closed = page.wait_for_selector('[data-queries-for="height"] details.query-closed')
+    assert page.locator('[data-queries-for="height"] .query-open').count() == 0
+    closed.click()  # the summary: unfolds
+    assert "Corrected at the site." in closed.inner_text()
+    assert closed.query_selector('form[data-action="reopen"]') is not None
     context.close()
     entry = _in_tenant(world, django_db_blocker, lambda: Entry.objects.get(
         subject=ecrf_world["subjects"]["monitored"]))

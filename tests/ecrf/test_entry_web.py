@@ -13,6 +13,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 from django.utils import timezone
+from lxml import html as lxml_html
 
 from ecrf.models import Entry, EproLink, Query, QueryStatus, Signature
 from ecrf.samples import label as _label
@@ -170,7 +171,7 @@ def test_queries_are_answered_from_the_page(crf, web, world, email_of, in_tenant
     # The check's message is stored in the language of whoever saved (the API client: the tenant's Chinese).
     assert 'data-queries-for="weight"' in fragment and "预期在 35 到 200 之间。" in fragment
     answered = page.post(url, {"text": "Checked: the patient is a child."})  # a plain form post
-    assert answered.status_code == 302 and answered["Location"].endswith("#f-weight")
+    assert answered.status_code == 302 and answered["Location"].endswith("#f-weight-item")
     in_tenant(world.alpha)
     assert Query.objects.get().status == QueryStatus.ANSWERED
     connection.set_schema_to_public()
@@ -182,6 +183,13 @@ def test_queries_are_answered_from_the_page(crf, web, world, email_of, in_tenant
     assert closed.status_code == 200
     in_tenant(world.alpha)
     assert Query.objects.get().status == QueryStatus.CLOSED
+    connection.set_schema_to_public()
+    # Still on the form, folded, with its closing note; the monitor may re-open it there.
+    tree = lxml_html.fromstring(monitor.get(_entry_url(crf)).content)
+    folded = tree.xpath(f"//*[@data-queries-for='weight']//details[@data-query='{query.pk}']")
+    assert len(folded) == 1 and "query-closed" in folded[0].get("class")
+    assert "OK" in folded[0].text_content() and folded[0].xpath(".//form[@data-action='reopen']")
+    assert not tree.xpath("//*[@data-queries-for='weight']//*[contains(@class, 'query-open')]")
 
 
 def test_the_casebook_is_signed_through_its_page(crf, web, world, email_of, in_tenant):
@@ -404,6 +412,29 @@ def test_audit_viewer_per_subject_form_and_item(crf, web, world, email_of):
     assert "70.5" in weight and "71.0" in weight
     assert page.get(url + "?before=abc&item=" + "x" * 300).status_code == 200
     assert page.get(url + "?before=²").status_code == 200  # a Unicode digit that int() refuses
+
+
+def test_the_audit_pages_go_back_to_the_newest_keeping_the_filter(crf, web, world, email_of, monkeypatch):
+    from lxml import html as lxml_html
+
+    from ecrf import views
+    from tests.studies.test_worklist_web import _login
+
+    monkeypatch.setattr(views, "AUDIT_PAGE", 2)
+    _put(crf["coordinator"], crf, GOOD, version=0, complete=True)
+    for version, weight in ((1, "71.0"), (2, "72.0")):
+        _put(crf["coordinator"], crf, {**GOOD, "weight": weight}, version=version, reason="chart re-read")
+    page = web(world.alpha)
+    page.cookies["django_language"] = "en"
+    _login(page, email_of("monitor", "alpha"))
+    url = f"/subjects/{crf['subject']}/audit/"
+    first = lxml_html.fromstring(page.get(url + "?form=VITALS&item=weight").content)
+    assert not first.xpath("//*[@id='audit-newest']")
+    older = first.xpath("//*[@id='audit-older']/@href")[0]
+    assert older.startswith("?form=VITALS&item=weight&before=")
+    second = lxml_html.fromstring(page.get(url + older).content)
+    assert second.xpath("//*[@id='audit-newest']/@href") == ["?form=VITALS&item=weight"]
+    assert len(second.xpath("//table[@class='audit']/tbody/tr")) == 1  # the creation: three weight rows in all"
     viewer = web(world.alpha)
     _login(viewer, email_of("viewer", "alpha"))
     assert viewer.get(url).status_code == 403
@@ -424,7 +455,7 @@ def test_queries_page_reports_per_site_and_lists_them(crf, web, world, email_of,
     assert "DBP_HIGH" in html and "S1-0001" in html
     # The item as the form names it, and a link straight to it on the form.
     assert "<td>Weight<br><span class=\"muted\">weight</span></td>" in html
-    assert f'/visits/{crf["task"]}/forms/{crf["form"]}/#f-weight"' in html
+    assert f'/visits/{crf["task"]}/forms/{crf["form"]}/#f-weight-item"' in html
     assert page.get("/queries/?status=closed").content.decode().count('class="query-open"') == 0
     assert page.get(f"/queries/?status=all&site={crf['site']}").content.decode().count("query-open") == 2
     assert page.get("/queries/?status=bogus&site=x&page=zz").status_code == 200
@@ -479,7 +510,7 @@ def test_monitoring_from_the_page_queries_sdv_and_locks(crf, web, world, email_o
     page = monitor.get(url).content.decode()
     assert page.count("Raise a query") >= 10 and "Mark verified" in page and "Lock this form" not in page
     raised = monitor.post(f"{url}queries/raise/", {"item": "weight", "text": "Source says 71?"})
-    assert raised.status_code == 302 and raised["Location"].endswith(f"{url}#f-weight")
+    assert raised.status_code == 302 and raised["Location"].endswith(f"{url}#f-weight-item")
     in_tenant(world.alpha)
     query = Query.objects.get()
     assert (query.item, query.origin, query.status) == ("weight", "manual", QueryStatus.OPEN)
@@ -496,7 +527,7 @@ def test_monitoring_from_the_page_queries_sdv_and_locks(crf, web, world, email_o
     assert coordinator.post(f"{url}queries/raise/", {"item": "weight", "text": "x"}).status_code == 403
 
     verified = monitor.post(f"{url}verify/", {"item": "weight"})
-    assert verified.status_code == 302 and verified["Location"].endswith("#f-weight")
+    assert verified.status_code == 302 and verified["Location"].endswith("#f-weight-item")
     in_tenant(world.alpha)
     entry = Entry.objects.get()
     assert set(entry.verified) == {"weight"}
