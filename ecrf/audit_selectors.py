@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db.models import QuerySet
 from django.utils.translation import gettext as _
 
 from config.errors import ValidationFailed
-from ecrf.models_audit import AuditChainHead, AuditEvent
+from ecrf.models_audit import AuditAction, AuditChainHead, AuditEvent
 
 MAX_LIMIT = 500
 
@@ -40,6 +42,18 @@ def audit_for_subject(
     if before_seq is not None:
         events = events.filter(seq__lt=before_seq)
     return list(events.order_by("-at", "-seq")[:limit])
+
+
+# What changes an entry's data (not its verification, lock or queries, which also touch
+# the entry row's `updated`).
+DATA_ACTIONS = (AuditAction.ITEM_CREATE, AuditAction.ITEM_UPDATE, AuditAction.ITEM_DELETE, AuditAction.ENTRY_CREATE,
+                AuditAction.ENTRY_COMPLETE)
+
+
+def entry_data_saved_at(*, subject_id: int, entry_id: int) -> datetime | None:
+    """When the entry's data last changed, from the audit trail (None: never audited)."""
+    return (AuditEvent.objects.filter(subject_id=subject_id, entry_id=entry_id, action__in=DATA_ACTIONS)
+            .order_by("-at", "-seq").values_list("at", flat=True).first())
 
 
 def audit_chain_head() -> AuditChainHead | None:

@@ -34,6 +34,7 @@ from config.db import whole_number_param
 from config.errors import DomainError, ValidationFailed
 from config.web import request_member
 from ecrf import epro, selectors, services
+from ecrf.audit_selectors import audit_for_subject, entry_data_saved_at
 from ecrf.definition import VALUELESS_TYPES, iter_items
 from ecrf.models import CasebookLock, Entry, EntryStatus, Query, Signature, SignatureMeaning
 from ecrf.validation import entry_evaluate
@@ -341,6 +342,8 @@ def _entry_page_context(request: HttpRequest, *, membership: Any, task: Any, for
     context = selectors.entry_context(subject=subject, task=task, form_code=form.code, today=today)
     visible, hard = _stored_evaluation(definition=definition, entry=entry, context=context, language=language)
     casebook_locked = CasebookLock.objects.filter(subject_id=subject.pk).exists()
+    # Not entry.updated: a verification or a lock changes the row, not its data.
+    data_saved_at = entry_data_saved_at(subject_id=subject.pk, entry_id=entry.pk) if entry else None
     can_edit = (membership.role in selectors.ENTRY_ROLES and not (entry is not None and entry.locked)
                 and not casebook_locked)
     values = entry.values if entry else _defaults(definition)
@@ -400,7 +403,7 @@ def _entry_page_context(request: HttpRequest, *, membership: Any, task: Any, for
         "can_raise": entry is not None and membership.role in services.QUERY_RAISING_ROLES,
         "can_verify": entry is not None and membership.role == "monitor",
         "can_lock": entry is not None and membership.role in services.LOCKING_ROLES,
-        "casebook_locked": casebook_locked, "posted": posted or {},
+        "casebook_locked": casebook_locked, "posted": posted or {}, "data_saved_at": data_saved_at,
         "channel_choices": [("email", _("Email")), ("sms", _("SMS"))],
         "hard_count": len(hard), "file_specs": file_specs,
     }
@@ -757,7 +760,6 @@ def audit_view(request: HttpRequest, subject_id: int) -> HttpResponse:
     """A subject's audit trail, newest first, filtered by form and item, paged by
     sequence (older entries behind a link): who, when in the tenant's time zone, what,
     old and new value, reason and source."""
-    from ecrf.audit_selectors import audit_for_subject
 
     membership = request_member(request)
     if membership.role in selectors.NO_ENTRY_READ_ROLES:

@@ -5,6 +5,7 @@ casebook signed through its page; the ePRO link's whole lifecycle."""
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import re
 from datetime import timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from django.utils import timezone
 from lxml import html as lxml_html
 
 from ecrf.models import Entry, EproLink, Query, QueryStatus, Signature
+from ecrf.models_audit import AuditEvent
 from ecrf.samples import label as _label
 from tests.conftest import PASSWORD
 from tests.ecrf import test_entries
@@ -69,7 +71,7 @@ def test_the_entry_page_renders_every_item_type(crf, web, world, email_of):
     assert 'class="part-year"' in html and 'class="part-month"' in html  # the partial date
     assert 'type="radio" name="f-sex"' in html and 'type="checkbox" id="f-symptoms-1"' in html
     assert '<output id="f-bmi" class="calc"' in html and "<h2 class=\"section-title\" id=\"f-hdr\">Measurements" in html
-    assert '<label class="item-label" for="f-weight">' in html and "(kg)" in html  # label bound, unit shown
+    assert '<label class="item-label" for="f-weight" id="f-weight-label">' in html and "(kg)" in html  # bound, unit
     assert 'id="f-weight-missing"' in html and "Unknown (UNK)" in html  # missing-data codes where allowed
     assert 'title="Required">*' in html and "row-template" in html and "up to 5 rows" in html
     # Pregnant is hidden until Female is chosen (the server's evaluation of the stored data).
@@ -536,7 +538,16 @@ def test_monitoring_from_the_page_queries_sdv_and_locks(crf, web, world, email_o
     in_tenant(world.alpha)
     assert {"weight", "height", "sbp", "meds[0].med_name"} <= set(Entry.objects.get().verified)
     connection.set_schema_to_public()
-    assert "Mark verified" not in monitor.get(url).content.decode()  # nothing left to verify
+    after_sdv = monitor.get(url)
+    assert "Mark verified" not in after_sdv.content.decode()  # nothing left to verify
+    # "last saved" is the data's save, not the verification that changed the row since.
+    in_tenant(world.alpha)
+    entry = Entry.objects.get()
+    saved_at = AuditEvent.objects.filter(entry_id=entry.pk, action="item_create").order_by("-seq").first().at
+    assert entry.updated > saved_at
+    connection.set_schema_to_public()
+    shown = lxml_html.fromstring(after_sdv.content).xpath("//*[@id='entry-saved']/time/@datetime")[0]
+    assert dt.datetime.fromisoformat(shown) == saved_at
     assert coordinator.post(f"{url}verify/", {"all": "1"}).status_code == 403  # monitors only
 
     manager = _page(web, world, email_of("data_manager", "alpha"))
