@@ -396,6 +396,9 @@
       row.setAttribute("data-row", String(index));
       var number = row.querySelector(".row-no");
       if (number) number.textContent = String(index + 1);
+      // Heard as "Remove row 2", not one of many identical "Remove row" buttons.
+      var remove = row.querySelector(":scope > .row-actions > .remove-row");
+      if (remove) remove.setAttribute("aria-label", (M.remove_row || "") + " " + (index + 1));
       Array.prototype.forEach.call(row.querySelectorAll(".item"), function (cell) {
         var path = code + "[" + index + "]." + cell.getAttribute("data-code");
         cell.setAttribute("data-path", path);

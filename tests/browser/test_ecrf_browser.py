@@ -98,6 +98,7 @@ def test_visit_entry_with_branching_bmi_query_answer_and_signature(browser, serv
     page.click('[data-path="meds"] .add-row')
     page.fill('.item[data-path="meds[0].med_name"] input', "Aspirin")
     page.fill('.item[data-path="meds[0].med_dose"] input', "100")
+    assert page.get_attribute('[data-path="meds"] tr[data-row="0"] .remove-row', "aria-label") == "Remove row 1"
     # Save (partial): Pregnant is required (hard), the weight is below the soft range.
     page.click("#save-button")
     page.wait_for_selector(".notice-warning")
