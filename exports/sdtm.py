@@ -29,6 +29,8 @@ from itertools import groupby
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
 
+from django.utils.translation import gettext
+
 from exports.records import (
     DatasetSpec,
     EntryRecord,
@@ -243,11 +245,13 @@ def _plan_form(code: str, version: int, definition: Mapping[str, Any]) -> FormPl
     groups: list[AeGroup] = []
     category = _text_of(definition.get("title"), code).upper()
     for item in definition.get("items", ()):
-        where = f"Form {code} v{version}, item {item.get('code')}"
+        where = gettext("Form %(form)s v%(version)s, item %(item)s") % {"form": code, "version": version,
+                                                                   "item": item.get("code")}
         cdisc = item.get("cdisc") or {}
         if item.get("type") == "group":
             children = tuple(
-                (child["code"], _ae_variable(child, f"Form {code} v{version}, item {item['code']}.{child['code']}"),
+                (child["code"], _ae_variable(child, gettext("Form %(form)s v%(version)s, item %(item)s") % {
+                    "form": code, "version": version, "item": f"{item['code']}.{child['code']}"}),
                  child)
                 for child in item.get("items", ()) if (child.get("cdisc") or {}).get("domain") == "AE")
             if children:
@@ -258,11 +262,12 @@ def _plan_form(code: str, version: int, definition: Mapping[str, Any]) -> FormPl
             continue
         testcd = cdisc.get("testcd") or item["code"].upper()
         if not TESTCD_RE.fullmatch(testcd):
-            raise SdtmError(f"{where}: {domain}TESTCD {testcd!r} is not 1-8 capital letters, digits or _; "
-                            f"give cdisc.testcd.")
+            raise SdtmError(gettext("%(where)s: %(variable)s %(value)r is not 1-8 capital letters, digits or _; give "
+                              "cdisc.testcd.") % {"where": where, "variable": f"{domain}TESTCD", "value": testcd})
         test = cdisc.get("test") or _text_of(item.get("label"), testcd)
         if len(test) > 40:
-            raise SdtmError(f"{where}: {domain}TEST is {len(test)} characters; give cdisc.test of at most 40.")
+            raise SdtmError(gettext("%(where)s: %(variable)s is %(n)d characters; give cdisc.test of at most 40.")
+                            % {"where": where, "variable": f"{domain}TEST", "n": len(test)})
         findings.append(FindingItem(domain, item["code"], item, testcd, test, cdisc.get("orresu") or
                                     item.get("unit") or "", (testcd, test, category) if domain == "QS" else
                                     (testcd, test), (category if domain == "QS" else testcd, testcd),
@@ -273,7 +278,8 @@ def _plan_form(code: str, version: int, definition: Mapping[str, Any]) -> FormPl
 def _ae_variable(child: Mapping[str, Any], where: str) -> str:
     variable = (child.get("cdisc") or {}).get("variable", "")
     if variable not in AE_VARIABLES:
-        raise SdtmError(f"{where}: AE variable {variable!r} is not one of {', '.join(AE_VARIABLES)}.")
+        raise SdtmError(gettext("%(where)s: AE variable %(value)r is not one of %(allowed)s.")
+                        % {"where": where, "value": variable, "allowed": ", ".join(AE_VARIABLES)})
     return str(variable)
 
 
@@ -336,7 +342,7 @@ def study_day(dtc: str, reference: date | None) -> int | None:
 def _dtc(value: Any, where: str) -> str:
     text = "" if value is None else str(value)
     if text and not iso_dtc_valid(text):
-        raise SdtmError(f"{where}: the value is not an ISO 8601 date.")  # never the value itself
+        raise SdtmError(gettext("%(where)s: the value is not an ISO 8601 date.") % {"where": where})  # never the value
     return text
 
 
@@ -370,7 +376,8 @@ def _usubjid(studyid: str, subject: SubjectRecord) -> str:
 def _arm_code(arm: str, where: str) -> str:
     code = re.sub(r"[^A-Z0-9]+", "_", arm.upper()).strip("_")
     if len(code) > 20:
-        raise SdtmError(f"{where}: ARMCD derived from arm {arm!r} is longer than 20 characters.")
+        raise SdtmError(gettext("%(where)s: ARMCD derived from arm %(arm)r is longer than 20 characters.")
+                        % {"where": where, "arm": arm})
     return code
 
 
@@ -408,7 +415,8 @@ def _visit_numbers(ctx: Context, visits: Sequence[VisitRecord], usubjid: str
             continue
         extra += 1
         if extra > 9:
-            raise SdtmError(f"SV, USUBJID {usubjid}: more than 9 unscheduled visits after VISITNUM {last:g}.")
+            raise SdtmError(gettext("SV, USUBJID %(usubjid)s: more than 9 unscheduled visits after VISITNUM "
+                                    "%(visitnum)s.") % {"usubjid": usubjid, "visitnum": f"{last:g}"})
         number = round(last + extra / 10, 1)
         name = f"UNSCHEDULED {number:.1f}" if event is None or visit.unscheduled else f"{event.name} {visit.sequence}"
         numbers[(visit.event_code, visit.sequence)] = (number, name)
@@ -622,8 +630,10 @@ class Spool:
                 if variable.type == "Char" and value:
                     size = len(str(value).encode("utf-8"))
                     if size > MAX_CHAR:
-                        raise SdtmError(f"{self.domain.name}, USUBJID {usubjid}, {variable.name}: the value is "
-                                        f"{size} bytes; XPT allows {MAX_CHAR} (shorten it or split it to SUPP--).")
+                        raise SdtmError(gettext("%(dataset)s, USUBJID %(usubjid)s, %(variable)s: the value is %(size)d "
+                                          "bytes; XPT allows %(max)d (shorten it or split it to SUPP--).") % {
+                            "dataset": self.domain.name, "usubjid": usubjid, "variable": variable.name,
+                            "size": size, "max": MAX_CHAR})
                     self.widths[index] = max(self.widths[index], size)
 
     def spec(self) -> DatasetSpec:
@@ -730,7 +740,7 @@ def sdtm_build(data: StudyData, *, studyid: str) -> Iterator[tuple[DatasetSpec, 
     each domain's rows before asking for the next domain; the temporary files are removed
     when this generator ends. Raises SdtmError for data that cannot be mapped."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-.]{0,39}", studyid):
-        raise SdtmError(f"STUDYID {studyid!r}: use 1-40 letters, digits, '-', '_' or '.'.")
+        raise SdtmError(gettext("STUDYID %(value)r: use 1-40 letters, digits, '-', '_' or '.'.") % {"value": studyid})
     plans, domains = _plan(data.study)
     ctx = Context(studyid, {event.code: event for event in data.study.events}, plans, domains)
     clock = itertools.count()

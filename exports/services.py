@@ -23,11 +23,12 @@ from datetime import date, timedelta
 from typing import IO, Any
 
 import structlog
+from django.conf import settings
 from django.core.cache import cache
 from django.core.files import File
 from django.db import transaction
 from django.db.models import F
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from config.db import tenant_connection as connection
@@ -98,7 +99,9 @@ def export_start(*, membership: Any, study: Study, formats: Sequence[str], forms
     job = ExportJob.objects.create(
         study=study, requested_by_id=membership.user_id, formats=wanted,
         filters={"forms": sorted(forms), "sites": sorted(sites), "date_from": date_from.isoformat() if date_from
-                 else None, "date_to": date_to.isoformat() if date_to else None, "source": source})
+                 else None, "date_to": date_to.isoformat() if date_to else None, "source": source,
+                 # The worker words a data problem in the requester's language (the page shows it).
+                 "language": translation.get_language() or settings.LANGUAGE_CODE})
     if queue:
         _queue_after_commit(job.pk)
     log.info("export.queued", job=job.pk, study=study.pk, formats=wanted)
@@ -327,6 +330,11 @@ def job_lost_check(job: ExportJob) -> ExportJob:
 
 
 def _export_run(job: ExportJob) -> ExportJob:
+    with translation.override((job.filters or {}).get("language") or settings.LANGUAGE_CODE):
+        return _export_run_as_asked(job)
+
+
+def _export_run_as_asked(job: ExportJob) -> ExportJob:
     job.attempts += 1
     job.status, job.started_at, job.error = ExportStatus.RUNNING, timezone.now(), ""
     job.save(update_fields=["attempts", "status", "started_at", "error"])

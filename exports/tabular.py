@@ -37,6 +37,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from django.db import transaction
+from django.utils.translation import gettext
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.writer.excel import ExcelWriter
@@ -339,8 +340,9 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 def _text_cell(sheet: Any, value: str, *, dataset: str, variable: str, row: int) -> Any:
     if len(value) > XLSX_MAX_CELL_CHARS:
         raise ExportDataError(
-            f"{dataset}, row {row}, {variable}: {len(value)} characters; an Excel cell holds at most "
-            f"{XLSX_MAX_CELL_CHARS}. Export this study as CSV or Parquet instead.",
+            gettext("%(dataset)s, row %(row)d, %(variable)s: %(n)d characters; an Excel cell holds at most "
+                    "%(max)d. Export this study as CSV or Parquet instead.") % {
+                "dataset": dataset, "row": row, "variable": variable, "n": len(value), "max": XLSX_MAX_CELL_CHARS},
             dataset=dataset, variable=variable, row=str(row))
     cell = WriteOnlyCell(sheet, value=_XML_ILLEGAL.sub("\ufffd", value))
     cell.data_type = "s"  # openpyxl would make "=..." a formula
@@ -525,8 +527,10 @@ def wide_columns(layout: FormLayout, uses: Mapping[str, ItemUse]) -> list[str]:
     seen: set[str] = set()
     for column in columns:  # e.g. an item named "weight__missing" beside weight's missing codes
         if column in seen:
-            raise ExportDataError(f"{layout.form}.csv: two columns would be named {column}; rename the item "
-                                  "or export the long format.", dataset=f"{layout.form}.csv", variable=column)
+            raise ExportDataError(gettext("%(dataset)s: two columns would be named %(column)s; rename the item or "
+                                          "export the long format.") % {"dataset": f"{layout.form}.csv",
+                                                                        "column": column},
+                                  dataset=f"{layout.form}.csv", variable=column)
         seen.add(column)
     return columns
 

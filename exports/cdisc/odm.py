@@ -41,6 +41,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import IO, Any, BinaryIO, Generic, TypeVar
 
+from django.utils.translation import gettext
 from lxml import etree
 
 from exports.records import AuditRecord, EntryRecord, FormMeta, StudyData, StudyMeta, SubjectRecord
@@ -89,8 +90,9 @@ def xml_safe(text: str, where: str) -> str:
     """`text` unchanged, or CdiscInputError when XML 1.0 cannot carry one of its characters."""
     bad = _NOT_XML_CHAR.search(text)
     if bad:
-        raise CdiscInputError(where, f"character U+{ord(bad.group()):04X} at position {bad.start()} "
-                                     "cannot be written in XML 1.0; correct the value at its source.")
+        raise CdiscInputError(where, gettext("character U+%(code)04X at position %(at)d cannot be written in XML 1.0; "
+                                       "correct the value at its source.") % {"code": ord(bad.group()),
+                                                                              "at": bad.start()})
     return text
 
 

@@ -9,6 +9,7 @@ import csv
 import datetime as dt
 import hashlib
 import io
+import json
 from collections import Counter
 from typing import Any
 
@@ -160,7 +161,7 @@ def test_starting_an_export_queues_a_job_and_shows_its_page(exported, page_as, w
     assert job.formats == ["csv_long"] and job.status == "queued"
     assert job.requested_by_id == world.users[email_of("statistician", "alpha")].pk
     assert job.filters == {"forms": ["VITALS"], "sites": [], "date_from": "2020-01-01", "date_to": None,
-                           "source": "web"}
+                           "source": "web", "language": "en"}  # the page's language: data problems say it
     page = client.get(response["Location"])
     assert page.status_code == 200
     tree = _tree(page)
@@ -324,6 +325,27 @@ def test_a_failed_run_shows_a_data_problem_and_never_an_unexpected_errors_messag
     assert "unexpected error" in shown and "RuntimeError" in shown and "Zhang San" not in shown
     state = client.get(f"/api/v1/exports/{crash_job.pk}/").json()
     assert state["error"] == "RuntimeError" and state["error_is_data"] is False and "Zhang" not in str(state)
+
+
+@pytest.mark.parametrize(("language", "expected"), [
+    ("en", "an Excel cell holds at most 32767"), ("zh-hans", "Excel 单元格最多容纳 32767 个")])
+def test_a_data_problem_is_worded_in_the_language_of_whoever_asked(exported, page_as, world, email_of, language,
+                                                                   expected):
+    """The worker has no request: the job carries the language its page or API call was in."""
+    manager = world.users[email_of("data_manager", "alpha")]
+    job = _job(world, study_id=exported["study"], requested_by=manager, formats=["xlsx"],
+               filters={"language": language})
+    connection.set_tenant(world.alpha)
+    with connection.cursor() as cursor:  # a value no Excel cell holds (validation bypassed on purpose)
+        cursor.execute("UPDATE ecrf_entry SET values = values || %s::jsonb",
+                       [json.dumps({"notes": "x" * 32768})])
+    with pytest.raises(Exception):  # noqa: B017 - the task records it and re-raises
+        services.export_run(job_id=job.pk)
+    job.refresh_from_db()
+    connection.set_schema_to_public()
+    assert job.error_is_data and expected in job.error, job.error
+    shown = _tree(page_as("data_manager").get(f"/exports/{job.pk}/")).xpath("string(//*[@id='export-failed'])")
+    assert expected in shown
 
 
 def test_a_job_whose_worker_died_is_shown_failed_with_retry(exported, page_as, world, email_of, in_tenant):

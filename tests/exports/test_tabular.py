@@ -196,13 +196,19 @@ def test_xlsx_text_that_looks_like_a_formula_stays_text(exported):
 
 
 def test_xlsx_refuses_text_longer_than_a_cell_and_names_the_row(exported):
+    from django.utils import translation
+
     _set_values({"notes": "x" * (tabular.XLSX_MAX_CELL_CHARS + 1)})
-    with pytest.raises(tabular.ExportDataError) as refused:
+    with translation.override("en"), pytest.raises(tabular.ExportDataError) as refused:
         _run(tabular.xlsx_long, exported["scope"])
     expected = _long_csv(exported["scope"])
     row = next(n for n, r in enumerate(expected, start=2) if r["item"] == "notes")
     assert refused.value.dataset == "long_1" and refused.value.variable == "value"
     assert refused.value.row == str(row) and f"row {row}" in str(refused.value)
+    # Worded in the language of whoever asked for the export (the worker runs in it).
+    with translation.override("zh-hans"), pytest.raises(tabular.ExportDataError) as in_chinese:
+        _run(tabular.xlsx_long, exported["scope"])
+    assert f"第 {row} 行" in str(in_chinese.value) and "Excel" in str(in_chinese.value)
 
 
 def test_xlsx_replaces_characters_xml_cannot_hold(exported):
