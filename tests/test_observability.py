@@ -70,6 +70,16 @@ def test_logged_tracebacks_keep_frames_but_not_foreign_exception_messages(capsys
         assert "ValueError: [message redacted" in first["exception"]  # the cause, chained
         assert "test_observability.py" in first["exception"]  # the frames are kept
         assert "Fix the items marked." in second["exception"]
+        # An XML parser's error is a SyntaxError: it prints its msg and text line, not _str.
+        from lxml import etree
+
+        try:
+            etree.fromstring(("<a>" + name + phone + "</b>").encode())
+        except etree.XMLSyntaxError:
+            logger.exception("import.unreadable")
+        parsed = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["exception"]
+        assert "XMLSyntaxError: [message redacted" in parsed and "tag mismatch" not in parsed
+        assert name not in parsed and phone not in parsed
     finally:
         logging.config.dictConfig(build_logging_config(fmt="console", level="WARNING"))
 
