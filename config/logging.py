@@ -65,7 +65,7 @@ def redacted_traceback(error: BaseException) -> str:
             if part.exc_type is not None and issubclass(part.exc_type, SyntaxError):
                 # A SyntaxError (XML parsers' errors are ones) prints its msg and the
                 # offending text line instead of _str: both may quote the parsed input.
-                part.msg, part.text = REDACTED_MESSAGE, None
+                part.msg, part.text = REDACTED_MESSAGE, ""
         pending += [p for p in (part.__cause__, part.__context__) if p is not None]
         pending += list(getattr(part, "exceptions", None) or [])
     return "".join(root.format())
