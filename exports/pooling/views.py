@@ -27,6 +27,7 @@ from exports.pooling.models import AgreementStatus, Consortium, ConsortiumRole, 
 
 RUNS_PAGE_SIZE = 20
 PARTICIPANTS_PAGE_SIZE = 25
+CONSORTIA_PAGE_SIZE = 25
 LIST_URL = "/consortia/"
 # PooledRun.status is a plain string (no choices on the model): the page's words for it.
 RUN_STATUS_LABELS = {"queued": gettext_lazy("Queued"), "running": gettext_lazy("Running"),
@@ -70,7 +71,7 @@ def _run_row(run: PooledRun) -> dict[str, Any]:
 def consortia_page(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return _login_redirect(request)
-    page = Paginator(selectors.consortia_of(user=request.user).order_by("name", "pk"), RUNS_PAGE_SIZE).get_page(
+    page = Paginator(selectors.consortia_of(user=request.user).order_by("name", "pk"), CONSORTIA_PAGE_SIZE).get_page(
         request.GET.get("page"))
     rows = [{"consortium": consortium, "role": ConsortiumRole(role).label if role in ConsortiumRole.values else role}
             for consortium in page

@@ -423,7 +423,7 @@ def test_members_consortia_and_participants_are_paged(pool, members, monkeypatch
     from exports.pooling import views
 
     monkeypatch.setattr(views, "PARTICIPANTS_PAGE_SIZE", 1)
-    monkeypatch.setattr(views, "RUNS_PAGE_SIZE", 1)
+    monkeypatch.setattr(views, "CONSORTIA_PAGE_SIZE", 1)
     ConsortiumMember.objects.create(consortium=members["other"], user=members["stats"], role="statistician")
     client = _public("stats@cardio.example.org")
     pages = [_tree(client.get(f"/consortia/?page={n}")) for n in (1, 2)]
