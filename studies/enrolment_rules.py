@@ -22,6 +22,10 @@ LENGTH_LIMITS = (("name", 150), ("phone", 30), ("email", 254), ("address", 500),
 PHONE_RE = re.compile(r"\+?[0-9 \-]{5,30}")
 EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 NATIONAL_ID_RE = re.compile(r"[0-9A-Z]{6,40}")
+# How far the index date (surgery, diagnosis...) may lie from enrolment. Visits anchored
+# on it are planned from it: a typo such as 9999 or 0001 would plan the timeline
+# millennia away, or past the end of the calendar.
+INDEX_DATE_MAX_YEARS = 20
 
 
 @dataclass
@@ -44,7 +48,8 @@ class EnrolmentCheck:
 
 def enrolment_check(
     *, today: date | None, consent_date: date | None, enrolment_date: date | None, birth_date: date | None,
-    language: str, name: str = "", phone: str = "", email: str = "", national_id: str = "", address: str = "",
+    language: str, index_date: date | None = None, name: str = "", phone: str = "", email: str = "",
+    national_id: str = "", address: str = "",
 ) -> EnrolmentCheck:
     """Check one subject's enrolment input. `today` is the site's today (None when the
     site is unknown: the date checks that need it are skipped, the site is reported by
@@ -57,6 +62,10 @@ def enrolment_check(
         check.add("enrolment_date", _("Enrolment cannot precede consent."))
     if today is not None and enrolled_on is not None and enrolled_on > today:
         check.add("enrolment_date", _("The enrolment date is in the future."))
+    if (index_date is not None and enrolled_on is not None
+            and abs((index_date - enrolled_on).days) > INDEX_DATE_MAX_YEARS * 366):
+        check.add("index_date", _("The index date must be within %(years)d years of enrolment.")
+                  % {"years": INDEX_DATE_MAX_YEARS})
     if today is not None and birth_date is not None and birth_date > today:
         check.add("birth_date", _("The birth date is in the future."))
     if language not in LANGUAGES:

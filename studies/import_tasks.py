@@ -15,9 +15,11 @@ import uuid
 from typing import Any
 
 import structlog
+from django.conf import settings
 from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.utils import translation
 from django.utils.translation import gettext as _
 
 from config.celery import app
@@ -60,8 +62,11 @@ def subjects_import_start(*, study: Study, membership: Any, file_name: str, cont
     job_id = uuid.uuid4().hex
     schema = tenant_connection.schema_name
     path = default_storage.save(f"imports/{schema}/{job_id}{suffix}", ContentFile(content))
+    # The report's messages are written by the worker: in the language of the person who
+    # uploaded, not the worker's default.
     state = {"job": job_id, "state": "queued", "done": 0, "total": count, "study": study.pk,
-             "user": membership.user_id, "valid_rows_only": valid_rows_only}
+             "user": membership.user_id, "valid_rows_only": valid_rows_only,
+             "language": translation.get_language() or settings.LANGUAGE_CODE}
     cache.set(progress_key(schema, job_id), state, PROGRESS_TTL)
     subjects_import_task.apply_async(args=[study.pk, path, membership.pk, valid_rows_only], task_id=job_id)
     log.info("subjects.import_queued", study_id=study.pk, job=job_id, rows=count)
@@ -83,12 +88,20 @@ def import_job_state(*, membership: Any, job_id: str) -> dict[str, Any] | None:
 @app.task(bind=True, name="studies.import_tasks.subjects_import_task")
 def subjects_import_task(self: Any, study_id: int, storage_path: str, membership_id: int,
                          valid_rows_only: bool = False) -> dict[str, Any]:
-    result: dict[str, Any]
     job_id = str(self.request.id)
     key = progress_key(tenant_connection.schema_name, job_id)
     base = {key_: value for key_, value in (cache.get(key) or {}).items()
-            if key_ in ("job", "study", "user", "valid_rows_only")}
+            if key_ in ("job", "study", "user", "valid_rows_only", "language")}
     base.setdefault("job", job_id)
+    with translation.override(base.get("language") or settings.LANGUAGE_CODE):
+        return _subjects_import_run(key=key, base=base, study_id=study_id,
+                                    storage_path=storage_path, membership_id=membership_id,
+                                    valid_rows_only=valid_rows_only)
+
+
+def _subjects_import_run(*, key: str, base: dict[str, Any], study_id: int, storage_path: str,
+                         membership_id: int, valid_rows_only: bool) -> dict[str, Any]:
+    result: dict[str, Any]
 
     def set_state(state: dict[str, Any]) -> None:
         cache.set(key, {**base, **state}, PROGRESS_TTL)
@@ -98,7 +111,7 @@ def subjects_import_task(self: Any, study_id: int, storage_path: str, membership
         study = Study.objects.get(pk=study_id)
         membership = membership_by_id(membership_id=membership_id)
         if membership is None:
-            raise DomainError("not_a_member", "The member who started this import is no longer active.")
+            raise DomainError("not_a_member", _("The member who started this import is no longer active."))
         with default_storage.open(storage_path, "rb") as handle:
             content = handle.read()
         report = subjects_import(
@@ -111,8 +124,8 @@ def subjects_import_task(self: Any, study_id: int, storage_path: str, membership
         set_state(result)
         return result
     except Exception:
-        set_state({"state": "failed", "error": {"code": "import_failed", "message": "The import failed.",
-                                                "fields": {}}})
+        set_state({"state": "failed", "error": {"code": "import_failed", "fields": {},
+                                                "message": _("An unexpected error stopped the import.")}})
         raise
     finally:
         # The file holds identifying data; the report keeps what the user needs.

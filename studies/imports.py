@@ -133,17 +133,25 @@ def _csv_rows(content: bytes) -> Iterator[list[str]]:
         raise file_error("import_unreadable", _("The CSV file is malformed: %(error)s") % {"error": exc}) from exc
 
 
+# What a damaged workbook raises, opening it or reading its rows (read-only mode parses
+# the sheet lazily). The XML parse errors of lxml and of xml.etree are both SyntaxErrors;
+# IndexError is a workbook without a worksheet.
+_UNREADABLE_XLSX = (zipfile.BadZipFile, KeyError, ValueError, OSError, SyntaxError, IndexError, TypeError)
+
+
 def _xlsx_rows(content: bytes) -> Iterator[list[str]]:
     from openpyxl import load_workbook
 
     try:
         workbook = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+    except _UNREADABLE_XLSX as exc:
         raise file_error("import_unreadable", _("The file is not a readable XLSX workbook.")) from exc
     try:
         sheet = workbook.worksheets[0]
         for values in sheet.iter_rows(values_only=True):
             yield [_cell_text(v) for v in values]
+    except _UNREADABLE_XLSX as exc:
+        raise file_error("import_unreadable", _("The file is not a readable XLSX workbook.")) from exc
     finally:
         workbook.close()
 
@@ -251,8 +259,9 @@ def _validate_row(row: _Row, *, study: Study, sites: dict[str, Site], arms: dict
     language = LANGUAGE_ALIASES.get(language, language)
     phone, email, national_id = values.get("phone", ""), values.get("email", ""), values.get("national_id", "")
     check = enrolment_check(today=today, consent_date=consent, enrolment_date=parsed["enrolment_date"],
-                            birth_date=birth, language=language, name=values.get("name", ""), phone=phone,
-                            email=email, national_id=national_id, address=values.get("address", ""))
+                            index_date=parsed["index_date"], birth_date=birth, language=language,
+                            name=values.get("name", ""), phone=phone, email=email, national_id=national_id,
+                            address=values.get("address", ""))
     errors.extend(check.problems)
     row.national_hash = check.national_id_hash
     if len(values.get("external_ref", "")) > 200:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import zoneinfo
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
 
 import structlog
+from django.conf import settings
 from django.db import transaction
 from django.db.models import CharField, Exists, OuterRef, QuerySet, Value
 from django.db.models.functions import Cast, Concat
@@ -17,6 +18,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import override
 
+from config.db import tenant_connection
 from notifications.models import OutboxMessage, ReminderKind, ReminderRule
 from notifications.services import Outgoing, outbox_enqueue
 from sites.models import SiteStaff
@@ -80,7 +82,8 @@ def _messages_for(rule: ReminderRule, now: datetime) -> Iterator[Outgoing]:
     # columns a message needs: loading whole subjects would decrypt all six identifying
     # fields of every candidate.
     columns = ["id", "event_code", "target_date", "window_open", "window_close", "site_id", "assignee_id",
-               "subject__subject_code", "subject__language", "site__time_zone", "site__code", "assignee__email"]
+               "subject__subject_code", "subject__language", "site__time_zone", "site__code", "assignee__email",
+               "assignee__preferred_language"]
     if rule.kind == ReminderKind.PATIENT_BEFORE_WINDOW:
         columns.append("subject__email" if rule.channel == "email" else "subject__phone")
     tasks = (FollowUpTask.objects.select_related("subject", "site", "assignee")
@@ -109,8 +112,32 @@ def _messages_for(rule: ReminderRule, now: datetime) -> Iterator[Outgoing]:
         yield from _investigator_messages(rule, tasks, clock)
 
 
+class _Texts:
+    """A message's texts per language, translated once per scan (not once per message:
+    thousands at a large study). `make` calls gettext; it runs under the language."""
+
+    def __init__(self, make: Callable[[], tuple[str, str]]) -> None:
+        self.make = make
+        self._cache: dict[str, tuple[str, str]] = {}
+
+    def __call__(self, language: str) -> tuple[str, str]:
+        if language not in self._cache:
+            with override(language):
+                self._cache[language] = self.make()
+        return self._cache[language]
+
+
+def _staff_language(preferred: str | None) -> str:
+    """The staff member's own language, else their tenant's (the scan runs in one tenant,
+    outside any request, so nothing else has chosen one)."""
+    tenant = getattr(tenant_connection, "tenant", None)
+    return preferred or getattr(tenant, "default_language", "") or settings.LANGUAGE_CODE
+
+
 def _patient_messages(rule: ReminderRule, tasks: QuerySet[FollowUpTask], clock: _SiteClock) -> Iterator[Outgoing]:
-    texts: dict[str, tuple[str, str]] = {}  # language -> (subject, body template)
+    texts = _Texts(lambda: (_("Your follow-up visit is coming up"),
+                            _("Your next follow-up (%(event)s) is due between %(start)s and %(end)s. "
+                              "Your study team will contact you.")))
     for task in tasks.iterator(chunk_size=2000):
         today, not_before = clock(task.site.time_zone)
         if not (today <= task.window_open <= today + timedelta(days=rule.days)):
@@ -119,12 +146,7 @@ def _patient_messages(rule: ReminderRule, tasks: QuerySet[FollowUpTask], clock: 
         if not recipient:
             continue
         language = task.subject.language
-        if language not in texts:
-            with override(language):
-                texts[language] = (_("Your follow-up visit is coming up"),
-                                   _("Your next follow-up (%(event)s) is due between %(start)s and %(end)s. "
-                                     "Your study team will contact you."))
-        subject, body = texts[language]
+        subject, body = texts(language)
         yield Outgoing(key=f"{rule.pk}:{task.pk}:1", channel=rule.channel, recipient=recipient, subject=subject,
                        body=body % {"event": task.event_code, "start": task.window_open.isoformat(),
                                     "end": task.window_close.isoformat()},
@@ -133,38 +155,40 @@ def _patient_messages(rule: ReminderRule, tasks: QuerySet[FollowUpTask], clock: 
 
 def _coordinator_messages(rule: ReminderRule, tasks: QuerySet[FollowUpTask],
                           clock: _SiteClock) -> Iterator[Outgoing]:
-    # Translated once per scan, not once per message (thousands at a large study).
-    subject_text = _("Overdue follow-up: %(subject)s %(event)s")
-    body_text = _("Follow-up %(event)s of %(subject)s is overdue; its window closes on %(end)s.")
+    texts = _Texts(lambda: (_("Overdue follow-up: %(subject)s %(event)s"),
+                            _("Follow-up %(event)s of %(subject)s is overdue; its window closes on %(end)s.")))
     for task in tasks.iterator(chunk_size=2000):
         if task.assignee is None:
             continue
         not_before = clock(task.site.time_zone)[1]
         code = task.subject.subject_code
+        language = _staff_language(task.assignee.preferred_language)
+        subject_text, body_text = texts(language)
         yield Outgoing(key=f"{rule.pk}:{task.pk}:1", channel="email", recipient=task.assignee.email,
                        subject=subject_text % {"subject": code, "event": task.event_code},
                        body=body_text % {"event": task.event_code, "subject": code,
                                          "end": task.window_close.isoformat()},
-                       language="zh-hans", not_before=not_before)
+                       language=language, not_before=not_before)
 
 
 def _investigator_messages(rule: ReminderRule, tasks: QuerySet[FollowUpTask],
                            clock: _SiteClock) -> Iterator[Outgoing]:
     # The investigators of every site of the study, read once, not once per task.
-    investigators: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    for site_id, user_id, email in (SiteStaff.objects.filter(role="investigator")
-                                    .values_list("site_id", "user_id", "user__email")):
-        investigators[site_id].append((user_id, email))
-    subject_text = _("Follow-up overdue for %(days)d days: %(subject)s")
-    body_text = _("Follow-up %(event)s of %(subject)s at site %(site)s is overdue.")
+    investigators: dict[int, list[tuple[int, str, str]]] = defaultdict(list)
+    for site_id, user_id, email, preferred in (SiteStaff.objects.filter(role="investigator").values_list(
+            "site_id", "user_id", "user__email", "user__preferred_language")):
+        investigators[site_id].append((user_id, email, _staff_language(preferred)))
+    texts = _Texts(lambda: (_("Follow-up overdue for %(days)d days: %(subject)s"),
+                            _("Follow-up %(event)s of %(subject)s at site %(site)s is overdue.")))
     for task in tasks.iterator(chunk_size=2000):
         today, not_before = clock(task.site.time_zone)
         days_overdue = (today - task.target_date).days
         if days_overdue < rule.days:
             continue
-        for user_id, email in investigators.get(task.site_id, ()):
+        for user_id, email, language in investigators.get(task.site_id, ()):
+            subject_text, body_text = texts(language)
             yield Outgoing(key=f"{rule.pk}:{task.pk}:1:{user_id}", channel="email", recipient=email,
                            subject=subject_text % {"days": days_overdue, "subject": task.subject.subject_code},
                            body=body_text % {"event": task.event_code, "subject": task.subject.subject_code,
                                              "site": task.site.code},
-                           language="zh-hans", not_before=not_before)
+                           language=language, not_before=not_before)

@@ -9,7 +9,7 @@ import re
 import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import structlog
@@ -344,8 +344,8 @@ def subject_enrol(
         except ValueError:
             birth_problem = _("Use the form YYYY-MM-DD.")
     check = enrolment_check(today=today, consent_date=consent_date, enrolment_date=enrolled_on,
-                            birth_date=parsed_birth, language=language, name=name, phone=phone, email=email,
-                            national_id=national_id, address=address)
+                            index_date=index_date, birth_date=parsed_birth, language=language, name=name,
+                            phone=phone, email=email, national_id=national_id, address=address)
     if birth_problem:
         check.add("birth_date", birth_problem)
     if arm is not None and arm.study_id != study.pk:
@@ -387,6 +387,11 @@ def subject_enrol(
         if "subject_national_id_uniq" in str(exc):
             raise ValidationFailed({"national_id": [duplicate_national_id_message()]}) from exc
         raise
+    except OverflowError as exc:
+        # A date the checks let through still planned a visit past year 1 or 9999 (the
+        # transaction is rolled back: no subject, no sequence number used).
+        raise ValidationFailed({"index_date" if index_date else "enrolment_date": [
+            _("The visit schedule from this date falls outside the calendar.")]}) from exc
     log.info("subject.enrolled", subject_id=subject.pk, study_id=study.pk, site_id=site.pk, tasks=len(plan.create))
     return subject
 
@@ -410,6 +415,10 @@ def contact_attempt_record(*, task: FollowUpTask, user_id: int, outcome: str, no
     when = at or timezone.now()
     if when > timezone.now() + timedelta(minutes=5):
         errors["at"] = [_("The attempt cannot be in the future.")]
+    elif when < datetime.combine(task.subject.enrolment_date, time.min,
+                                 tzinfo=zoneinfo.ZoneInfo(task.subject.site.time_zone)):
+        # A call before enrolment is a typo, and the lost-to-follow-up rule would count it.
+        errors["at"] = [_("The date is before the subject's enrolment.")]
     if errors:
         raise ValidationFailed(errors)
     if task.status in DONE_TASK_STATUSES:

@@ -10,8 +10,9 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
@@ -40,22 +41,61 @@ class ContactAttemptForm(forms.Form):
                            widget=forms.Textarea(attrs={"rows": 2}))
 
 
-@login_required
-def worklist_view(request: HttpRequest) -> HttpResponse:
+# The worklist's own query parameters: a recorded call returns to the same filtered page.
+WORKLIST_PARAMS = ("bucket", "mode", "event", "page")
+
+
+def _worklist_params(raw: QueryDict) -> QueryDict:
+    params = QueryDict(mutable=True)
+    for name in WORKLIST_PARAMS:
+        if value := raw.get(name):
+            params[name] = value
+    return params
+
+
+def _worklist_url(params: QueryDict) -> str:
+    return reverse("worklist") + (f"?{params.urlencode()}" if params else "")
+
+
+def _render_worklist(request: HttpRequest, params: QueryDict, *,
+                     failed_attempt: tuple[int, ContactAttemptForm] | None = None) -> HttpResponse:
+    """The worklist for `params`; `failed_attempt` (task id, bound form) is a call that was
+    not recorded, shown open in its row with what was typed and its errors."""
     membership = request_member(request)
-    form = WorklistFilterForm(request.GET or None)
-    filters = form.cleaned_data if form.is_valid() else {}
+    form = WorklistFilterForm(params or None)
+    filters: dict[str, Any] = {}
+    if form.is_bound:
+        # A bad filter is shown at its field; the valid ones still apply.
+        form.is_valid()
+        filters = form.cleaned_data
     tasks = selectors.worklist(membership=membership, user_id=int(request.user.pk or 0),
                                bucket=filters.get("bucket") or None, mode=filters.get("mode") or None,
                                event_code=(filters.get("event") or "").upper() or None)
-    page = Paginator(tasks, 25).get_page(request.GET.get("page"))
-    rows = [(task, selectors.subject_identifiers(membership=membership, subject=task.subject)) for task in page]
-    query = request.GET.copy()
+    page = Paginator(tasks, 25).get_page(params.get("page"))
+    failed_id, failed_form = failed_attempt or (None, None)
+    rows = [(task, selectors.subject_identifiers(membership=membership, subject=task.subject),
+             failed_form if task.pk == failed_id else ContactAttemptForm(auto_id=f"id_{task.pk}_%s"))
+            for task in page]
+    if failed_form is not None and all(task.pk != failed_id for task, _ids, _form in rows):
+        # Its row has left this page (done meanwhile, or the list moved): say it above.
+        for name, errors in failed_form.errors.items():
+            label = failed_form.fields[name].label if name in failed_form.fields else None
+            for error in errors:
+                messages.error(request, f"{label}: {error}" if label else str(error))
+    query = params.copy()
     query.pop("page", None)
+    here = query.copy()
+    if page.number > 1:
+        here["page"] = str(page.number)
     return render(request, "studies/worklist.html", {
-        "form": form, "page": page, "rows": rows, "attempt_form": ContactAttemptForm(),
-        "query": query.urlencode(), "can_record": membership.role in ENROLLING_ROLES,
-    })
+        "form": form, "page": page, "rows": rows, "query": query.urlencode(), "here": here.urlencode(),
+        "can_record": membership.role in ENROLLING_ROLES,
+    }, status=400 if form.errors or failed_form is not None else 200)
+
+
+@login_required
+def worklist_view(request: HttpRequest) -> HttpResponse:
+    return _render_worklist(request, request.GET)
 
 
 def _task_for(request: HttpRequest, task_id: int) -> FollowUpTask:
@@ -72,17 +112,22 @@ def _task_for(request: HttpRequest, task_id: int) -> FollowUpTask:
 @require_POST
 def contact_attempt_view(request: HttpRequest, task_id: int) -> HttpResponse:
     task = _task_for(request, task_id)
-    form = ContactAttemptForm(request.POST)
+    # `next` is the worklist query the form was on (filters and page); only its own
+    # parameters are kept, so it cannot point anywhere else.
+    params = _worklist_params(QueryDict(request.POST.get("next", "")))
+    form = ContactAttemptForm(request.POST, auto_id=f"id_{task.pk}_%s")
     if not form.is_valid():
-        messages.error(request, _("Choose an outcome for the call."))
-        return redirect("worklist")
+        return _render_worklist(request, params, failed_attempt=(task.pk, form))
     try:
         services.contact_attempt_record(task=task, user_id=int(request.user.pk or 0), **form.cleaned_data)
     except DomainError as exc:
+        if exc.fields:
+            add_domain_error(form, exc)
+            return _render_worklist(request, params, failed_attempt=(task.pk, form))
         messages.error(request, str(exc.message))
     else:
         messages.success(request, _("Call to %(subject)s recorded.") % {"subject": task.subject.subject_code})
-    return redirect("worklist")
+    return redirect(_worklist_url(params))
 
 
 class UnscheduledVisitForm(forms.Form):

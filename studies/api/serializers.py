@@ -127,10 +127,21 @@ class ContactAttemptSerializer(serializers.ModelSerializer):
         fields = ["id", "at", "outcome", "note", "by"]
 
 
+class _InRangeDateTimeField(serializers.DateTimeField):
+    """DRF makes a naive time aware in the current zone; near year 1 or 9999 that overflows
+    (an uncaught OverflowError, a 500) instead of failing validation."""
+
+    def to_internal_value(self, value: Any) -> Any:
+        try:
+            return super().to_internal_value(value)
+        except OverflowError as exc:
+            raise serializers.ValidationError(_("Out of range.")) from exc
+
+
 class ContactAttemptInputSerializer(serializers.Serializer):
     outcome = serializers.ChoiceField(choices=ContactOutcome.choices)
     note = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
-    at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    at = _InRangeDateTimeField(required=False, allow_null=True, default=None)
 
 
 class TaskCompleteSerializer(serializers.Serializer):

@@ -43,7 +43,7 @@ from studies.api.serializers import (
     WorklistQuerySerializer,
 )
 from studies.imports import MAX_FILE_BYTES
-from studies.models import Arm, FollowUpTask, ScheduleStatus, ScheduleVersion, Study
+from studies.models import Arm, FollowUpTask, ScheduleStatus, ScheduleVersion, Study, SubjectStatus
 from tenants.roles import Role
 
 IsStudyDesigner = role_required(Role.TENANT_ADMIN)
@@ -179,7 +179,12 @@ class SubjectListView(generics.ListAPIView):
                     raise ValidationFailed({param: [_("Give an id (a whole number).")]})
                 subjects = subjects.filter(**{field: row_id})
         if status_value := self.request.query_params.get("status"):
-            subjects = subjects.filter(status=status_value[:30])
+            # Checked against the choices: an unknown value would silently list nothing, and
+            # a NUL byte would reach PostgreSQL (a 500).
+            if status_value not in SubjectStatus.values:
+                raise ValidationFailed({"status": [_("Choose one of: %(choices)s.")
+                                                   % {"choices": ", ".join(SubjectStatus.values)}]})
+            subjects = subjects.filter(status=status_value)
         return subjects.order_by("study_id", "subject_code")
 
     @extend_schema(request=EnrolSerializer, responses={201: SubjectSerializer}, summary="Enrol a subject")

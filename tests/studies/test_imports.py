@@ -224,3 +224,107 @@ def test_celery_task_stores_progress_and_report_in_cache(setup, settings):
     stored = cache.get(progress_key(connection.schema_name, "t-1"))
     assert stored["state"] == "done" and stored["report"]["imported"] == 2
     assert Subject.objects.count() == 2
+
+
+def test_an_index_date_far_from_enrolment_is_a_row_error(setup):
+    header = [*HEADER, "index_date"]
+    rows = [_row(1, index_date="9999-12-01"), _row(2, index_date="0001-01-01"),
+            _row(3, index_date=(TODAY - dt.timedelta(days=400)).isoformat())]
+    report = _run(setup, _csv(rows, header=header), valid_rows_only=True)
+    assert [(e["row"], e["field"]) for e in report.errors] == [(1, "index_date"), (2, "index_date")]
+    assert report.imported == 1 and Subject.objects.get().index_date == TODAY - dt.timedelta(days=400)
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _damaged_workbooks() -> dict[str, bytes]:
+    """A workbook whose workbook.xml is not XML (lxml refuses it on opening), and one whose
+    sheet is cut off mid-row (xml.etree refuses it while the rows are read)."""
+    import zipfile
+
+    workbook = Workbook()
+    workbook.active.append(["site", "consent_date"])
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
+        parts = {name: archive.read(name) for name in archive.namelist()}
+    return {
+        "bad_workbook.xlsx": _zip({**parts, "xl/workbook.xml": b"<<<"}),
+        "cut_sheet.xlsx": _zip({**parts, "xl/worksheets/sheet1.xml": b"<worksheet><sheetData><row><c t='s'><v>x"}),
+    }
+
+
+@pytest.mark.parametrize("name", ["bad_workbook.xlsx", "cut_sheet.xlsx"])
+def test_a_damaged_xlsx_is_a_file_error(setup, name):
+    with pytest.raises(DomainError) as refused:
+        _run(setup, _damaged_workbooks()[name], name=name)
+    assert refused.value.code == "import_unreadable"
+    assert refused.value.fields == {"file": ["The file is not a readable XLSX workbook."]}
+
+
+@pytest.mark.parametrize("name", ["bad_workbook.xlsx", "cut_sheet.xlsx"])
+def test_a_damaged_xlsx_is_refused_on_the_page_and_the_api(api, web, world, email_of, trial, name):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.studies.test_subject_web import _page
+
+    content = _damaged_workbooks()[name]
+    page = _page(web, world, email_of("coordinator", "alpha"))
+    page.raise_request_exception = False
+    response = page.post("/subjects/import/", {"study": trial["study"], "file": SimpleUploadedFile(name, content)})
+    assert response.status_code == 400
+    assert "The file is not a readable XLSX workbook." in response.content.decode()
+    client = api(world.alpha, email_of("coordinator", "alpha"))
+    client.raise_request_exception = False
+    response = client.post(f"/api/v1/studies/{trial['study']}/imports/", {"file": SimpleUploadedFile(name, content)},
+                           format="multipart")
+    assert response.status_code == 400 and "file" in response.json()["error"]["fields"]
+
+
+def test_the_import_report_is_in_the_language_of_the_upload_not_the_workers(web, world, email_of, trial, in_tenant):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.utils import translation
+
+    from studies.import_tasks import subjects_import_task
+    from tests.studies.test_subject_web import _page
+
+    page = _page(web, world, email_of("coordinator", "alpha"))  # reads English
+    rows = f"site,consent_date\nS9,{TODAY.isoformat()}\n".encode()
+    started = page.post("/subjects/import/", {"study": trial["study"], "file": SimpleUploadedFile("s.csv", rows)})
+    job_id = started["Location"].rstrip("/").rsplit("/", 1)[1]
+    in_tenant(world.alpha)
+    membership = TenantMembership.objects.get(tenant=world.alpha, user=world.users[email_of("coordinator", "alpha")])
+    with translation.override("zh-hans"):  # the worker's default language
+        english = "No such site, or it is not one of yours."
+        assert translation.gettext(english) != english
+        subjects_import_task.apply(args=[trial["study"], f"imports/{world.alpha.schema_name}/{job_id}.csv",
+                                         membership.pk, False], task_id=job_id)
+    connection.set_schema_to_public()
+    assert english in page.get(started["Location"]).content.decode()
+
+
+def test_the_import_jobs_own_failure_messages_are_translated(setup, monkeypatch):
+    from django.core.cache import cache
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from studies import import_tasks
+
+    monkeypatch.setattr(import_tasks, "_", lambda text: f"[{text}]")  # marks what goes through gettext
+
+    def run(membership_id: int, job: str) -> dict:
+        path = default_storage.save("imports/subjects.csv", ContentFile(_csv([_row(1)])))
+        import_tasks.subjects_import_task.apply(args=[setup["study"].pk, path, membership_id, False], task_id=job)
+        return cache.get(progress_key(connection.schema_name, job))["error"]
+
+    assert run(999_999_999, "gone")["message"] == "[The member who started this import is no longer active.]"
+    monkeypatch.setattr(import_tasks, "subjects_import", lambda **kw: 1 / 0)
+    assert run(setup["admin"].pk, "crash")["message"] == "[An unexpected error stopped the import.]"

@@ -252,3 +252,94 @@ def test_subject_list_queries_do_not_grow_with_the_page(api, world, email_of, tr
     for _ in range(4):
         _enrol(coordinator, trial, national_id="")
     assert count() == one
+
+
+@pytest.mark.parametrize("value", ["%00", "a%00b", "bogus"])
+def test_an_unknown_subject_status_filter_is_refused(api, world, email_of, trial, value):
+    coordinator = api(world.alpha, email_of("coordinator", "alpha"))
+    coordinator.raise_request_exception = False
+    fields = _assert_error_shape(coordinator.get(f"/api/v1/subjects/?status={value}"), 400)["fields"]
+    assert "enrolled" in fields["status"][0]
+    _enrol(coordinator, trial)
+    assert coordinator.get("/api/v1/subjects/?status=enrolled").json()["count"] == 1
+    assert coordinator.get("/api/v1/subjects/?status=lost_to_follow_up").json()["count"] == 0
+
+
+@pytest.mark.parametrize("at", ["0001-01-01T00:00:00", "0001-01-01T00:00:00+14:00", "1900-01-01T00:00:00",
+                                "9999-12-31T23:59:59"])
+def test_a_contact_attempt_before_enrolment_or_off_the_calendar_is_refused(api, world, email_of, trial, in_tenant,
+                                                                             at):
+    coordinator = api(world.alpha, email_of("coordinator", "alpha"))
+    coordinator.raise_request_exception = False
+    enrolled_on = TODAY - dt.timedelta(days=3)
+    subject = _enrol(coordinator, trial, consent_date=enrolled_on.isoformat(),
+                     enrolment_date=enrolled_on.isoformat()).json()
+    task_id = coordinator.get(f"/api/v1/subjects/{subject['id']}/").json()["tasks"][0]["id"]
+    url = f"/api/v1/tasks/{task_id}/attempts/"
+    assert "at" in _assert_error_shape(coordinator.post(url, {"outcome": "reached", "at": at}, format="json"),
+                                       400)["fields"]
+    the_day_before = f"{enrolled_on - dt.timedelta(days=1)}T20:00:00"
+    assert "at" in _assert_error_shape(coordinator.post(url, {"outcome": "reached", "at": the_day_before},
+                                                        format="json"), 400)["fields"]
+    in_tenant(world.alpha)
+    from studies.models import ContactAttempt
+
+    assert not ContactAttempt.objects.exists()
+    from django.db import connection
+
+    connection.set_schema_to_public()
+    on_the_day = f"{enrolled_on}T09:00:00"
+    assert coordinator.post(url, {"outcome": "reached", "at": on_the_day}, format="json").status_code == 201
+
+
+@pytest.fixture
+def index_study(api, world, email_of, trial):  # type: ignore[no-untyped-def]
+    """An active study whose M3 visit is 90 days after the index date."""
+    admin = trial["admin"]
+    study = admin.post("/api/v1/studies/", {"code": "IDX", "title": "Index", "study_type": "registry",
+                                            "target_enrolment": 100}, format="json").json()
+    saved = admin.post(f"/api/v1/studies/{study['id']}/schedule/", {"events": [event("M3", 90, anchor="index")]},
+                       format="json")
+    assert saved.status_code == 200, saved.content
+    assert admin.post(f"/api/v1/studies/{study['id']}/schedule/publish/").status_code == 200
+    assert admin.post(f"/api/v1/studies/{study['id']}/activate/").status_code == 200
+    return study["id"]
+
+
+@pytest.mark.parametrize("index_date", ["9999-12-01", "9000-01-01", "0001-01-01", "1800-01-01"])
+def test_an_index_date_far_from_enrolment_is_refused_and_saves_nothing(api, world, email_of, trial, index_study,
+                                                                         in_tenant, index_date):
+    coordinator = api(world.alpha, email_of("coordinator", "alpha"))
+    coordinator.raise_request_exception = False
+    response = _enrol(coordinator, {**trial, "study": index_study}, index_date=index_date)
+    assert "20 years" in _assert_error_shape(response, 400)["fields"]["index_date"][0]
+    in_tenant(world.alpha)
+    assert not Subject.objects.exists() and not FollowUpTask.objects.exists()
+
+
+def test_a_plausible_index_date_plans_from_it(api, world, email_of, trial, index_study):
+    coordinator = api(world.alpha, email_of("coordinator", "alpha"))
+    operated = TODAY - dt.timedelta(days=365 * 5)
+    subject = _enrol(coordinator, {**trial, "study": index_study}, index_date=operated.isoformat())
+    assert subject.status_code == 201, subject.content
+    tasks = coordinator.get(f"/api/v1/subjects/{subject.json()['id']}/").json()["tasks"]
+    assert tasks[0]["target_date"] == (operated + dt.timedelta(days=90)).isoformat()
+
+
+def test_a_schedule_past_the_calendar_is_a_field_error_not_a_500(world, in_tenant, trial):
+    # The enrolment rules keep the index date near enrolment; should a date still plan a
+    # visit past year 9999 (called directly, dates checked elsewhere), it is refused.
+    from sites.models import Site
+    from studies.models import Study
+
+    in_tenant(world.alpha)
+    study, site = Study.objects.get(code="FU1"), Site.objects.get(code="S1")
+    from studies import enrolment_rules
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(services, "enrolment_check", lambda **kw: enrolment_rules.EnrolmentCheck())
+        with pytest.raises(services.ValidationFailed) as refused:
+            services.subject_enrol(study=study, site=site, consent_date=dt.date(9999, 12, 25),
+                                   enrolment_date=dt.date(9999, 12, 25))
+    assert "enrolment_date" in refused.value.fields
+    assert not Subject.objects.exists()

@@ -39,8 +39,74 @@ def test_worklist_page_lists_my_tasks_and_records_a_call(api, web, world, email_
 def test_worklist_filters_and_bad_input(web, world, email_of, trial):
     page = web(world.alpha)
     _login(page, email_of("coordinator", "alpha"))
-    assert page.get("/worklist/?bucket=nonsense&mode=%00&page=abc").status_code == 200
+    assert page.get("/worklist/?bucket=nonsense&mode=%00&page=abc").status_code == 400
+    assert page.get("/worklist/?page=abc").status_code == 200
     assert page.post("/tasks/999999/attempts/", {"outcome": "reached"}).status_code == 404
+
+
+def test_a_bad_worklist_filter_is_said_at_its_field_and_the_good_ones_still_apply(api, web, world, email_of,
+                                                                                   trial):
+    _enrol(api(world.alpha, email_of("coordinator", "alpha")), trial)  # D7, D30, D90 by phone
+    page = web(world.alpha)
+    page.cookies["django_language"] = "en"
+    _login(page, email_of("coordinator", "alpha"))
+    response = page.get("/worklist/?bucket=nonsense&event=" + "A" * 30)
+    html = response.content.decode()
+    assert response.status_code == 400
+    assert '<p class="error" id="id_bucket-error">Show: Select a valid choice.' in html
+    assert '<p class="error" id="id_event-error">Event: Ensure this value has at most 20 characters' in html
+    assert 'value="' + "A" * 30 + '"' in html  # what was typed stays in the field
+    # The valid filter next to a bad one is applied, not dropped with it.
+    narrowed = page.get("/worklist/?mode=clinic&event=" + "A" * 30).content.decode()
+    assert "S1-0001" not in narrowed and "S1-0001" in page.get("/worklist/?mode=phone").content.decode()
+
+
+def _first_task(in_tenant, world):  # type: ignore[no-untyped-def]
+    from django.db import connection
+
+    from studies.models import FollowUpTask
+
+    in_tenant(world.alpha)
+    task = FollowUpTask.objects.order_by("target_date").first()
+    connection.set_schema_to_public()
+    return task
+
+
+def test_a_call_not_recorded_keeps_the_note_says_why_and_stays_on_the_filtered_page(api, web, world, email_of,
+                                                                                     trial, in_tenant):
+    _enrol(api(world.alpha, email_of("coordinator", "alpha")), trial)
+    task = _first_task(in_tenant, world)
+    page = web(world.alpha)
+    page.cookies["django_language"] = "en"
+    _login(page, email_of("coordinator", "alpha"))
+    listed = page.get("/worklist/?mode=phone&event=D7").content.decode()
+    assert '<input type="hidden" name="next" value="mode=phone&amp;event=D7">' in listed
+    note = "long call summary " * 120  # 2,160 characters
+    response = page.post(f"/tasks/{task.pk}/attempts/",
+                         {"outcome": "reached", "note": note, "next": "mode=phone&event=D7"})
+    html = response.content.decode()
+    assert response.status_code == 400
+    assert "Choose an outcome" not in html
+    assert f'id="id_{task.pk}_note-error">Ensure this value has at most 2000 characters' in html
+    assert note.strip() in html and "<details class=\"attempt\" open>" in html
+    assert '<option value="reached" selected>' in html
+    # Still the filtered list (D7 only), and the filter links lead back to the worklist.
+    assert "D30" not in html and 'action="/worklist/"' in html
+    in_tenant(world.alpha)
+    assert not ContactAttempt.objects.exists()
+
+
+def test_a_recorded_call_returns_to_the_same_filtered_page(api, web, world, email_of, trial, in_tenant):
+    _enrol(api(world.alpha, email_of("coordinator", "alpha")), trial)
+    task = _first_task(in_tenant, world)
+    page = web(world.alpha)
+    _login(page, email_of("coordinator", "alpha"))
+    response = page.post(f"/tasks/{task.pk}/attempts/", {
+        "outcome": "no_answer", "next": "bucket=upcoming&mode=phone&page=2&evil=https://example.org"})
+    assert response.status_code == 302 and response["Location"] == "/worklist/?bucket=upcoming&mode=phone&page=2"
+    # Only the worklist's own parameters are carried: `next` cannot lead elsewhere.
+    response = page.post(f"/tasks/{task.pk}/attempts/", {"outcome": "no_answer", "next": "//example.org/x"})
+    assert response["Location"] == "/worklist/"
 
 
 def test_viewers_see_no_phone_and_cannot_record(web, world, email_of, trial):
