@@ -21,7 +21,8 @@ from tenants.selectors import membership_for
 log = structlog.get_logger(__name__)
 
 CODE_RE = re.compile(r"^[A-Z0-9][A-Z0-9-]{0,19}$")
-ETHICS_DOCUMENT_TYPES = {"application/pdf", "image/jpeg", "image/png"}
+# Accepted types, with the extension the stored file gets.
+ETHICS_DOCUMENT_TYPES = {"application/pdf": ".pdf", "image/jpeg": ".jpg", "image/png": ".png"}
 ETHICS_DOCUMENT_MAX_BYTES = 20 * 1024 * 1024
 
 
@@ -95,7 +96,10 @@ def site_update_checklist(
         if staff_trained is not None:
             locked.staff_trained = staff_trained
         if ethics_document is not None:
-            locked.ethics_document.save(ethics_document.name or "ethics", ethics_document, save=False)
+            # A generated name: the client's name (any length, any characters) never
+            # reaches storage, where a long extension would not fit the column.
+            name = f"ethics-{locked.pk}{ETHICS_DOCUMENT_TYPES[ethics_document.content_type or '']}"
+            locked.ethics_document.save(name, ethics_document, save=False)
         if locked.status == SiteStatus.INVITED:
             locked.status = SiteStatus.ONBOARDING
         locked.save()

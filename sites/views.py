@@ -111,7 +111,8 @@ def _detail(request: HttpRequest, site: Site, *, status: int = 200, checklist_fo
     done = {"ethics_approval_date": site.ethics_approval_date, "ethics_document": bool(site.ethics_document),
             "contract_signed": site.contract_signed, "staff_trained": site.staff_trained}
     context: dict[str, Any] = {
-        "site": site, "is_admin": is_admin, "staff": selectors.site_staff(site=site),
+        "site": site, "is_admin": is_admin,
+        "staff_page": Paginator(selectors.site_staff(site=site), PAGE_SIZE).get_page(request.GET.get("staff_page")),
         "missing": missing_labels(site), "checklist_open": checklist_open,
     }
     if is_admin:
@@ -146,6 +147,11 @@ def site_checklist_view(request: HttpRequest, site_id: int) -> HttpResponse:
             try:
                 services.site_update_checklist(site=site, **items)
             except DomainError as exc:
+                if not exc.fields:
+                    # E.g. the site was activated meanwhile: its page no longer shows the
+                    # checklist forms, so say it above the page.
+                    messages.error(request, str(exc.message))
+                    return redirect("site", site_id=site.pk)
                 add_domain_errors(form, exc)
             else:
                 messages.success(request, _("Checklist updated."))

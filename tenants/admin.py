@@ -6,10 +6,15 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from config.errors import DomainError
@@ -26,15 +31,7 @@ from tenants.models import (
     TenantStatus,
     User,
 )
-
-
-class MembershipInline(admin.TabularInline):
-    model = TenantMembership
-    fk_name = "tenant"
-    extra = 0
-    fields = ["user", "role", "is_active", "created"]
-    readonly_fields = ["created"]
-    raw_id_fields = ["user"]
+from tenants.roles import Role
 
 
 class DomainInline(admin.TabularInline):
@@ -71,9 +68,12 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "kind", "status", "time_zone", "created"]
     list_filter = ["kind", "status"]
     search_fields = ["name", "slug"]
-    readonly_fields = ["schema_name", "slug", "created"]
-    fields = ["name", "slug", "schema_name", "kind", "status", "time_zone", "default_language", "created"]
-    inlines = [DomainInline, MembershipInline]
+    readonly_fields = ["schema_name", "slug", "created", "members_link"]
+    fields = ["name", "slug", "schema_name", "kind", "status", "time_zone", "default_language", "created",
+              "members_link"]
+    # No membership inline: inlines never page (a hospital has thousands of members) and
+    # would save memberships past tenants.services. The paged, filtered list does both.
+    inlines = [DomainInline]
     list_per_page = 50
 
     def get_queryset(self, request: HttpRequest) -> Any:
@@ -83,9 +83,21 @@ class TenantAdmin(admin.ModelAdmin):
         # Deleting a tenant drops clinical data; it needs its own audited procedure.
         return False
 
+    @admin.display(description=_("Members"))
+    def members_link(self, obj: Tenant) -> str:
+        if obj.pk is None:
+            return "-"
+        url = reverse("admin:tenants_tenantmembership_changelist") + f"?tenant__id__exact={obj.pk}"
+        return format_html('<a href="{}">{}</a>', url,
+                           gettext("Memberships (%(n)d): list and change them") % {"n": obj.memberships.count()})
+
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
         """Creation goes through tenants.services.tenant_create (schema, domain, admin
         invitation in one transaction), never through a bare ModelForm save."""
+        # Replacing changeform_view skips its permission check: provisioning is not
+        # for every staff account.
+        if not self.has_add_permission(request):
+            raise PermissionDenied
         form = TenantCreateForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
@@ -121,10 +133,70 @@ class UserAdmin(BaseUserAdmin):
 
 @admin.register(TenantMembership)
 class MembershipAdmin(admin.ModelAdmin):
+    """Memberships are read here and changed only through the actions, which call
+    tenants.services.member_update: its rules (a tenant keeps an active admin, only the
+    invited person activates a pending membership) hold in the console too. Members are
+    added by invitation from the tenant's own members page, never by a bare row."""
+
     list_display = ["user", "tenant", "role", "is_active", "created"]
     list_filter = ["role", "is_active", "tenant"]
+    list_select_related = ["user", "tenant"]
     search_fields = ["user__email", "tenant__slug"]
     raw_id_fields = ["user", "tenant", "invited_by"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The change page is view-only; see has_manage_permission for the actions.
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting could remove a tenant's last admin; deactivate instead.
+        return False
+
+    def has_manage_permission(self, request: HttpRequest) -> bool:
+        """Who may run the actions: those with Django's change permission on memberships."""
+        return super().has_change_permission(request)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions: dict[str, Any] = dict(super().get_actions(request))
+        if IS_POPUP_VAR in request.GET or not self.has_manage_permission(request):
+            return actions
+        actions["deactivate"] = (MembershipAdmin._deactivate, "deactivate", gettext("Deactivate selected memberships"))
+        actions["activate"] = (MembershipAdmin._activate, "activate", gettext("Activate selected memberships"))
+        for value, label in Role.choices:
+            actions[f"role_{value}"] = (_set_role_action(value), f"role_{value}",
+                                        gettext("Change role to %(role)s") % {"role": label})
+        return actions
+
+    def _deactivate(self, request: HttpRequest, queryset: QuerySet[TenantMembership]) -> None:
+        self._update(request, queryset, is_active=False)
+
+    def _activate(self, request: HttpRequest, queryset: QuerySet[TenantMembership]) -> None:
+        self._update(request, queryset, is_active=True)
+
+    def _update(self, request: HttpRequest, queryset: QuerySet[TenantMembership], **change: Any) -> None:
+        """One service call per membership, so one refusal does not undo the others."""
+        changed = 0
+        for membership in queryset.select_related("user", "tenant").order_by("pk"):
+            try:
+                services.member_update(membership=membership, by=request.user, **change)  # type: ignore[arg-type]
+            except DomainError as exc:
+                self.message_user(request, gettext("%(email)s at %(tenant)s was not changed: %(problem)s") % {
+                    "email": membership.user.email, "tenant": membership.tenant.slug, "problem": exc.message,
+                }, messages.ERROR)
+            else:
+                changed += 1
+        if changed:
+            self.message_user(request, gettext("Memberships changed: %(n)d.") % {"n": changed}, messages.SUCCESS)
+
+
+def _set_role_action(role: str) -> Any:
+    def action(modeladmin: MembershipAdmin, request: HttpRequest, queryset: QuerySet[TenantMembership]) -> None:
+        modeladmin._update(request, queryset, role=role)
+
+    return action
 
 
 @admin.register(ApiToken)

@@ -8,7 +8,10 @@ from collections.abc import Callable
 import structlog
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseNotFound, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, JsonResponse
+from django.shortcuts import render
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone, translation
 from django_tenants.middleware.main import TenantMainMiddleware
 
@@ -16,14 +19,23 @@ from config.observability import tag_tenant
 from tenants.auth import SESSION_TENANT_KEY, is_public_request, public_member, session_tenant_key
 from tenants.models import TenantStatus
 from tenants.selectors import membership_for
+from tenants.services import public_home_url
 
 
 class TenantHostMiddleware(TenantMainMiddleware):
-    """django-tenants' host routing. An unknown host gets a bare 404 that names
-    nothing: not the host, not whether a tenant of a similar name exists."""
+    """django-tenants' host routing. An unknown host gets a 404 that names nothing: not
+    the host, not whether a tenant of a similar name exists; only a way back home."""
 
     def no_tenant_found(self, request: HttpRequest, hostname: str) -> HttpResponse:
-        return HttpResponseNotFound("Not Found", content_type="text/plain")
+        # The locale middleware never runs for this request: choose the language here
+        # (cookie, then Accept-Language), and give it back afterwards.
+        with translation.override(translation.get_language_from_request(request, check_path=False)):
+            message = translation.gettext("No organisation at this address.")
+            if request.path.startswith("/api/"):
+                return JsonResponse({"error": {"code": "not_found", "message": message, "fields": {}}}, status=404)
+            # No request context: the session, user and tenant this page would show are unknown.
+            return HttpResponseNotFound(render_to_string("tenants/unknown_host.html", {
+                "message": message, "home_url": public_home_url()}))
 
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
         response: HttpResponse | None = super().process_request(request)
@@ -34,16 +46,21 @@ class TenantHostMiddleware(TenantMainMiddleware):
             structlog.contextvars.bind_contextvars(tenant=tenant.slug)
             if settings.SENTRY_ENABLED:
                 tag_tenant(tenant.slug)
-            if tenant.status == TenantStatus.SUSPENDED:
-                if request.path.startswith("/api/"):
-                    message = translation.gettext("This organisation's account is suspended.")
-                    return JsonResponse({"error": {"code": "tenant_suspended", "message": message, "fields": {}}},
-                                        status=403)
-                return HttpResponseForbidden(
-                    translation.gettext("This organisation's account is suspended."),
-                    content_type="text/plain; charset=utf-8",
-                )
+        # A suspended tenant is closed by TenantLocaleMiddleware, once the language is known.
         return None
+
+
+def _suspended_response(request: HttpRequest) -> HttpResponse:
+    message = translation.gettext("This organisation's account is suspended.")
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": {"code": "tenant_suspended", "message": message, "fields": {}}}, status=403)
+    return render(request, "tenants/suspended.html", {"message": message, "home_url": public_home_url()},
+                  status=403)
+
+
+def _open_while_suspended(request: HttpRequest) -> bool:
+    """Signing out and switching language still work on a suspended tenant's host."""
+    return request.method == "POST" and request.path in (reverse("logout"), reverse("set_language"))
 
 
 class TenantMembershipMiddleware:
@@ -79,7 +96,8 @@ class TenantMembershipMiddleware:
 
 class TenantLocaleMiddleware:
     """Language: the user's choice, else the language cookie, else the tenant's default.
-    Time zone: the tenant's (data is stored in UTC)."""
+    Time zone: the tenant's (data is stored in UTC). Both hold for this request only.
+    Also closes a suspended tenant's host, in the language just chosen."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -97,15 +115,20 @@ class TenantLocaleMiddleware:
         )
         if language not in supported:
             language = settings.LANGUAGE_CODE
-        translation.activate(language)
         request.LANGUAGE_CODE = language
         tz_name = getattr(tenant, "time_zone", "") or "UTC"
         try:
             timezone.activate(zoneinfo.ZoneInfo(tz_name))
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             timezone.activate(zoneinfo.ZoneInfo("UTC"))
+        # override, not activate: the thread's next request, which may answer before any
+        # language is chosen, must not inherit this one's.
         try:
-            response = self.get_response(request)
+            with translation.override(language):
+                if getattr(tenant, "status", None) == TenantStatus.SUSPENDED and not _open_while_suspended(request):
+                    response = _suspended_response(request)
+                else:
+                    response = self.get_response(request)
         finally:
             timezone.deactivate()
         response.headers.setdefault("Content-Language", language)

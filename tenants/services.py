@@ -59,6 +59,12 @@ def tenant_url(slug: str) -> str:
     return f"{settings.SITE_SCHEME}://{tenant_domain(slug)}{port}"
 
 
+def public_home_url() -> str:
+    """The public site's home page (the organisation finder), as users reach it."""
+    port = f":{settings.SITE_PORT}" if settings.SITE_PORT else ""
+    return f"{settings.SITE_SCHEME}://{settings.BASE_DOMAIN}{port}/"
+
+
 def _validate_tenant_input(
     *, name: str, slug: str, kind: str, admin_email: str, admin_password: str | None,
     time_zone: str, default_language: str, status: str,

@@ -59,7 +59,9 @@ def home(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return redirect(f"{settings.LOGIN_URL_PATH}?next=/")
     others = selectors.memberships_of_user(user=request.user).exclude(tenant=request.tenant)  # type: ignore[attr-defined]
-    return render(request, "tenants/home.html", {"other_memberships": others})
+    # Each organisation lives on its own host; the link leads to its sign-in.
+    other_memberships = [(m, services.tenant_url(m.tenant.slug) + "/") for m in others]
+    return render(request, "tenants/home.html", {"other_memberships": other_memberships})
 
 
 @login_required
@@ -149,8 +151,10 @@ def invitation_accept_view(request: HttpRequest) -> HttpResponse:
 
 
 def public_home(request: HttpRequest) -> HttpResponse:
-    form = FindOrganisationForm(request.GET or None)
-    if request.GET and form.is_valid():
+    # Bound only when the finder was submitted: links carry other parameters
+    # (utm_source, lang...) that are no search.
+    form = FindOrganisationForm(request.GET if "slug" in request.GET else None)
+    if form.is_bound and form.is_valid():
         return HttpResponseRedirect(services.tenant_url(form.cleaned_data["slug"].lower()) + "/login/")
     return render(request, "tenants/public_home.html", {"form": form},
-                  status=400 if request.GET and not form.is_valid() else 200)
+                  status=400 if form.is_bound and form.errors else 200)

@@ -3,6 +3,8 @@ selectors, so a coordinator only ever sees the sites they work at."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, status
@@ -95,12 +97,18 @@ class SiteCloseView(APIView):
         return Response(SiteSerializer(services.site_close(site=site, **serializer.validated_data)).data)
 
 
-class SiteStaffView(APIView):
-    permission_classes = [IsTenantMember]
+class SiteStaffView(generics.ListAPIView):
+    """GET: the staff of a site, paged like every other list."""
 
-    @extend_schema(responses=StaffSerializer(many=True), summary="Staff of a site")
-    def get(self, request: Request, site_id: int) -> Response:
-        return Response(StaffSerializer(selectors.site_staff(site=_site_or_404(request, site_id)), many=True).data)
+    permission_classes = [IsTenantMember]
+    serializer_class = StaffSerializer
+
+    def get_queryset(self):
+        return selectors.site_staff(site=_site_or_404(self.request, self.kwargs["site_id"]))
+
+    @extend_schema(summary="Staff of a site")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
     @extend_schema(request=StaffAssignSerializer, responses={201: StaffSerializer},
                    summary="Assign a member to a site (tenant admin only)")

@@ -120,3 +120,27 @@ def test_staff_assignment_errors(admin, world, email_of, in_tenant):
                                    {"user": "abc", "role": "boss"}, format="json"), 400)
     in_tenant(world.alpha)
     assert not SiteStaff.objects.exists()
+
+
+def test_ethics_document_with_a_long_extension_is_accepted(admin):
+    site = _create(admin)
+    document = SimpleUploadedFile("a." + "x" * 150, b"%PDF-1.4", content_type="application/pdf")
+    response = admin.post(f"/api/v1/sites/{site['id']}/checklist/", {"ethics_document": document},
+                          format="multipart")
+    assert response.status_code == 200, response.content
+    assert "ethics_document" not in response.json()["checklist_missing"]
+
+
+def test_site_staff_list_is_paged_like_every_list(admin, world, email_of):
+    site = _create(admin)
+    for role in ("coordinator", "monitor", "investigator"):
+        response = admin.post(f"/api/v1/sites/{site['id']}/staff/",
+                              {"user": world.users[email_of(role, "alpha")].pk, "role": role}, format="json")
+        assert response.status_code == 201, response.content
+    first = admin.get(f"/api/v1/sites/{site['id']}/staff/?page_size=2").json()
+    assert first["count"] == 3 and len(first["results"]) == 2 and first["next"] and first["previous"] is None
+    second = admin.get(first["next"]).json()
+    assert len(second["results"]) == 1
+    assert {s["email"] for s in first["results"] + second["results"]} == {
+        email_of(role, "alpha") for role in ("coordinator", "monitor", "investigator")}
+    _assert_error_shape(admin.get(f"/api/v1/sites/{site['id']}/staff/?page=9"), 404)

@@ -244,3 +244,48 @@ def test_pages_speak_chinese(web, world, email_of):
     _login(client, email_of("tenant_admin", "alpha"))
     page = _text(client.get("/sites/"))
     assert "添加研究中心" in page and "启动核查清单" not in page and "<h1>研究中心</h1>" in page
+
+
+def test_ethics_document_with_a_long_extension_is_stored_under_a_generated_name(admin, world):
+    _in(world)
+    site = _site()
+    connection.set_schema_to_public()
+    long_extension = SimpleUploadedFile("a." + "x" * 150, b"%PDF-1.4 approval", content_type="application/pdf")
+    response = admin.post(f"/sites/{site.pk}/checklist/", {"ethics_document": long_extension})
+    assert response.status_code == 302
+    _in(world)
+    name = Site.objects.get(pk=site.pk).ethics_document.name
+    assert name.startswith(f"sites/ethics/ethics-{site.pk}") and name.endswith(".pdf")
+    connection.set_schema_to_public()
+    # Whatever the client called it, a JPEG is stored as .jpg.
+    photo = SimpleUploadedFile("scan.pdf.exe", b"\xff\xd8\xff", content_type="image/jpeg")
+    assert admin.post(f"/sites/{site.pk}/checklist/", {"ethics_document": photo}).status_code == 302
+    _in(world)
+    assert Site.objects.get(pk=site.pk).ethics_document.name.endswith(".jpg")
+
+
+def test_checklist_save_on_a_site_activated_meanwhile_says_why(admin, world):
+    _in(world)
+    site = _site()
+    Site.objects.filter(pk=site.pk).update(status="active")  # a colleague activated it in another tab
+    connection.set_schema_to_public()
+    response = admin.post(f"/sites/{site.pk}/checklist/", {"staff_trained": "2024-01-01"})
+    assert response.status_code == 302 and response["Location"] == f"/sites/{site.pk}/"
+    assert "The checklist of an active or closed site cannot change." in _text(admin.get(response["Location"]))
+    _in(world)
+    assert Site.objects.get(pk=site.pk).staff_trained is None
+
+
+def test_site_staff_are_paged(admin, world, email_of, monkeypatch):
+    monkeypatch.setattr("sites.views.PAGE_SIZE", 2)
+    _in(world)
+    site = _site()
+    for role in ("coordinator", "monitor", "investigator"):
+        site_services.site_staff_assign(site=site, tenant=world.alpha, user=world.users[email_of(role, "alpha")],
+                                        role=role)
+    connection.set_schema_to_public()
+    first = _text(admin.get(f"/sites/{site.pk}/"))
+    assert first.count('class="staff-row"') == 2 and 'href="?staff_page=2#staff"' in first
+    second = _text(admin.get(f"/sites/{site.pk}/?staff_page=2"))
+    assert second.count('class="staff-row"') == 1 and "Page 2 of 2" in second
+    assert admin.get(f"/sites/{site.pk}/?staff_page=abc").status_code == 200

@@ -216,3 +216,71 @@ def test_console_refuses_an_unknown_time_zone(web, world):
     assert response.status_code == 200 and "not a known time zone" in response.content.decode()
     world.beta.refresh_from_db()
     assert world.beta.time_zone == "Europe/Berlin"
+
+
+def test_suspended_page_speaks_this_requests_language_and_leads_home(web, world, email_of):
+    import html
+
+    from django.utils import translation
+
+    from tenants.services import public_home_url
+
+    signed_in = web(world.beta)
+    _login(signed_in, email_of("viewer", "beta"))
+    Tenant.objects.filter(pk=world.beta.pk).update(status="suspended")
+    # A Chinese-speaking request first (alpha's default): its language ends with it.
+    assert web(world.alpha).get("/login/").status_code == 200
+    assert translation.get_language() == "en"
+    with translation.override("zh-hans"):
+        english = web(world.beta)
+        english.cookies["django_language"] = "en"
+        page = english.get("/login/")
+        assert page.status_code == 403 and page["Content-Type"].startswith("text/html")
+        text = html.unescape(page.content.decode())
+        assert "This organisation's account is suspended." in text and f'href="{public_home_url()}"' in text
+        api = english.get("/api/v1/me/")
+        assert api.status_code == 403
+        assert api.json()["error"]["message"] == "This organisation's account is suspended."
+    chinese = web(world.beta)
+    chinese.cookies["django_language"] = "zh-hans"
+    assert "本机构的账户已被暂停使用。" in chinese.get("/login/").content.decode()
+    # Signing out still works there.
+    assert signed_in.post("/logout/").status_code == 302
+
+
+def test_landing_page_ignores_query_parameters_that_are_no_search(web, world):
+    client = web(None)
+    client.cookies["django_language"] = "en"
+    for query in ("?utm_source=newsletter", "?lang=en&fbclid=x"):
+        response = client.get(f"/{query}")
+        assert response.status_code == 200 and "This field is required." not in response.content.decode()
+    # The finder itself still says what is wrong.
+    empty = client.get("/?slug=&utm_source=newsletter")
+    assert empty.status_code == 400 and "This field is required." in empty.content.decode()
+
+
+def test_unknown_organisation_address_is_translated_and_leads_home(web, world):
+    from tenants.services import public_home_url
+
+    client = web(None, HTTP_HOST="nosuch.localhost")
+    client.cookies["django_language"] = "en"
+    page = client.get("/login/")
+    assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
+    text = page.content.decode()
+    assert "No organisation at this address." in text and f'href="{public_home_url()}"' in text
+    assert "nosuch" not in text
+    # Without a cookie the browser's language counts.
+    chinese = web(None, HTTP_HOST="nosuch.localhost", HTTP_ACCEPT_LANGUAGE="zh-CN,zh;q=0.9")
+    assert '<html lang="zh-hans">' in chinese.get("/login/").content.decode()
+    api = client.get("/api/v1/me/")
+    assert api.status_code == 404 and api.json()["error"]["code"] == "not_found"
+
+
+def test_home_links_to_the_users_other_organisations(web, world):
+    from tenants.services import tenant_url
+
+    client = web(world.alpha)
+    client.cookies["django_language"] = "en"
+    _login(client, "both@example.org")
+    html = client.get("/").content.decode()
+    assert f'<a href="{tenant_url("beta")}/">Beta Org</a>' in html
