@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from django.core.cache import cache
 from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -478,9 +479,12 @@ def _form_version_of(entry: Entry) -> FormVersion:
 def _sync_auto_queries(entry: Entry, subject: Any, evaluation: Evaluation, actor: Actor,
                        rows: list[audit.AuditRow]) -> tuple[int, int]:
     """Soft problems raise one open query per (item, check); a query whose problem is
-    gone closes itself. Answered queries are left for the person who raised them."""
+    gone closes itself. Answered queries are left for the person who raised them, and so
+    is one a person re-opened: they disagreed with its closing, a passing check does not
+    overrule them."""
     open_auto = {(q.item, q.check_code): q for q in Query.objects.filter(
-        entry=entry, origin=QueryOrigin.AUTO, status__in=[QueryStatus.OPEN, QueryStatus.ANSWERED])}
+        entry=entry, origin=QueryOrigin.AUTO, status__in=[QueryStatus.OPEN, QueryStatus.ANSWERED]).annotate(
+        reopened=Exists(QueryMessage.objects.filter(query=OuterRef("pk"), kind="reopen")))}
     wanted = {(p.path, p.check_code): p for p in evaluation.soft}
     raised = closed = 0
     now = timezone.now()
@@ -493,7 +497,7 @@ def _sync_auto_queries(entry: Entry, subject: Any, evaluation: Evaluation, actor
         rows.append(_query_row("query_open", query, actor, entry, new={"text": problem.message}))
         raised += 1
     for key, query in open_auto.items():
-        if key not in wanted and query.status == QueryStatus.OPEN:
+        if key not in wanted and query.status == QueryStatus.OPEN and not query.reopened:
             query.status, query.closed_at = QueryStatus.CLOSED, now
             query.save(update_fields=["status", "closed_at"])
             QueryMessage.objects.create(query=query, author_id=actor.user_id, kind="close",

@@ -549,8 +549,15 @@ def _file_gone() -> Conflict:
 
 
 def export_file_check_stored(*, file: ExportFile) -> None:
-    """409 when the file's bytes are gone from storage, before a link is handed out for it."""
-    if not export_storage().exists(file.storage_name):
+    """409 when the file's bytes are gone from storage, before a link is handed out for it
+    (once per link, not per download). A store that cannot answer (S3 refusing the check,
+    say) does not block the link: the download then meets the store's own answer."""
+    try:
+        stored = export_storage().exists(file.storage_name)
+    except Exception:  # botocore's ClientError and kin: the check is a courtesy
+        log.warning("export.file_check_failed", export=file.job_id, file=file.pk)
+        return
+    if not stored:
         raise _file_gone()
 
 
@@ -570,7 +577,6 @@ def export_file_download_url(*, membership: Any, file: ExportFile) -> str | None
         raise Conflict("export_not_ready", _("This export is not finished."))
     url = presigned_download_url(export_storage(), file.storage_name, filename=file.name, expires=60)
     if url is not None:
-        export_file_check_stored(file=file)  # else the client would get the store's own error page
         _audit_download(membership, file)
     return url
 

@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils import timezone, translation
 from django_tenants.middleware.main import TenantMainMiddleware
 
+from config.api.errors import error_body
 from config.observability import tag_tenant
 from tenants.auth import SESSION_TENANT_KEY, is_public_request, public_member, session_tenant_key
 from tenants.models import TenantStatus
@@ -32,7 +33,7 @@ class TenantHostMiddleware(TenantMainMiddleware):
         with translation.override(translation.get_language_from_request(request, check_path=False)):
             message = translation.gettext("No organisation at this address.")
             if request.path.startswith("/api/"):
-                return JsonResponse({"error": {"code": "not_found", "message": message, "fields": {}}}, status=404)
+                return JsonResponse(error_body("not_found", message), status=404)
             # No request context: the session, user and tenant this page would show are unknown.
             return HttpResponseNotFound(render_to_string("tenants/unknown_host.html", {
                 "message": message, "home_url": public_home_url()}))
@@ -53,7 +54,7 @@ class TenantHostMiddleware(TenantMainMiddleware):
 def _suspended_response(request: HttpRequest) -> HttpResponse:
     message = translation.gettext("This organisation's account is suspended.")
     if request.path.startswith("/api/"):
-        return JsonResponse({"error": {"code": "tenant_suspended", "message": message, "fields": {}}}, status=403)
+        return JsonResponse(error_body("tenant_suspended", message), status=403)
     return render(request, "tenants/suspended.html", {"message": message, "home_url": public_home_url()},
                   status=403)
 

@@ -110,15 +110,17 @@
           // The server says why (role, file no longer stored); signed out: the poll's wording.
           return response.json().catch(function () { return {}; }).then(function (body) {
             if (response.ok) return body;
-            var message = response.status === 401 ? M.poll_gone : (body.error && body.error.message) || "";
-            throw new Error(message);
+            var refused = new Error(response.status === 401 ? M.poll_gone : (body.error && body.error.message) || "");
+            refused.fromServer = true;
+            throw refused;
           });
         })
         .then(function (link) {
           notice("");
           window.location.assign(link.url);
         })
-        .catch(function (error) { notice((error && error.message) || M.download_failed, "error"); })
+        // The server's reason when it gave one; a network failure's own text is the browser's.
+        .catch(function (error) { notice((error && error.fromServer && error.message) || M.download_failed, "error"); })
         .then(function () { download.disabled = false; });
       return;
     }

@@ -553,3 +553,20 @@ def test_a_visit_of_two_forms_is_done_when_the_second_is_completed(world, in_ten
     assert done.status_code == 200, done.content
     in_tenant(world.alpha)
     assert FollowUpTask.objects.get(pk=crf["task"]).status == TaskStatus.COMPLETED
+
+
+def test_a_reopened_automatic_query_is_not_closed_again_by_a_passing_check(crf, api, world, email_of):
+    """A monitor re-opens a query its check had closed: they disagree with the data, so a
+    later save (the check still passing) leaves it open for a person to close."""
+    entry_id = _put(crf["coordinator"], crf, {**GOOD, "weight": "30"}, version=0).json()["entry"]
+    assert _put(crf["coordinator"], crf, {**GOOD, "weight": "60"}, version=1).json()["queries_closed"] == 1
+    queries_url = f"/api/v1/entries/{entry_id}/queries/"
+    query = next(q for q in crf["coordinator"].get(queries_url).json() if q["item"] == "weight")
+    monitor = api(world.alpha, email_of("monitor", "alpha"))
+    reopened = monitor.post(f"/api/v1/queries/{query['id']}/reopen/", {"text": "Check the source again"},
+                            format="json")
+    assert reopened.json()["status"] == "open"
+    again = _put(crf["coordinator"], crf, {**GOOD, "weight": "60", "pain": 4}, version=2)
+    assert again.status_code == 200 and again.json()["queries_closed"] == 0
+    after = next(q for q in crf["coordinator"].get(queries_url).json() if q["id"] == query["id"])
+    assert after["status"] == "open" and [m["kind"] for m in after["messages"]][-1] == "reopen"
