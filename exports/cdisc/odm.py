@@ -531,7 +531,8 @@ def _value_text(plan: _ItemPlan, raw: Any, code_lists: Mapping[str, Any], where:
                 raise ValueError("expected an uploaded file with a name")
             return name
     except (ValueError, InvalidOperation) as exc:
-        raise CdiscInputError(where, f"cannot write {raw!r} as {kind}: {exc}.") from exc
+        # Never the value (nor the parser's message, which may quote it): the job's page shows this.
+        raise CdiscInputError(where, gettext("the value cannot be written as %(kind)s.") % {"kind": kind}) from exc
     raise CdiscInputError(where, f"unknown item type {kind!r}.")
 
 

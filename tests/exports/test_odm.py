@@ -339,6 +339,10 @@ def test_bad_values_are_refused_with_their_place(change: dict[str, Any], message
     with pytest.raises(CdiscInputError) as caught:
         odm_write(io.BytesIO(), data, file_oid="F.1")
     assert message in str(caught.value) and "S001" in str(caught.value) and "BASE" in str(caught.value)
+    # The place, never the value: the job's page shows this message to everyone who exports.
+    for value in change.values():
+        if isinstance(value, str) and len(value) > 2:
+            assert value not in str(caught.value)
 
 
 def test_inconsistent_streams_are_refused() -> None:
