@@ -99,6 +99,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "tenants.context_processors.tenant",
             ],
+            "libraries": {"pager": "config.pager_tags"},
         },
     }
 ]

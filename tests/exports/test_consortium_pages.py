@@ -432,5 +432,11 @@ def test_members_consortia_and_participants_are_paged(pool, members, monkeypatch
     shown = [row.get("data-tenant") for n in (1, 2) for row in _tree(
         client.get(f"/consortia/cardio/?participants_page={n}")).xpath("//*[@id='participants']//tr[@data-tenant]")]
     assert shown == ["alpha", "beta"]
+    # Paging one list keeps the other's page: the runs' pager carries participants_page.
+    monkeypatch.setattr(views, "RUNS_PAGE_SIZE", 1)
+    _runs(pool["consortium"], members["lead"], 2)
+    second = _tree(client.get("/consortia/cardio/?participants_page=2"))
+    runs_next = second.xpath("//*[@id='runs']//nav[@class='pager']/a[@rel='next']/@href")
+    assert runs_next == ["?participants_page=2&page=2#runs"]
     listed = client.get("/api/v1/consortia/?page_size=1").json()
     assert listed["count"] == 2 and len(listed["results"]) == 1 and listed["next"]
