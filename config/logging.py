@@ -22,19 +22,21 @@ SENSITIVE_KEYS = frozenset(
 )
 
 
-# Invitation links carry a secret in their path (e.g. "Not Found: /invite/<token>/").
-_INVITE_PATH = re.compile(r"/invite/(?!accept/)[^/\s\"']+")
+# Invitation and patient (ePRO) links carry a secret in their path ("Not Found:
+# /invite/<token>/", "Bad Request: /epro/<token>/"): whoever reads the log could use it.
+_SECRET_PATH = re.compile(r"/(invite|epro)/(?!accept/)[^/\s\"']+")
+_SECRET_PREFIXES = ("/invite/", "/epro/")
 
 
 def redact_path_secrets(text: str) -> str:
-    return _INVITE_PATH.sub("/invite/[redacted]", text)
+    return _SECRET_PATH.sub(r"/\1/[redacted]", text)
 
 
 def redact_sensitive(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     for key in list(event_dict):
         if key.lower() in SENSITIVE_KEYS:
             event_dict[key] = "[redacted]"
-        elif isinstance(event_dict[key], str) and "/invite/" in event_dict[key]:
+        elif isinstance(event_dict[key], str) and any(p in event_dict[key] for p in _SECRET_PREFIXES):
             event_dict[key] = redact_path_secrets(event_dict[key])
     return event_dict
 

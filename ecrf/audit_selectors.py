@@ -32,6 +32,9 @@ def audit_for_subject(
         raise ValidationFailed({"limit": [_("Between 1 and %(max)d.") % {"max": MAX_LIMIT}]})
     if before_seq is not None and (isinstance(before_seq, bool) or not isinstance(before_seq, int)):
         raise ValidationFailed({"before_seq": [_("Give a whole number.")]})
+    for name, text in (("form", form_code), ("item", item)):
+        if text is not None and "\x00" in text:  # PostgreSQL refuses NUL in text: a 500, not "no rows"
+            raise ValidationFailed({name: [_("Text may not contain NUL characters.")]})
     events: QuerySet[AuditEvent] = AuditEvent.objects.filter(subject_id=subject_id)
     if form_code is not None:
         events = events.filter(form_code=form_code)

@@ -224,3 +224,20 @@ def test_sentry_sends_no_pii_and_tags_the_tenant(web, world, monkeypatch, settin
     assert event["exception"]["values"][-1]["type"] == "RuntimeError"
     assert event["exception"]["values"][-1]["stacktrace"]["frames"]
     logging.getLogger(__name__).debug("captured %d events", len(events))
+
+
+def test_patient_and_invitation_link_secrets_never_reach_a_log_line(capsys):
+    """Django logs a refused ePRO save as "Bad Request: /epro/<token>/", and the link still
+    works after a refused draft: the token is blanked like an invitation's."""
+    import logging.config
+
+    logging.config.dictConfig(build_logging_config(fmt="json", level="INFO"))
+    try:
+        token = "eyJ0YXNrIjo" + "xfQ.Zp9-sig"
+        logging.getLogger("django.request").warning("Bad Request: %s", f"/epro/{token}/")
+        structlog.get_logger("test").info("request.done", path=f"/invite/{token}/")
+        out = capsys.readouterr().err
+        assert token not in out and out.count("[redacted]") == 2
+        assert "/epro/[redacted]/" in out and "/invite/[redacted]/" in out
+    finally:
+        logging.config.dictConfig(build_logging_config(fmt="console", level="WARNING"))

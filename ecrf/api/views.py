@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from typing import Any
 
@@ -264,7 +265,8 @@ class EntryFileView(APIView):
         membership = request_membership(request)
         if membership.role in selectors.NO_ENTRY_READ_ROLES:
             raise PermissionDenied("permission_denied", _("Your role does not allow reading clinical data."))
-        stored = EntryFile.objects.filter(pk=file_id[:32]).first()
+        # Ids are 32 hex digits; anything else (a NUL would be a database error) names no file.
+        stored = EntryFile.objects.filter(pk=file_id).first() if re.fullmatch(r"[0-9a-f]{32}", file_id) else None
         if stored is None or study_selectors.subject_get(membership=membership, subject_id=stored.subject_id) is None:
             raise NotFound("not_found", _("No such file, or not at one of your sites."))
         response = FileResponse(default_storage.open(stored.storage_path, "rb"), as_attachment=True,

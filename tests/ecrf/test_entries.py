@@ -357,6 +357,8 @@ def test_every_change_is_audited_item_by_item_with_reason_and_source(crf, api, w
     actions = {r["action"] for r in older + everything["results"]}
     assert {"entry_complete", "item_create", "item_update", "item_delete"} <= actions
     _assert_error_shape(monitor.get(url + "?limit=abc"), 400)
+    for bad in ("?form=a%00b", "?item=a%00b"):  # PostgreSQL refuses NUL in text: was a 500
+        assert list(_assert_error_shape(monitor.get(url + bad), 400)["fields"]) == [bad[1:].split("=")[0]]
     for bad in ("?limit=²", "?before_seq=①", "?entry=" + "9" * 30):  # Unicode digits, past bigint
         assert list(_assert_error_shape(monitor.get(url + bad), 400)["fields"]) == [bad[1:].split("=")[0]]
     _assert_error_shape(monitor.get(url + "?limit=100000"), 400)

@@ -90,6 +90,8 @@ def test_files_stay_with_their_tenant_sites_and_roles(with_file, api, world, ema
     _assert_error_shape(_upload(api(world.alpha, email_of("monitor", "alpha")), with_file["files"], PDF), 403)
     _assert_error_shape(_upload(api(world.beta, email_of("coordinator", "beta")), with_file["files"], PDF), 404)
     _assert_error_shape(with_file["coordinator"].get("/api/v1/files/doesnotexist/"), 404)
+    _assert_error_shape(with_file["coordinator"].get("/api/v1/files/a%00b/"), 404)  # NUL: was a database error
+    _assert_error_shape(with_file["coordinator"].get(f"/api/v1/files/{value['id'].upper()}/"), 404)
 
 
 def test_no_upload_into_a_locked_record(with_file, api, world, email_of, in_tenant):
