@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import zoneinfo
 from datetime import timedelta
 from typing import Any
 
@@ -77,7 +78,8 @@ def epro_link_issue(*, task: Any, form: FormDefinition, actor: Actor, base_url: 
             title = titles.get(translation.get_language() or "en") or titles.get("en") or form.code
             body = _("Please answer the questionnaire \"%(title)s\" for your follow-up: %(url)s "
                      "(valid until %(until)s).") % {"title": title, "url": url,
-                                                   "until": timezone.localtime(link.expires_at).strftime("%Y-%m-%d")}
+                                                   "until": _site_time(link.expires_at, subject).strftime(
+                                                       "%Y-%m-%d %H:%M")}
             subject_line = _("Your follow-up questionnaire")
         outbox_enqueue(messages=[Outgoing(
             key=f"epro:{link.pk}", channel=channel, recipient=subject.email if channel == "email" else subject.phone,
@@ -88,6 +90,14 @@ def epro_link_issue(*, task: Any, form: FormDefinition, actor: Actor, base_url: 
             detail={"link": link.pk, "channel": channel, "expires_at": link.expires_at.isoformat()})])
     log.info("epro.link_issued", link_id=link.pk, subject_id=subject.pk, channel=channel)
     return link, url
+
+
+def _site_time(moment: Any, subject: Any) -> Any:
+    """`moment` on the clock of the subject's site, as the page and the coordinator show it."""
+    try:
+        return timezone.localtime(moment, zoneinfo.ZoneInfo(subject.site.time_zone or "UTC"))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return timezone.localtime(moment)
 
 
 def epro_link_resolve(*, token: str) -> EproLink:

@@ -780,6 +780,12 @@ def forms_import_redcap(*, study: Any, content: bytes, file_name: str, actor: Ac
     if not result.forms_ok:
         fields = {f"{code}.{path}": messages for code, problems in result.problems.items()
                   for path, messages in problems.items()} or {"file": [_("The dictionary has no usable form.")]}
+        # And why, line by line (every field's type unknown, say): the report of an import
+        # that was refused is what the user needs most.
+        for entry in result.report:
+            if entry.get("severity") == "error":
+                fields.setdefault(f"line {entry['line']}", []).append(
+                    f"{entry.get('field') or entry.get('column') or ''}: {entry['message']}".lstrip(": "))
         raise DomainError("dictionary_invalid", _("The dictionary could not be turned into forms."), fields=fields)
     taken = {code for code in FormDefinition.objects.filter(study_id=study.pk, versions__status="published")
              .values_list("code", flat=True)}

@@ -649,3 +649,24 @@ def test_a_data_manager_locks_and_unlocks_the_casebook_from_its_page(crf, web, w
     beta = web(world.beta)
     _login(beta, email_of("data_manager", "beta"))
     assert beta.post(f"/subjects/{crf['subject']}/casebook/lock/").status_code == 404  # another tenant's subject
+
+
+def test_the_epro_message_gives_the_expiry_on_the_sites_clock(pro, world, in_tenant):
+    """The page and the coordinator show the site's time; so does the SMS or email (it
+    used the organisation's zone, and no time of day)."""
+    import zoneinfo
+
+    from notifications.models import OutboxMessage
+    from sites.models import Site
+
+    in_tenant(world.alpha)
+    Site.objects.filter(pk=pro["site"]).update(time_zone="America/Los_Angeles")  # the tenant's: Asia/Shanghai
+    connection.set_schema_to_public()
+    issued = pro["coordinator"].post(pro["issue"], {"channel": "sms", "ttl_hours": 30}, format="json")
+    assert issued.status_code == 201, issued.content
+    in_tenant(world.alpha)
+    link = EproLink.objects.latest("pk")
+    body = OutboxMessage.objects.get(key=f"epro:{link.pk}").body
+    site_clock = timezone.localtime(link.expires_at, zoneinfo.ZoneInfo("America/Los_Angeles"))
+    tenant_clock = timezone.localtime(link.expires_at, zoneinfo.ZoneInfo("Asia/Shanghai"))
+    assert site_clock.strftime("%Y-%m-%d %H:%M") in body and tenant_clock.strftime("%Y-%m-%d %H:%M") not in body

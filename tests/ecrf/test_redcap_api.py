@@ -59,3 +59,19 @@ def test_dictionaries_are_for_designers_of_this_tenant(study, api, world, email_
     _assert_error_shape(_upload(api(world.beta, email_of("tenant_admin", "beta")), study["url"], content), 404)
     _assert_error_shape(api(world.beta, email_of("tenant_admin", "beta")).get(study["url"]), 404)
     _assert_error_shape(study["admin"].get(study["url"]), 404)  # no forms yet
+
+
+def test_a_refused_dictionary_says_why_line_by_line(study):
+    """Every field's type unknown: no form can be made, and the answer names each line."""
+    header = ("Variable / Field Name,Form Name,Section Header,Field Type,Field Label,"
+              "Choices, Calculations, OR Slider Labels,Field Note,Text Validation Type OR Show Slider Number,"
+              "Text Validation Min,Text Validation Max,Identifier?,Branching Logic (Show field only if...),"
+              "Required Field?,Custom Alignment,Question Number (surveys only),Matrix Group Name,Matrix Ranking?,"
+              "Field Annotation\n")
+    rows = "".join(f"f{n},demo,,hologram,Field {n},,,,,,,,,,,,,,\n" for n in range(1, 4))
+    response = _upload(study["admin"], study["url"], (header + rows).encode())
+    fields = _assert_error_shape(response, 400)["fields"]
+    lines = {key: value for key, value in fields.items() if key.startswith("line ")}
+    assert sorted(lines) == ["line 2", "line 3", "line 4"], fields
+    assert all(messages and messages[0].startswith(f"f{n - 1}") for n, messages in
+               ((int(key.split()[1]), value) for key, value in lines.items()))
