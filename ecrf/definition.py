@@ -334,6 +334,16 @@ def definition_validate(doc: Any) -> Problems:
     references: list[tuple[str, str]] = []
     for index, item in enumerate(items):
         _item(item, f"items.{index}", doc=doc, seen=seen, problems=problems, references=references, in_group=False)
+    if doc.get("patient_reported") is True:
+        # The patient's page has no upload (its link carries no session to upload with): a
+        # file question there could never be answered, and a required one would block Submit.
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                continue  # reported above
+            children = item.get("items") if isinstance(item.get("items"), list) else []
+            if any(isinstance(part, dict) and part.get("type") == "file" for part in [item, *children]):
+                _add(problems, f"items.{index}.type",
+                     _("A form sent to patients cannot ask for a file; collect it at the visit instead."))
     for path, variable in references:
         head = variable.split(".", 1)[0]
         if head.startswith("_") or head[:1].isupper():

@@ -303,6 +303,13 @@ def test_oversized_and_nonsense_bodies_are_4xx(crf):
     (lambda d: d["items"][4].update(range={"hard": {"min": 5, "max": 1}}), "definition.items.4.range.hard"),
     (lambda d: d["items"].append({"code": "deep", "type": "calculated", "label": label("d"),
                                   "calc": _deep(40)}), "definition.items.17.calc"),
+    # Sent to patients, whose page has no upload: a file question could never be answered.
+    (lambda d: d.update(patient_reported=True, items=[*d["items"], {"code": "scan", "type": "file",
+                                                                   "label": label("Scan")}]),
+     "definition.items.17.type"),
+    (lambda d: d.update(patient_reported=True, items=[*d["items"], {
+        "code": "docs", "type": "group", "label": label("Docs"),
+        "items": [{"code": "doc", "type": "file", "label": label("Doc")}]}]), "definition.items.17.type"),
 ])
 def test_bad_form_definitions_are_refused_with_paths(crf, mutate, path):
     definition = copy.deepcopy(VITALS)
