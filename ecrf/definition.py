@@ -340,7 +340,7 @@ def definition_validate(doc: Any) -> Problems:
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 continue  # reported above
-            children = item.get("items") if isinstance(item.get("items"), list) else []
+            children: list[Any] = item["items"] if isinstance(item.get("items"), list) else []
             if any(isinstance(part, dict) and part.get("type") == "file" for part in [item, *children]):
                 _add(problems, f"items.{index}.type",
                      _("A form sent to patients cannot ask for a file; collect it at the visit instead."))

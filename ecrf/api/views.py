@@ -129,10 +129,16 @@ class RedcapDictionaryView(APIView):
                                               actor=actor_for(request))
         return Response(result, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={(200, "text/csv"): bytes}, summary="The study's forms as a REDCap data dictionary")
+    @extend_schema(parameters=[OpenApiParameter("report", str, description="1: instead of the CSV, what the "
+                                                "dictionary cannot carry, item by item (JSON)")],
+                   responses={(200, "text/csv"): bytes, (200, "application/json"): dict},
+                   summary="The study's forms as a REDCap data dictionary (or, with report=1, what it leaves out)")
     def get(self, request: Request, study_id: int) -> HttpResponse:
         study = _study(request, study_id)
         content, report = services.forms_export_redcap(study=study)
+        if request.query_params.get("report") == "1":
+            # The CSV alone looks complete: this is what re-importing it into REDCap would lose.
+            return Response({"count": len(report), "report": report})
         response = HttpResponse(content, content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{study.code}_DataDictionary.csv"'
         response["X-Export-Report-Count"] = str(len(report))

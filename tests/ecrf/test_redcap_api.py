@@ -37,6 +37,16 @@ def test_a_dictionary_becomes_draft_forms_and_comes_back_out(study, api, world, 
     exported = study["admin"].get(study["url"])
     assert exported.status_code == 200 and exported["Content-Type"].startswith("text/csv")
     assert "Variable / Field Name" in exported.content.decode().splitlines()[0]
+    # What the dictionary cannot carry is there to read, item by item, not only counted.
+    assert study["admin"].get(study["url"] + "?report=1").json() == {"count": 0, "report": []}  # all carried
+    from ecrf.samples import VITALS  # zh-Hans texts, soft ranges, a repeating group: REDCap has none of them
+
+    assert study["admin"].post(f"/api/v1/studies/{study['id']}/forms/", {"definition": VITALS},
+                               format="json").status_code == 200
+    counted = int(study["admin"].get(study["url"])["X-Export-Report-Count"])
+    losses = study["admin"].get(study["url"] + "?report=1").json()
+    assert losses["count"] == counted == len(losses["report"]) > 0
+    assert all(entry["message"] for entry in losses["report"])
     # Importing the export again replaces the drafts with the same forms.
     again = _upload(study["admin"], study["url"], exported.content)
     assert again.status_code == 201 and [f["version"] for f in again.json()["forms"]] == [1] * 9
