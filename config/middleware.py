@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import structlog
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware.common import CommonMiddleware as DjangoCommonMiddleware
 
 from config.db import tenant_connection as connection
 from config.health import readiness
@@ -47,3 +48,14 @@ class RequestIdMiddleware:
         response = self.get_response(request)
         response["X-Request-ID"] = request_id
         return response
+
+
+class CommonMiddleware(DjangoCommonMiddleware):
+    """Django's, except that an API URL without its trailing slash is not redirected: a
+    client follows a 301 with a GET and drops the body of its POST or PUT (and in DEBUG
+    Django refuses with an error page). The API's JSON 404 answers instead."""
+
+    def should_redirect_with_slash(self, request: HttpRequest) -> bool:
+        if request.path_info.startswith("/api/"):
+            return False
+        return bool(super().should_redirect_with_slash(request))

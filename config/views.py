@@ -9,9 +9,16 @@ from config.api.errors import api_not_found, api_server_error, error_body
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
     from django.http import HttpResponseBadRequest, JsonResponse
     from django.utils.translation import gettext as _
 
+    if isinstance(exception, RequestDataTooBig | TooManyFieldsSent | TooManyFilesSent):
+        # Too large, like the entry and form endpoints' own limit: 413, the same code.
+        message = _("The request is too large.")
+        if request.path.startswith("/api/"):
+            return JsonResponse(error_body("payload_too_large", message), status=413)
+        return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
     if request.path.startswith("/api/"):
         return JsonResponse(error_body("bad_request", _("The request could not be read (too large or malformed).")),
                             status=400)

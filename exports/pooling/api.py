@@ -50,8 +50,16 @@ def _run_state(run: PooledRun) -> dict[str, Any]:
             "manifest": run.manifest if run.status == "done" else None}
 
 
+class MemberSessionAuthentication(SessionAuthentication):
+    """A member's session (the consortium sign-in). Named in WWW-Authenticate, so that
+    DRF answers a request without one 401, as the tenants' API does, not 403."""
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Session realm="consortia"'
+
+
 class MemberView(APIView):
-    authentication_classes = [SessionAuthentication]
+    authentication_classes = [MemberSessionAuthentication]
     permission_classes = [IsAuthenticated]
 
 

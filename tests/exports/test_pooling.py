@@ -206,12 +206,18 @@ def test_only_members_with_a_consortium_role_see_and_download_pooled_outputs(thr
     assert listed_runs["count"] == 1 and listed_runs["results"][0]["manifest"]["deidentification"]["achieved_k"] >= 3
     download = member.get(file_url)
     assert download.status_code == 200 and b"".join(download.streaming_content) == long_bytes
-    # A statistician of another consortium, a tenant's own admin, nobody: 403 with the error shape.
+    # A statistician of another consortium: 403 with the error shape. A tenant's own admin
+    # (their session belongs to their organisation's host) and nobody: 401, naming how to
+    # authenticate, as on the tenants' API.
     from tests.tenants.test_api import _assert_error_shape
 
-    for client in (_public(outsider), _public(world.users["tenant_admin@alpha.example.org"]), _public(None)):
-        _assert_error_shape(client.get(base), 403)
-        _assert_error_shape(client.get(file_url), 403)
+    _assert_error_shape(_public(outsider).get(base), 403)
+    _assert_error_shape(_public(outsider).get(file_url), 403)
+    for client in (_public(world.users["tenant_admin@alpha.example.org"]), _public(None)):
+        for url in (base, file_url, "/api/v1/consortia/"):
+            refused = client.get(url)
+            assert _assert_error_shape(refused, 401)["code"] == "not_authenticated"
+            assert refused["WWW-Authenticate"].startswith("Session")
     # An unknown consortium gets the same answer as one without a role: slugs cannot be probed.
     unknown = _assert_error_shape(_public(outsider).get("/api/v1/consortia/no-such-one/runs/"), 403)
     assert unknown == _assert_error_shape(_public(outsider).get(base), 403)

@@ -325,8 +325,7 @@ def test_oversized_api_body_gets_the_json_error_shape(api, world, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
     response = api(world.alpha).generic("POST", "/api/v1/auth/token/", '{"email": "' + "a" * 5000 + '"}',
                                         content_type="application/json")
-    assert response.status_code in (400, 413)
-    assert response.json()["error"]["code"]
+    assert _assert_error_shape(response, 413)["code"] == "payload_too_large"  # as the entry endpoints say it
 
 
 def test_suspended_tenant_answers_the_api_in_the_error_shape(api, world):
@@ -334,3 +333,12 @@ def test_suspended_tenant_answers_the_api_in_the_error_shape(api, world):
 
     Tenant.objects.filter(pk=world.beta.pk).update(status="suspended")
     _assert_error_shape(api(world.beta).get("/api/v1/me/"), 403, "tenant_suspended")
+
+
+def test_an_api_url_without_its_slash_is_a_json_404_not_a_redirect(api, world, web):
+    """A 301 makes clients repeat a POST as a GET without its body; pages still redirect."""
+    client = api(world.alpha, "tenant_admin@alpha.example.org")
+    response = client.post("/api/v1/studies", {"code": "X"}, format="json")
+    assert _assert_error_shape(response, 404)["code"] == "not_found"
+    page = web(world.alpha).get("/worklist")
+    assert page.status_code == 301 and page["Location"].endswith("/worklist/")
