@@ -78,8 +78,9 @@ def epro_link_issue(*, task: Any, form: FormDefinition, actor: Actor, base_url: 
             title = titles.get(translation.get_language() or "en") or titles.get("en") or form.code
             body = _("Please answer the questionnaire \"%(title)s\" for your follow-up: %(url)s "
                      "(valid until %(until)s).") % {"title": title, "url": url,
-                                                   "until": _site_time(link.expires_at, subject).strftime(
-                                                       "%Y-%m-%d %H:%M")}
+                                                   # The site's clock, as the page and the coordinator show it.
+                                                   "until": timezone.localtime(link.expires_at, zoneinfo.ZoneInfo(
+                                                       subject.site.time_zone)).strftime("%Y-%m-%d %H:%M")}
             subject_line = _("Your follow-up questionnaire")
         outbox_enqueue(messages=[Outgoing(
             key=f"epro:{link.pk}", channel=channel, recipient=subject.email if channel == "email" else subject.phone,
@@ -90,14 +91,6 @@ def epro_link_issue(*, task: Any, form: FormDefinition, actor: Actor, base_url: 
             detail={"link": link.pk, "channel": channel, "expires_at": link.expires_at.isoformat()})])
     log.info("epro.link_issued", link_id=link.pk, subject_id=subject.pk, channel=channel)
     return link, url
-
-
-def _site_time(moment: Any, subject: Any) -> Any:
-    """`moment` on the clock of the subject's site, as the page and the coordinator show it."""
-    try:
-        return timezone.localtime(moment, zoneinfo.ZoneInfo(subject.site.time_zone or "UTC"))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return timezone.localtime(moment)
 
 
 def epro_link_resolve(*, token: str) -> EproLink:

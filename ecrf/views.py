@@ -760,7 +760,6 @@ def audit_view(request: HttpRequest, subject_id: int) -> HttpResponse:
     """A subject's audit trail, newest first, filtered by form and item, paged by
     sequence (older entries behind a link): who, when in the tenant's time zone, what,
     old and new value, reason and source."""
-
     membership = request_member(request)
     if membership.role in selectors.NO_ENTRY_READ_ROLES:
         raise PermissionDenied
@@ -771,14 +770,19 @@ def audit_view(request: HttpRequest, subject_id: int) -> HttpResponse:
     item = (request.GET.get("item") or "").strip()[:200] or None
     before_raw = request.GET.get("before") or ""
     before = whole_number_param(before_raw)
-    rows = audit_for_subject(subject_id=subject.pk, form_code=form_code, item=item, limit=AUDIT_PAGE,
-                             before_seq=before)
+    problems: dict[str, list[str]] = {}
+    try:
+        rows = audit_for_subject(subject_id=subject.pk, form_code=form_code, item=item, limit=AUDIT_PAGE,
+                                 before_seq=before)
+    except ValidationFailed as exc:  # a filter the trail cannot be searched by (a NUL character)
+        rows, problems = [], exc.fields
     forms = sorted(Entry.objects.filter(subject_id=subject.pk).values_list("form__code", flat=True).distinct())
     older = rows[-1].seq if len(rows) == AUDIT_PAGE else None
     return render(request, "ecrf/audit.html", {
         "subject": subject, "rows": rows, "forms": forms, "form_code": form_code or "", "item": item or "",
         "older": older, "before": before, "filtered": bool(form_code or item or before),
-    })
+        "filter_errors": [message for messages in problems.values() for message in messages],
+    }, status=400 if problems else 200)
 
 
 QUERY_PAGE = 25

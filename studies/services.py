@@ -9,7 +9,7 @@ import re
 import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -39,7 +39,14 @@ from studies.models import (
     SubjectStatus,
     TaskStatus,
 )
-from studies.schedule import Occurrence, ScheduleError, event_spec_from_dict, plan_occurrences, validate_schedule
+from studies.schedule import (
+    Occurrence,
+    ScheduleError,
+    event_spec_from_dict,
+    local_date,
+    plan_occurrences,
+    validate_schedule,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -415,8 +422,7 @@ def contact_attempt_record(*, task: FollowUpTask, user_id: int, outcome: str, no
     when = at or timezone.now()
     if when > timezone.now() + timedelta(minutes=5):
         errors["at"] = [_("The attempt cannot be in the future.")]
-    elif when < datetime.combine(task.subject.enrolment_date, time.min,
-                                 tzinfo=zoneinfo.ZoneInfo(task.subject.site.time_zone)):
+    elif local_date(when, task.subject.site.time_zone) < task.subject.enrolment_date:
         # A call before enrolment is a typo, and the lost-to-follow-up rule would count it.
         errors["at"] = [_("The date is before the subject's enrolment.")]
     if errors:

@@ -74,8 +74,7 @@ def consortia_page(request: HttpRequest) -> HttpResponse:
     page = Paginator(selectors.consortia_of(user=request.user).order_by("name", "pk"), CONSORTIA_PAGE_SIZE).get_page(
         request.GET.get("page"))
     rows = [{"consortium": consortium, "role": ConsortiumRole(role).label if role in ConsortiumRole.values else role}
-            for consortium in page
-            if (role := selectors.member_role(user=request.user, consortium=consortium))]
+            for consortium in page if (role := consortium.member_role)]  # type: ignore[attr-defined]
     return render(request, "pooling/consortia.html", {"rows": rows, "page": page})
 
 

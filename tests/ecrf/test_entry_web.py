@@ -414,6 +414,8 @@ def test_audit_viewer_per_subject_form_and_item(crf, web, world, email_of):
     assert "70.5" in weight and "71.0" in weight
     assert page.get(url + "?before=abc&item=" + "x" * 300).status_code == 200
     assert page.get(url + "?before=²").status_code == 200  # a Unicode digit that int() refuses
+    refused = page.get(url + "?item=a%00b")  # the trail cannot be searched for a NUL: said, not a 500
+    assert refused.status_code == 400 and "Text may not contain NUL characters." in refused.content.decode()
 
 
 def test_the_audit_pages_go_back_to_the_newest_keeping_the_filter(crf, web, world, email_of, monkeypatch):

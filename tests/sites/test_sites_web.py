@@ -53,6 +53,13 @@ def _site(code: str = "BJ01") -> Site:
                                      principal_investigator="Dr Wang", target_enrolment=10, time_zone="Asia/Shanghai")
 
 
+def _assign(site: Site, world, email_of, *roles: str) -> None:  # type: ignore[no-untyped-def]
+    """Alpha's member of each role works at the site, in that role."""
+    for role in roles:
+        site_services.site_staff_assign(site=site, tenant=world.alpha, user=world.users[email_of(role, "alpha")],
+                                        role=role)
+
+
 def _text(response) -> str:  # type: ignore[no-untyped-def]
     return html.unescape(response.content.decode())
 
@@ -188,8 +195,7 @@ def test_other_roles_read_only(page_as, world, email_of, role):
     _in(world)
     site = _site()
     if role in ("coordinator", "monitor", "investigator"):
-        site_services.site_staff_assign(site=site, tenant=world.alpha, user=world.users[email_of(role, "alpha")],
-                                        role=role)
+        _assign(site, world, email_of, role)
     connection.set_schema_to_public()
     client = page_as(role)
     listing = _text(client.get("/sites/"))
@@ -280,9 +286,7 @@ def test_site_staff_are_paged(admin, world, email_of, monkeypatch):
     monkeypatch.setattr("sites.views.PAGE_SIZE", 2)
     _in(world)
     site = _site()
-    for role in ("coordinator", "monitor", "investigator"):
-        site_services.site_staff_assign(site=site, tenant=world.alpha, user=world.users[email_of(role, "alpha")],
-                                        role=role)
+    _assign(site, world, email_of, "coordinator", "monitor", "investigator")
     connection.set_schema_to_public()
     first = _text(admin.get(f"/sites/{site.pk}/"))
     assert first.count('class="staff-row"') == 2 and 'href="?staff_page=2#staff"' in first
