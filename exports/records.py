@@ -10,10 +10,10 @@ data gives the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class EntryRecord:
     missing: Mapping[str, str] = field(default_factory=dict)
     visit_date: date | None = None  # the occurrence's actual date, when known
     updated: datetime | None = None
+    key: int | None = None  # the entry's id in its schema, when it comes from one (FindingCells)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,50 @@ class StudyData:
     visits: Iterator[VisitRecord]
     entries: Iterator[EntryRecord]
     audit: Iterator[AuditRecord] | None = None
+    # A study read from a schema may also hand the SDTM writer its findings cells
+    # flattened by the database (exports.sdtm_columns); None: every value from `entries`.
+    cells: FindingCells | None = None
+
+
+@dataclass(frozen=True)
+class CellItem:
+    """One item annotated to a findings domain, as the database flattens it: `index` is
+    the item's place in the build's list of findings items; `precision` the decimal's
+    digits (None: as entered; -1: a precision the database does not format)."""
+
+    form_code: str
+    form_version: int
+    item: str
+    index: int
+    precision: int | None
+
+
+@dataclass(frozen=True)
+class CellChunk:
+    """The findings cells of some subjects as columns: a row per (entry, item) value and
+    a row per missing-data code. A plain number comes as `orres` (its SDTM text, as the
+    Python path writes it) and `stresn`; any other value as `raw` (its JSON text), with
+    `orres` None, for the Python path to map; a missing-data code as `missing` (its JSON
+    text), with `orres` and `raw` None."""
+
+    entry: Any  # numpy int64 array: EntryRecord.key
+    index: Any  # numpy int32 array: CellItem.index
+    orres: Any  # numpy object array: str | None
+    stresn: Any  # numpy float64 array (NaN where orres is None)
+    raw: Any  # numpy object array: str | None
+    missing: Any  # numpy object array: str | None
+
+
+class FindingCells(Protocol):
+    """What exports.extract offers the SDTM writer beside the records."""
+
+    def entries(self, keep_values: Collection[tuple[str, int]]) -> Iterator[EntryRecord]:
+        """The entries (with `key`), in StudyData.entries' order, their values only for
+        the (form code, version) in `keep_values` (empty documents for the others)."""
+
+    def chunks(self, items: Sequence[CellItem], subjects: Sequence[Sequence[str]]) -> Iterator[CellChunk]:
+        """One CellChunk per group of subject keys, in the given order; may start reading
+        at once, beside the caller. Close the iterator to stop early."""
 
 
 # --- SDTM dataset metadata (exports.sdtm produces it; the XPT and Define-XML writers use it) ---

@@ -27,7 +27,7 @@ from datetime import date
 from decimal import Decimal
 from itertools import groupby
 from pathlib import Path
-from typing import IO, Any, Generic, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 
 from django.utils.translation import gettext
 
@@ -41,6 +41,9 @@ from exports.records import (
     VariableSpec,
     VisitRecord,
 )
+
+if TYPE_CHECKING:
+    from exports.sdtm_columns import ColumnFindings
 
 MAX_CHAR = 200
 FINDINGS = ("VS", "LB", "QS")
@@ -696,7 +699,7 @@ def _plan(study: StudyMeta) -> tuple[dict[tuple[str, int], FormPlan], dict[str, 
 
 
 def _subject(ctx: Context, subject: SubjectRecord, visits: list[VisitRecord], entries: list[EntryRecord],
-             spools: Mapping[str, Spool]) -> None:
+             spools: Mapping[str, Spool], columns: ColumnFindings | None) -> None:
     usubjid = _usubjid(ctx.studyid, subject)
     reference = subject.enrolment_date
     spools["DM"].add(usubjid, [_dm_row(ctx, subject, usubjid)])
@@ -713,7 +716,11 @@ def _subject(ctx: Context, subject: SubjectRecord, visits: list[VisitRecord], en
                             f"v{entry.form_version} is not in the study's forms.")
         visit = _visit_of(ctx, entry, numbers)
         if plan.findings:
-            _entry_findings(plan, entry, visit, reference, findings)
+            if columns is not None:  # its findings come by columns (exports.sdtm_columns)
+                dtc = entry.visit_date.isoformat() if entry.visit_date else ""
+                columns.add_entry(entry.key, subject.subject_key, visit[0], visit[1], dtc, study_day(dtc, reference))
+            else:
+                _entry_findings(plan, entry, visit, reference, findings)
         if plan.ae_groups:
             found["AE"].extend(_ae_rows(ctx, plan, entry, usubjid, reference))
     for name, rows in found.items():
@@ -735,26 +742,35 @@ def _first_error(spools: Mapping[str, Spool]) -> SdtmError | None:
     return min(found, key=lambda error: error[0])[1] if found else None
 
 
-def sdtm_build(data: StudyData, *, studyid: str) -> Iterator[tuple[DatasetSpec, Iterator[tuple[object, ...]]]]:
+def sdtm_build(data: StudyData, *, studyid: str) -> Iterator[tuple[DatasetSpec, Iterable[tuple[object, ...]]]]:
     """Yield (spec, rows) per domain: DM, SV, DS, then AE, VS, LB, QS when annotated. Consume
     each domain's rows before asking for the next domain; the temporary files are removed
     when this generator ends. Raises SdtmError for data that cannot be mapped."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-.]{0,39}", studyid):
         raise SdtmError(gettext("STUDYID %(value)r: use 1-40 letters, digits, '-', '_' or '.'.") % {"value": studyid})
+    from exports.sdtm_columns import column_findings
+
     plans, domains = _plan(data.study)
     ctx = Context(studyid, {event.code: event for event in data.study.events}, plans, domains)
     clock = itertools.count()
     spools = {name: Spool(domain, clock) for name, domain in domains.items()}
+    columns = None
     try:
+        # The findings by columns when the data comes from a schema (its cells start
+        # being read now, beside this walk); then the entries need no findings values.
+        columns = column_findings(studyid, plans, domains, data.subjects, data.cells)
+        entries_source = data.entries if columns is None or data.cells is None else data.cells.entries(
+            {key for key, plan in plans.items() if plan.ae_groups})
         visits = Cursor(data.visits, "Visits")
-        entries = Cursor(data.entries, "Entries")
+        entries = Cursor(entries_source, "Entries")
         seen: set[str] = set()
         try:
             for subject in data.subjects:
                 if subject.subject_key in seen:
                     raise SdtmError(f"DM: subject {subject.subject_key!r} is listed twice.")
                 seen.add(subject.subject_key)
-                _subject(ctx, subject, visits.take(subject.subject_key), entries.take(subject.subject_key), spools)
+                _subject(ctx, subject, visits.take(subject.subject_key), entries.take(subject.subject_key), spools,
+                         columns)
                 if any(spool.error is not None for spool in spools.values()):
                     break
         except Exception:
@@ -766,22 +782,34 @@ def sdtm_build(data: StudyData, *, studyid: str) -> Iterator[tuple[DatasetSpec, 
             raise first
         visits.finish()
         entries.finish()
-        for spool in spools.values():
-            yield spool.spec(), spool.rows()
+        by_columns: dict[str, tuple[DatasetSpec, Iterable[tuple[object, ...]]]] = {}
+        if columns is not None:
+            columns.build()
+            by_columns = {spec.name: (spec, rows) for spec, rows in columns.results()}
+        for name, spool in spools.items():
+            yield by_columns.get(name) or (spool.spec(), spool.rows())
     finally:
+        if columns is not None:
+            columns.close()
         for spool in spools.values():
             spool.close()
 
 
 def sdtm_write(data: StudyData, *, studyid: str, directory: Path, ascii_only: bool = False) -> list[DatasetSpec]:
     """Every domain as <directory>/<domain>.xpt; returns the written specs (row counts set)."""
-    from exports.xpt import xpt_write
+    from exports.sdtm_columns import ColumnRows
+    from exports.xpt import xpt_write, xpt_write_columns
 
     written = []
+    created = data.snapshot_at.replace(tzinfo=None)
     with _no_cycle_collection():
         for spec, rows in sdtm_build(data, studyid=studyid):
-            written.append(xpt_write(directory / spec.file_name, spec, rows,
-                                     created=data.snapshot_at.replace(tzinfo=None), ascii_only=ascii_only))
+            if isinstance(rows, ColumnRows):
+                written.append(xpt_write_columns(directory / spec.file_name, spec, rows.batches(), created=created,
+                                                 ascii_only=ascii_only))
+            else:
+                written.append(xpt_write(directory / spec.file_name, spec, rows, created=created,
+                                         ascii_only=ascii_only))
     return written
 
 

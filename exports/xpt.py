@@ -39,7 +39,7 @@ from dataclasses import replace
 from datetime import datetime
 from itertools import islice, repeat
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -170,6 +170,38 @@ class XptWriter:
         self._data_bytes += len(data)
         self.rows += len(rows)
         return len(rows)
+
+    def write_cells(self, columns: Sequence[np.ndarray], count: int) -> bool:
+        """Append one batch given as cells (Char: (rows or 1, width) bytes, UTF-8 padded
+        with spaces; Num: float64, NaN for missing). False, writing nothing, when the
+        batch holds something ``write`` must word (non-ASCII text with ``ascii_only``, a
+        NUL, a non-finite number): then pass the batch to ``write`` as rows."""
+        out = self._require_open()
+        if not count:
+            return True
+        block = np.empty((count, self._row_length), dtype=np.uint8)
+        offset = 0
+        for variable, column in zip(self.spec.variables, columns, strict=True):
+            width = variable.length
+            if variable.type == "Num":
+                if column.shape != (count,) or np.isinf(column).any():
+                    return False
+                block[:, offset:offset + 8] = self._ibm(column.astype(np.float64, copy=False))
+            else:
+                if column.ndim != 2 or column.shape[1] != width or column.shape[0] not in (1, count):
+                    return False
+                if not column.all() or (self._ascii_only and (column >= 0x80).any()):
+                    return False
+                block[:, offset:offset + width] = column
+            offset += width
+        if self._header is None:
+            self._header = self._header_records()
+            out.write(self._header)
+        data = block.tobytes()
+        out.write(data)
+        self._data_bytes += len(data)
+        self.rows += count
+        return True
 
     def written_spec(self) -> DatasetSpec:
         return replace(self.spec, rows=self.rows, file_name=self.spec.file_name or f"{self.spec.name.lower()}.xpt")
@@ -387,4 +419,27 @@ def xpt_write(out: str | os.PathLike[str] | IO[bytes], spec: DatasetSpec, rows: 
     with XptWriter(out, spec, created=created, ascii_only=ascii_only) as writer:
         for batch in _batches(rows, batch_size):
             writer.write(batch)
+    return writer.written_spec()
+
+
+class ColumnBatch(Protocol):
+    """A batch of rows that can also be given as cells (exports.sdtm_columns)."""
+
+    count: int
+
+    def cells(self, spec: DatasetSpec) -> list[np.ndarray] | None: ...
+
+    def rows(self) -> list[tuple[object, ...]]: ...
+
+
+def xpt_write_columns(out: str | os.PathLike[str] | IO[bytes], spec: DatasetSpec, batches: Iterable[ColumnBatch], *,
+                      created: datetime = SAS_EPOCH, ascii_only: bool = False) -> DatasetSpec:
+    """Like ``xpt_write``, from batches of cells; a batch the cells cannot carry is written
+    (or refused, with the row in the message) value by value. Same bytes either way."""
+    with XptWriter(out, spec, created=created, ascii_only=ascii_only) as writer:
+        for batch in batches:
+            cells = batch.cells(spec)
+            if cells is None or not writer.write_cells(cells, batch.count):
+                for rows in _batches(batch.rows(), DEFAULT_BATCH):
+                    writer.write(rows)
     return writer.written_spec()

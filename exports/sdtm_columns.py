@@ -1,0 +1,504 @@
+"""The findings domains (VS, LB, QS) of an SDTM build by columns, from cells the database
+flattened (exports.records.FindingCells), instead of value by value from the entries.
+
+Nearly every row of an SDTM export is a finding, and building them in Python, one item
+value at a time, was most of the export's time (docs/BENCHMARKS.md §6). Here:
+
+- while ``sdtm_build`` walks the subjects (DM, SV, DS, AE and the visit numbers, as
+  before, from entries that carry no findings values), each entry with findings adds one
+  row to a table of entries: its USUBJID, VISITNUM, VISIT, --DTC, --DY and its place in
+  the walk;
+- meanwhile the cells are read from the database, a group of subjects at a time in
+  USUBJID order (exports.extract.SqlFindingCells, on its own connection in the run's
+  snapshot): a plain number already as its SDTM text and float; anything else (text,
+  codes, a missing-data code, a number PostgreSQL would not write as Python does) as
+  JSON, mapped here by the Python path's own ``_finding_columns``;
+- each group's rows are then sorted with numpy in the order the Python path sorts them
+  (USUBJID; QSCAT or --TESTCD, --TESTCD; VISITNUM; --DTC; then as the walk met them),
+  numbered (--SEQ), measured (Char widths, the 200-byte limit) and spooled;
+- the XPT writer takes each group as columns of cells (exports.xpt.xpt_write_columns).
+
+The files are byte for byte those of the Python path (tests/exports/test_sdtm_columns.py
+builds both from the same data). Memory holds one group of subjects and the table of
+entries (a few dozen bytes per entry).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, Any
+
+import numpy as np
+from django.utils.translation import gettext
+
+from exports.records import CellChunk, CellItem, DatasetSpec, FindingCells, SubjectRecord, VariableSpec
+from exports.sdtm import (
+    FINDINGS,
+    MAX_CHAR,
+    Domain,
+    FindingItem,
+    FormPlan,
+    SdtmError,
+    _finding_columns,
+    _usubjid,
+)
+from exports.xpt import _char_cells
+
+# Subjects per group read from the database (a group's cells are held while it is sorted).
+GROUP_SUBJECTS = 2500
+
+
+def _text_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+class Strings:
+    """Text values by number (the low-cardinality columns: units, visit names, dates)."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self._codes: dict[str, int] = {}
+
+    def code(self, text: str) -> int:
+        found = self._codes.get(text)
+        if found is None:
+            found = self._codes[text] = len(self.values)
+            self.values.append(text)
+        return found
+
+    def sizes(self) -> np.ndarray:
+        return np.array([_text_size(text) for text in self.values], dtype=np.int64)
+
+    def ranks(self) -> np.ndarray:
+        """Each code's rank in Python's string order."""
+        order = sorted(range(len(self.values)), key=self.values.__getitem__)
+        ranks = np.empty(len(order), dtype=np.int64)
+        ranks[order] = np.arange(len(order))
+        return ranks
+
+
+class ColumnFindings:
+    """The findings domains of one build; see the module's docstring for the steps."""
+
+    def __init__(self, studyid: str, plans: Mapping[tuple[str, int], FormPlan], domains: Mapping[str, Domain],
+                 subjects: Sequence[SubjectRecord], cells: FindingCells) -> None:
+        self.studyid = studyid
+        self.domains = {name: domain for name, domain in domains.items() if name in FINDINGS}
+        self.names = list(self.domains)
+        self.items: list[tuple[FormPlan, FindingItem]] = []
+        cell_items: list[CellItem] = []
+        for (form, version), plan in plans.items():
+            for finding in plan.findings:
+                precision = finding.item.get("precision")
+                if precision is not None and not (isinstance(precision, int) and not isinstance(precision, bool)
+                                                  and 0 <= precision <= 10):
+                    precision = -1
+                cell_items.append(CellItem(form, version, finding.code, len(self.items), precision))
+                self.items.append((plan, finding))
+        self.strings = Strings()
+        self.empty = self.strings.code("")
+        self.item_domain = np.array([self.names.index(f.domain) for _, f in self.items], dtype=np.int64)
+        self.item_unit = np.array([self.strings.code(f.unit) for _, f in self.items], dtype=np.int64)
+        self.item_head = self._head_ranks()
+        # USUBJID by rank (the datasets' order); a subject's rank by its key.
+        usubjids = {subject.subject_key: _usubjid(studyid, subject) for subject in subjects}
+        self.usubjids = sorted(set(usubjids.values()))
+        rank_of = {usubjid: rank for rank, usubjid in enumerate(self.usubjids)}
+        self.subject_rank = {key: rank_of[usubjid] for key, usubjid in usubjids.items()}
+        by_rank = sorted(usubjids, key=self.subject_rank.__getitem__)
+        groups = [by_rank[at:at + GROUP_SUBJECTS] for at in range(0, len(by_rank), GROUP_SUBJECTS)]
+        self._chunks: Iterator[CellChunk] | None = cells.chunks(cell_items, groups) if self.items else None
+        # The table of entries, filled during the walk.
+        self._key: list[int] = []
+        self._usub: list[int] = []
+        self._visitnum: list[float] = []
+        self._visit: list[int] = []
+        self._dtc: list[int] = []
+        self._day: list[float] = []
+        self.spools = {name: _DomainSpool(domain) for name, domain in self.domains.items()}
+
+    def _head_ranks(self) -> np.ndarray:
+        heads = [finding.sort_head for _, finding in self.items]
+        order = sorted(set(heads))
+        return np.array([order.index(head) for head in heads], dtype=np.int64)
+
+    def add_entry(self, key: int | None, subject_key: str, visitnum: float | None, visit: str, dtc: str,
+                  day: int | None) -> None:
+        if key is None:
+            raise SdtmError(f"Entry of subject {subject_key}: no key; the cells cannot be joined to it.")
+        self._key.append(key)
+        self._usub.append(self.subject_rank[subject_key])
+        self._visitnum.append(math.nan if visitnum is None else visitnum)
+        self._visit.append(self.strings.code(visit))
+        self._dtc.append(self.strings.code(dtc))
+        self._day.append(math.nan if day is None else float(day))
+
+    def close(self) -> None:
+        if self._chunks is not None:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+            self._chunks = None
+        for spool in self.spools.values():
+            spool.close()
+
+    # --- after the walk ------------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Read, map, sort, number and spool every group's cells; raises SdtmError for a
+        value too long for XPT."""
+        if self._chunks is None:
+            return
+        keys = np.array(self._key, dtype=np.int64)
+        self.entry_order = np.argsort(keys, kind="stable")
+        self.sorted_keys = keys[self.entry_order]
+        self.entry_usub = np.array(self._usub, dtype=np.int64)
+        visitnum = np.array(self._visitnum, dtype=np.float64)
+        self.entry_visitnum = visitnum
+        self.entry_visit_key = np.where(np.isnan(visitnum), np.inf, visitnum)
+        self.entry_visit = np.array(self._visit, dtype=np.int64)
+        self.entry_dtc = np.array(self._dtc, dtype=np.int64)
+        self.entry_day = np.array(self._day, dtype=np.float64)
+        for chunk in self._chunks:
+            self._chunk(chunk)
+        self._chunks = None
+        self.sizes = self.strings.sizes()
+        self.usubjid_sizes = np.array([_text_size(text) for text in self.usubjids], dtype=np.int64)
+        for spool in self.spools.values():
+            spool.finish(self)
+
+    def _chunk(self, chunk: CellChunk) -> None:
+        count = len(chunk.entry)
+        if not count:
+            return
+        at = np.searchsorted(self.sorted_keys, chunk.entry)
+        at[at >= len(self.sorted_keys)] = 0
+        if not np.array_equal(self.sorted_keys[at], chunk.entry):
+            raise RuntimeError("SDTM findings: cells of an entry the build did not walk (snapshot mismatch).")
+        entry = self.entry_order[at]
+        index = chunk.index.astype(np.int64)
+        orres = np.array(chunk.orres, dtype=object)  # written to below; Arrow's may be read-only
+        stresc = orres.copy()
+        stresn = chunk.stresn.copy()
+        orresu = self.item_unit[index]
+        stresu = orresu.copy()
+        stat = np.full(count, self.empty, dtype=np.int64)
+        reasnd = stat.copy()
+        keep = np.ones(count, dtype=bool)
+        others = np.flatnonzero(orres == None)  # noqa: E711 - element-wise on an object array
+        # A missing-data code row is read with its item's value row when there is one (the
+        # value wins, as in the Python path), or alone as a value of None.
+        is_code = np.zeros(count, dtype=bool)
+        is_code[others] = [chunk.raw[at_row] is None for at_row in others]
+        codes = {(int(chunk.entry[at_row]), int(index[at_row])): chunk.missing[at_row]
+                 for at_row in np.flatnonzero(is_code)}
+        valued = set(zip(chunk.entry[~is_code].tolist(), index[~is_code].tolist(), strict=True)) if codes else set()
+        for at_row in others:
+            plan, finding = self.items[index[at_row]]
+            key = (int(chunk.entry[at_row]), int(index[at_row]))
+            raw = chunk.raw[at_row]
+            if is_code[at_row] and key in valued:
+                keep[at_row] = False
+                continue
+            value = None if raw is None else json.loads(raw)
+            missing = codes.get(key)
+            code = "" if missing is None else json.loads(missing)
+            columns = _finding_columns(plan, finding, value, code, ())
+            if not columns:
+                keep[at_row] = False
+                continue
+            (orres[at_row], unit_out, stresc[at_row], number, unit_std, status,
+             reason) = columns[len(finding.topic):len(finding.topic) + 7]
+            stresn[at_row] = math.nan if number is None else number
+            orresu[at_row] = self.strings.code(str(unit_out))
+            stresu[at_row] = self.strings.code(str(unit_std))
+            stat[at_row] = self.strings.code(str(status))
+            reasnd[at_row] = self.strings.code(str(reason))
+        if not keep.all():
+            rows = np.flatnonzero(keep)
+            entry, index, orres, stresc, stresn, orresu, stresu, stat, reasnd = (
+                column[rows] for column in (entry, index, orres, stresc, stresn, orresu, stresu, stat, reasnd))
+        domain_of = self.item_domain[index]
+        for number, name in enumerate(self.names):
+            rows = np.flatnonzero(domain_of == number)
+            if not len(rows):
+                continue
+            rows_entry = entry[rows]
+            usub = self.entry_usub[rows_entry]
+            # np.lexsort: the last key sorts first. Ties keep the walk's order (entry, then
+            # the item's place in its form), as the Python path's stable sort does.
+            order = np.lexsort((index[rows], rows_entry, self.dtc_ranks()[self.entry_dtc[rows_entry]],
+                                self.entry_visit_key[rows_entry], self.item_head[index[rows]], usub))
+            rows, usub = rows[order], usub[order]
+            firsts = np.ones(len(rows), dtype=bool)
+            firsts[1:] = usub[1:] != usub[:-1]
+            starts = np.maximum.accumulate(np.where(firsts, np.arange(len(rows)), 0))
+            seq = (np.arange(len(rows)) - starts + 1).astype(np.float64)
+            self.spools[name].add({
+                "usub": usub, "seq": seq, "index": index[rows], "entry": entry[rows], "orres": orres[rows],
+                "stresc": stresc[rows], "stresn": stresn[rows], "orresu": orresu[rows], "stresu": stresu[rows],
+                "stat": stat[rows], "reasnd": reasnd[rows]})
+
+    def dtc_ranks(self) -> np.ndarray:
+        # Dates met after the walk (none: they come from the entries) would change it.
+        cached = getattr(self, "_dtc_ranks", None)
+        if cached is None or len(cached) != len(self.strings.values):
+            cached = self._dtc_ranks = self.strings.ranks()
+        return cached
+
+    def results(self) -> Iterator[tuple[DatasetSpec, ColumnRows]]:
+        for spool in self.spools.values():
+            yield spool.spec(), ColumnRows(self, spool)
+
+
+class _DomainSpool:
+    """One findings domain's sorted groups on disk, and its Char widths."""
+
+    def __init__(self, domain: Domain) -> None:
+        self.domain = domain
+        self.file: IO[bytes] = tempfile.TemporaryFile(prefix=f"sdtm-{domain.name}-")  # noqa: SIM115 - close()
+        self.blocks: list[tuple[int, int, int]] = []  # (offset, size, rows)
+        self.count = 0
+        self.widths = [0] * len(domain.variables)
+
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        block = pickle.dumps(columns, protocol=pickle.HIGHEST_PROTOCOL)
+        self.blocks.append((self.file.tell(), len(block), len(columns["seq"])))
+        self.file.write(block)
+        self.count += len(columns["seq"])
+
+    def groups(self) -> Iterator[dict[str, np.ndarray]]:
+        for offset, size, _ in self.blocks:
+            self.file.seek(offset)
+            # Our own temporary file, written above in this process: not untrusted input.
+            yield pickle.loads(self.file.read(size))  # noqa: S301
+
+    def finish(self, findings: ColumnFindings) -> None:
+        """Measure every Char column; the first row (in the dataset's order) with a value
+        over 200 bytes is an error, worded as the Python path words it."""
+        variables = self.domain.variables
+        for group in self.groups():
+            sizes = _char_sizes(findings, self.domain, group)
+            for position, variable in enumerate(variables):
+                if variable.type != "Char":
+                    continue
+                column = sizes[variable.name]
+                if len(column):
+                    self.widths[position] = max(self.widths[position], int(column.max()))
+            over = np.zeros(len(group["seq"]), dtype=bool)
+            for column in sizes.values():
+                over |= column > MAX_CHAR
+            if over.any():
+                row = int(np.flatnonzero(over)[0])
+                name = next(variable.name for variable in variables
+                            if variable.type == "Char" and sizes[variable.name][row] > MAX_CHAR)
+                raise SdtmError(gettext("%(dataset)s, USUBJID %(usubjid)s, %(variable)s: the value is %(size)d "
+                                        "bytes; XPT allows %(max)d (shorten it or split it to SUPP--).") % {
+                    "dataset": self.domain.name, "usubjid": findings.usubjids[int(group["usub"][row])],
+                    "variable": name, "size": int(sizes[name][row]), "max": MAX_CHAR})
+
+    def spec(self) -> DatasetSpec:
+        variables = tuple(
+            VariableSpec(name=var.name, label=var.label, type=var.type,
+                         length=8 if var.type == "Num" else max(1, width), role=var.role, origin=var.origin,
+                         source=var.source, mandatory=var.name in ("STUDYID", "DOMAIN", "USUBJID"))
+            for var, width in zip(self.domain.variables, self.widths, strict=True))
+        return DatasetSpec(name=self.domain.name, label=self.domain.label, domain_class=self.domain.domain_class,
+                           structure=self.domain.structure, keys=self.domain.keys, variables=variables,
+                           rows=self.count, file_name=f"{self.domain.name.lower()}.xpt")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _roles(domain: Domain) -> list[str]:
+    """Each variable's part of a findings row: the name without the domain's prefix."""
+    prefix = domain.name
+    return [variable.name[len(prefix):] if variable.name.startswith(prefix) and variable.name != "DOMAIN"
+            else variable.name for variable in domain.variables]
+
+
+def _topic_position(domain: Domain, role: str) -> int:
+    """TESTCD, TEST, QSCAT: their place in FindingItem.topic."""
+    return {"TESTCD": 0, "TEST": 1, "CAT": 2}[role]
+
+
+def _object_sizes(texts: np.ndarray) -> np.ndarray:
+    values = [text or "" for text in texts.tolist()]
+    if "".join(values).isascii():
+        return np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    return np.fromiter((len(text.encode("utf-8")) for text in values), dtype=np.int64, count=len(values))
+
+
+def _char_sizes(findings: ColumnFindings, domain: Domain, group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every Char column's value sizes in bytes, row by row."""
+    count = len(group["seq"])
+    entry, index = group["entry"], group["index"]
+    sizes: dict[str, np.ndarray] = {}
+    topic_sizes = [np.array([_text_size(finding.topic[position]) if position < len(finding.topic) else 0
+                             for _, finding in findings.items], dtype=np.int64) for position in range(3)]
+    for variable, role in zip(domain.variables, _roles(domain), strict=True):
+        if variable.type != "Char":
+            continue
+        if role == "STUDYID":
+            column = np.full(count, _text_size(findings.studyid), dtype=np.int64)
+        elif role == "DOMAIN":
+            column = np.full(count, len(domain.name), dtype=np.int64)
+        elif role == "USUBJID":
+            column = findings.usubjid_sizes[group["usub"]]
+        elif role in ("TESTCD", "TEST", "CAT"):
+            column = topic_sizes[_topic_position(domain, role)][index]
+        elif role in ("ORRES", "STRESC"):
+            column = _object_sizes(group[role.lower()])
+        elif role in ("ORRESU", "STRESU", "STAT", "REASND"):
+            column = findings.sizes[group[role.lower()]]
+        elif role == "VISIT":
+            column = findings.sizes[findings.entry_visit[entry]]
+        elif role == "DTC":
+            column = findings.sizes[findings.entry_dtc[entry]]
+        else:
+            raise SdtmError(f"{domain.name}: no column for {variable.name}.")
+        sizes[variable.name] = column
+    return sizes
+
+
+class ColumnRows:
+    """A findings domain's rows: iterated, tuples in ``spec.variables`` order (as the
+    Python path yields them); ``batches()``, the groups for exports.xpt.xpt_write_columns."""
+
+    def __init__(self, findings: ColumnFindings, spool: _DomainSpool) -> None:
+        self.findings = findings
+        self.spool = spool
+
+    def __iter__(self) -> Iterator[tuple[object, ...]]:
+        for batch in self.batches():
+            yield from batch.rows()
+
+    def batches(self) -> Iterator[ColumnBatch]:
+        for group in self.spool.groups():
+            yield ColumnBatch(self.findings, self.spool.domain, group)
+
+
+class ColumnBatch:
+    """One group of a findings domain, as XPT cells or as row tuples."""
+
+    def __init__(self, findings: ColumnFindings, domain: Domain, group: dict[str, np.ndarray]) -> None:
+        self.findings = findings
+        self.domain = domain
+        self.group = group
+        self.count = len(group["seq"])
+
+    def rows(self) -> list[tuple[object, ...]]:
+        findings, group = self.findings, self.group
+        strings = findings.strings.values
+        columns: list[Sequence[object]] = []
+        entry, index = group["entry"], group["index"]
+        for role in _roles(self.domain):
+            if role == "STUDYID":
+                columns.append([findings.studyid] * self.count)
+            elif role == "DOMAIN":
+                columns.append([self.domain.name] * self.count)
+            elif role == "USUBJID":
+                columns.append([findings.usubjids[at] for at in group["usub"].tolist()])
+            elif role == "SEQ":
+                columns.append([int(seq) for seq in group["seq"].tolist()])
+            elif role in ("TESTCD", "TEST", "CAT"):
+                position = _topic_position(self.domain, role)
+                columns.append([findings.items[at][1].topic[position] for at in index.tolist()])
+            elif role in ("ORRES", "STRESC"):
+                columns.append(group[role.lower()].tolist())
+            elif role in ("ORRESU", "STRESU", "STAT", "REASND"):
+                columns.append([strings[at] for at in group[role.lower()].tolist()])
+            elif role == "STRESN":
+                columns.append(_numbers(group["stresn"]))
+            elif role == "VISITNUM":
+                columns.append(_numbers(findings.entry_visitnum[entry]))
+            elif role == "VISIT":
+                columns.append([strings[at] for at in findings.entry_visit[entry].tolist()])
+            elif role == "DTC":
+                columns.append([strings[at] for at in findings.entry_dtc[entry].tolist()])
+            elif role == "DY":
+                columns.append([None if day is None else int(day) for day in _numbers(findings.entry_day[entry])])
+            else:
+                raise SdtmError(f"{self.domain.name}: no column for {role}.")
+        return list(zip(*columns, strict=True))
+
+    def cells(self, spec: DatasetSpec) -> list[np.ndarray] | None:
+        """Each variable's cells: Char as (rows or 1, width) bytes, Num as float64 (NaN:
+        missing); None when some text cannot be written so (a NUL): then rows()."""
+        findings, group = self.findings, self.group
+        entry, index = group["entry"], group["index"]
+        strings = findings.strings.values
+        out: list[np.ndarray] = []
+        for variable, role in zip(spec.variables, _roles(self.domain), strict=True):
+            width = variable.length
+            cells: np.ndarray | None
+            if role == "STUDYID":
+                cells = _char_cells([findings.studyid], width)
+            elif role == "DOMAIN":
+                cells = _char_cells([self.domain.name], width)
+            elif role == "USUBJID":
+                cells = _table(findings.usubjids, width, group["usub"])
+            elif role == "SEQ":
+                out.append(group["seq"])
+                continue
+            elif role in ("TESTCD", "TEST", "CAT"):
+                position = _topic_position(self.domain, role)
+                cells = _table([finding.topic[position] if position < len(finding.topic) else ""
+                                for _, finding in findings.items], width, index)
+            elif role in ("ORRES", "STRESC"):
+                cells = _char_cells(group[role.lower()].tolist(), width)
+            elif role in ("ORRESU", "STRESU", "STAT", "REASND"):
+                cells = _table(strings, width, group[role.lower()])
+            elif role == "STRESN":
+                out.append(group["stresn"])
+                continue
+            elif role == "VISITNUM":
+                out.append(findings.entry_visitnum[entry])
+                continue
+            elif role == "VISIT":
+                cells = _table(strings, width, findings.entry_visit[entry])
+            elif role == "DTC":
+                cells = _table(strings, width, findings.entry_dtc[entry])
+            elif role == "DY":
+                out.append(findings.entry_day[entry])
+                continue
+            else:
+                return None
+            if cells is None:
+                return None
+            out.append(cells)
+        return out
+
+
+def _table(texts: Sequence[str], width: int, codes: np.ndarray) -> np.ndarray | None:
+    """Cells of coded text: the distinct values encoded once, then taken by code. A
+    value longer than the width (never used by these rows) is left blank."""
+    used = np.unique(codes)
+    table = np.full((max(len(texts), 1), width), 0x20, dtype=np.uint8)
+    fitting = [int(code) for code in used if _text_size(texts[int(code)]) <= width]
+    if len(fitting) != len(used):
+        return None
+    encoded = _char_cells([texts[code] for code in fitting], width)
+    if encoded is None:
+        return None
+    table[fitting] = encoded
+    return table[codes]
+
+
+def _numbers(values: np.ndarray) -> list[float | None]:
+    return [None if math.isnan(value) else value for value in values.tolist()]
+
+
+def column_findings(studyid: str, plans: Mapping[tuple[str, int], FormPlan], domains: Mapping[str, Domain],
+                    subjects: Any, cells: FindingCells | None) -> ColumnFindings | None:
+    """The column path when the study data offers cells and the study has findings."""
+    if cells is None or not isinstance(subjects, Sequence) or not any(name in FINDINGS for name in domains):
+        return None
+    return ColumnFindings(studyid, plans, domains, subjects, cells)
+
+
