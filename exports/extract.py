@@ -425,24 +425,26 @@ def study_data(scope: ExportScope, *, snapshot_at: datetime) -> StudyData:
     visits_query = pgsql.SQL(_VISITS_SQL).format(events=events, study=pgsql.Literal(scope.study_id),
                                                  task_filters=task_filters)
 
-    def entries() -> Iterator[EntryRecord]:
-        for (subject, site, event, sequence, form, version, status, values, missing, visit_date,
-             updated) in _stream(entries_query):
-            yield EntryRecord(subject_key=subject, site_code=site, event_code=event, sequence=sequence,
-                              form_code=form, form_version=version, status=status,
-                              values=values if isinstance(values, dict) else json.loads(values or "{}"),
-                              # Most entries have no missing-data code: no parse for those.
-                              missing=missing if isinstance(missing, dict) else
-                              ({} if not missing or missing == "{}" else json.loads(missing)),
-                              visit_date=visit_date, updated=updated)
-
     def visits() -> Iterator[VisitRecord]:
         for subject, event, sequence, completed_on, unscheduled in _stream(visits_query):
             yield VisitRecord(subject_key=subject, event_code=event, sequence=sequence, start=completed_on,
                               end=completed_on, unscheduled=unscheduled)
 
     return StudyData(study=study_meta(scope), snapshot_at=snapshot_at, subjects=_subjects(scope),
-                     visits=visits(), entries=entries(), cells=SqlFindingCells(scope))
+                     visits=visits(), entries=_entry_records(entries_query), cells=SqlFindingCells(scope))
+
+
+def _entry_records(query: pgsql.Composable) -> Iterator[EntryRecord]:
+    """EntryRecords from a query of _ENTRIES_SQL's columns."""
+    for (subject, site, event, sequence, form, version, status, values, missing, visit_date,
+         updated) in _stream(query):
+        yield EntryRecord(subject_key=subject, site_code=site, event_code=event, sequence=sequence,
+                          form_code=form, form_version=version, status=status,
+                          values=values if isinstance(values, dict) else json.loads(values or "{}"),
+                          # Most entries have no missing-data code: no parse for those.
+                          missing=missing if isinstance(missing, dict) else
+                          ({} if not missing or missing == "{}" else json.loads(missing)),
+                          visit_date=visit_date, updated=updated)
 
 
 # --- the findings cells for SDTM (exports.sdtm_columns) -----------------------------------------
@@ -496,13 +498,22 @@ SELECT km.id, sp.idx, NULL, NULL, NULL, km.value::text
   JOIN spec sp ON sp.version_id = km.form_version_id AND sp.code = km.key
 """  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
 
-_FINDING_ENTRIES_SQL = """
+# The entries of some forms, with their values (the SDTM walk's AE forms).
+_FORM_ENTRIES_SQL = """
 WITH event_order(code, position) AS ({events})
-SELECT e.id, s.subject_code, si.code, t.event_code, t.sequence, f.code, v.number, e.status,
-       CASE WHEN e.form_version_id = ANY({keep}) THEN e.values END,
-       coalesce(t.completed_on, t.target_date)
-""" + _ENTRY_JOINS + """ ORDER BY s.subject_code COLLATE "C", coalesce(eo.position, 100000), t.event_code,
-          t.sequence, f.code
+SELECT s.subject_code, si.code, t.event_code, t.sequence, f.code, v.number, e.status, e.values, e.missing,
+       coalesce(t.completed_on, t.target_date), e.updated
+""" + _ENTRY_JOINS + """ AND e.form_version_id = ANY({versions}) ORDER BY s.subject_code COLLATE "C",
+          coalesce(eo.position, 100000), t.event_code, t.sequence, f.code
+"""
+
+# A group's entries, in the order of StudyData.entries.
+_GROUP_ENTRIES_SQL = """
+WITH event_order(code, position) AS ({events})
+SELECT e.id, s.subject_code, t.event_code, t.sequence, f.code, v.number,
+       coalesce(t.completed_on, t.target_date)::text
+""" + _ENTRY_JOINS + """ AND s.subject_code = ANY({subjects}) ORDER BY s.subject_code COLLATE "C",
+          coalesce(eo.position, 100000), t.event_code, t.sequence, f.code
 """
 
 # Chunks read ahead of the SDTM build (each a few MB): bounds memory when the database is faster.
@@ -521,49 +532,38 @@ class SqlFindingCells:
         return {"events": _values(_event_order(self.scope.study_id), ("text", "int")),
                 "study": pgsql.Literal(self.scope.study_id), "filters": _filters(self.scope)}
 
-    def entries(self, keep_values: Collection[tuple[str, int]]) -> Iterator[EntryRecord]:
-        keep = [self._versions[key] for key in keep_values if key in self._versions]
-        query = pgsql.SQL(_FINDING_ENTRIES_SQL).format(keep=pgsql.SQL("{}::bigint[]").format(pgsql.Literal(keep)),
-                                                       **self._base())
-        for key, subject, site, event, sequence, form, version, status, values, visit_date in _stream(query):
-            yield EntryRecord(subject_key=subject, site_code=site, event_code=event, sequence=sequence,
-                              form_code=form, form_version=version, status=status,
-                              values={} if values is None else values if isinstance(values, dict)
-                              else json.loads(values), visit_date=visit_date, key=key)
+    def entries(self, forms: Collection[tuple[str, int]]) -> Iterator[EntryRecord]:
+        versions = [self._versions[key] for key in forms if key in self._versions]
+        query = pgsql.SQL(_FORM_ENTRIES_SQL).format(
+            versions=pgsql.SQL("{}::bigint[]").format(pgsql.Literal(versions)), **self._base())
+        return _entry_records(query)
 
     def chunks(self, items: Sequence[CellItem], subjects: Sequence[Sequence[str]]) -> Iterator[CellChunk]:
         rows = [(self._versions[(item.form_code, item.form_version)], item.item, item.index, item.precision)
                 for item in items if (item.form_code, item.form_version) in self._versions]
         base = self._base()
-        queries = [pgsql.SQL(_FINDING_CELLS_SQL).format(
-            items=_values(rows, ("bigint", "text", "int", "int")),
-            subjects=pgsql.SQL("{}::text[]").format(pgsql.Literal(list(group))), **base) for group in subjects]
+        queries = []
+        for group in subjects:
+            keys = pgsql.SQL("{}::text[]").format(pgsql.Literal(list(group)))
+            queries.append((pgsql.SQL(_GROUP_ENTRIES_SQL).format(subjects=keys, **base), pgsql.SQL(
+                _FINDING_CELLS_SQL).format(items=_values(rows, ("bigint", "text", "int", "int")), subjects=keys,
+                                           **base)))
         if self.scope.snapshot is None:  # inside the caller's transaction: read when asked, on its connection
-            return (_cell_chunk(query) for query in queries)
-        return _read_ahead(self.scope, [functools.partial(_cell_chunk, query) for query in queries])
+            return (_cell_chunk(*pair) for pair in queries)
+        return _read_ahead(self.scope, [functools.partial(_cell_chunk, *pair) for pair in queries])
 
 
-def _cell_chunk(query: pgsql.Composable) -> CellChunk:
-    import io
-
+def _cell_chunk(entries_query: pgsql.Composable, cells_query: pgsql.Composable) -> CellChunk:
     import numpy as np
     import pyarrow as pa
-    from pyarrow import csv as pa_csv
 
-    buffer = io.BytesIO()
-    with connection.cursor() as cursor:
-        raw = cursor.cursor
-        raw.copy_expert(pgsql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query).as_string(raw), buffer,
-                        size=1 << 20)
-    names = ["entry", "index", "orres", "stresn", "raw", "missing"]
-    types = [pa.int64(), pa.int32(), pa.string(), pa.float64(), pa.string(), pa.string()]
-    buffer.seek(0)
-    table = pa_csv.read_csv(buffer, read_options=pa_csv.ReadOptions(column_names=names, use_threads=False),
-                            convert_options=pa_csv.ConvertOptions(
-                                column_types=dict(zip(names, types, strict=True)), null_values=[""],
-                                strings_can_be_null=True, quoted_strings_can_be_null=False))
+    entries = _copy_table(entries_query, {"key": pa.int64(), "subject": pa.string(), "event": pa.string(),
+                                          "sequence": pa.int64(), "form": pa.string(), "version": pa.int64(),
+                                          "date": pa.string()})
+    table = _copy_table(cells_query, {"entry": pa.int64(), "index": pa.int32(), "orres": pa.string(),
+                                      "stresn": pa.float64(), "raw": pa.string(), "missing": pa.string()})
 
-    def numbers(name: str, kind: Any) -> Any:
+    def numbers(name: str, kind: Any, table: Any = table) -> Any:
         # From the buffers: Arrow's to_numpy() imports pandas (60 MB, 0.3 s) to do this.
         array = table.column(name).combine_chunks()
         size = np.dtype(kind).itemsize
@@ -578,7 +578,31 @@ def _cell_chunk(query: pgsql.Composable) -> CellChunk:
         return np.array(table.column(name).to_pylist(), dtype=object)
 
     return CellChunk(entry=numbers("entry", np.int64), index=numbers("index", np.int32), orres=texts("orres"),
-                     stresn=numbers("stresn", np.float64), raw=texts("raw"), missing=texts("missing"))
+                     stresn=numbers("stresn", np.float64), raw=texts("raw"), missing=texts("missing"),
+                     entry_key=numbers("key", np.int64, entries), entry_subject=entries.column("subject").to_pylist(),
+                     entry_event=entries.column("event").to_pylist(), entry_form=entries.column("form").to_pylist(),
+                     entry_sequence=entries.column("sequence").to_pylist(),
+                     entry_version=entries.column("version").to_pylist(), entry_date=entries.column("date").to_pylist())
+
+
+def _copy_table(query: pgsql.Composable, columns: dict[str, Any]) -> Any:
+    """A query's rows as an Arrow table, through COPY (CSV) and Arrow's CSV reader: the
+    rows never become Python objects on the way."""
+    import io
+
+    from pyarrow import csv as pa_csv
+
+    buffer = io.BytesIO()
+    with connection.cursor() as cursor:
+        raw = cursor.cursor
+        raw.copy_expert(pgsql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query).as_string(raw), buffer,
+                        size=1 << 20)
+    buffer.seek(0)
+    # A NULL is an empty field, an empty text a quoted one (""); only the first is None.
+    return pa_csv.read_csv(buffer, read_options=pa_csv.ReadOptions(column_names=list(columns), use_threads=False),
+                           convert_options=pa_csv.ConvertOptions(column_types=columns, null_values=[""],
+                                                                 strings_can_be_null=True,
+                                                                 quoted_strings_can_be_null=False))
 
 
 def _read_ahead(scope: ExportScope, works: Sequence[Callable[[], T]]) -> Iterator[T]:

@@ -97,7 +97,6 @@ class EntryRecord:
     missing: Mapping[str, str] = field(default_factory=dict)
     visit_date: date | None = None  # the occurrence's actual date, when known
     updated: datetime | None = None
-    key: int | None = None  # the entry's id in its schema, when it comes from one (FindingCells)
 
 
 @dataclass(frozen=True)
@@ -155,24 +154,34 @@ class CellChunk:
     `orres` None, for the Python path to map; a missing-data code as `missing` (its JSON
     text), with `orres` and `raw` None."""
 
-    entry: Any  # numpy int64 array: EntryRecord.key
-    index: Any  # numpy int32 array: CellItem.index
+    entry: Any  # numpy int64 array: the entry's key (entry_key)
+    index: Any  # numpy int64 array: CellItem.index
     orres: Any  # numpy object array: str | None
     stresn: Any  # numpy float64 array (NaN where orres is None)
     raw: Any  # numpy object array: str | None
     missing: Any  # numpy object array: str | None
+    # The group's entries, in StudyData.entries' order: a key each (the entry's id in its
+    # schema), subject key, event code, occurrence, form code and version, visit date
+    # as ISO text (None when unknown).
+    entry_key: Any  # numpy int64 array
+    entry_subject: Sequence[str]
+    entry_event: Sequence[str]
+    entry_sequence: Sequence[int]
+    entry_form: Sequence[str]
+    entry_version: Sequence[int]
+    entry_date: Sequence[str | None]
 
 
 class FindingCells(Protocol):
     """What exports.extract offers the SDTM writer beside the records."""
 
-    def entries(self, keep_values: Collection[tuple[str, int]]) -> Iterator[EntryRecord]:
-        """The entries (with `key`), in StudyData.entries' order, their values only for
-        the (form code, version) in `keep_values` (empty documents for the others)."""
+    def entries(self, forms: Collection[tuple[str, int]]) -> Iterator[EntryRecord]:
+        """The entries of these (form code, version) only, as StudyData.entries gives them."""
 
     def chunks(self, items: Sequence[CellItem], subjects: Sequence[Sequence[str]]) -> Iterator[CellChunk]:
-        """One CellChunk per group of subject keys, in the given order; may start reading
-        at once, beside the caller. Close the iterator to stop early."""
+        """One CellChunk per group of subject keys, in the given order: the group's entries
+        (all forms) and its cells of `items`. May start reading at once, beside the
+        caller; close the iterator to stop early."""
 
 
 # --- SDTM dataset metadata (exports.sdtm produces it; the XPT and Define-XML writers use it) ---

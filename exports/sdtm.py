@@ -573,6 +573,7 @@ class Spool:
         self.domain = domain
         self.file: IO[bytes] = tempfile.TemporaryFile(prefix=f"sdtm-{domain.name}-")  # noqa: SIM115 - closed by close()
         self.index: list[tuple[str, int, int]] = []
+        self._end = 0
         self.count = 0
         self.widths = [0] * len(domain.variables)
         self.char_indexes = [index for index, variable in enumerate(domain.variables) if variable.type == "Char"]
@@ -585,8 +586,9 @@ class Spool:
         if not rows:
             return
         block = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
-        self.index.append((usubjid, self.file.tell(), len(block)))
+        self.index.append((usubjid, self._end, len(block)))
         self.file.write(block)
+        self._end += len(block)  # tell() costs more than the write on a buffered file
         self.count += len(rows)
         self._unmeasured.append((next(self._clock), usubjid, rows))
         self._unmeasured_rows += len(rows)
@@ -705,6 +707,8 @@ def _subject(ctx: Context, subject: SubjectRecord, visits: list[VisitRecord], en
     spools["DM"].add(usubjid, [_dm_row(ctx, subject, usubjid)])
     spools["DS"].add(usubjid, _ds_rows(ctx, subject, usubjid))
     numbers = _visit_numbers(ctx, visits, usubjid)
+    if columns is not None:
+        columns.add_visits(subject.subject_key, numbers)
     spools["SV"].add(usubjid, _sv_rows(ctx, visits, numbers, usubjid, reference))
     findings: dict[str, list[tuple[FindingKey, tuple[object, ...]]]] = {
         name: [] for name in ctx.domains if name in FINDINGS}
@@ -715,12 +719,8 @@ def _subject(ctx: Context, subject: SubjectRecord, visits: list[VisitRecord], en
             raise SdtmError(f"Entry of subject {subject.subject_key}: form {entry.form_code} "
                             f"v{entry.form_version} is not in the study's forms.")
         visit = _visit_of(ctx, entry, numbers)
-        if plan.findings:
-            if columns is not None:  # its findings come by columns (exports.sdtm_columns)
-                dtc = entry.visit_date.isoformat() if entry.visit_date else ""
-                columns.add_entry(entry.key, subject.subject_key, visit[0], visit[1], dtc, study_day(dtc, reference))
-            else:
-                _entry_findings(plan, entry, visit, reference, findings)
+        if plan.findings and columns is None:  # else they come by columns (exports.sdtm_columns)
+            _entry_findings(plan, entry, visit, reference, findings)
         if plan.ae_groups:
             found["AE"].extend(_ae_rows(ctx, plan, entry, usubjid, reference))
     for name, rows in found.items():
@@ -757,10 +757,10 @@ def sdtm_build(data: StudyData, *, studyid: str) -> Iterator[tuple[DatasetSpec, 
     columns = None
     try:
         # The findings by columns when the data comes from a schema (its cells start
-        # being read now, beside this walk); then the entries need no findings values.
-        columns = column_findings(studyid, plans, domains, data.subjects, data.cells)
+        # being read now, beside this walk); then the walk needs only the AE forms' entries.
+        columns = column_findings(studyid, plans, domains, ctx.events, data.subjects, data.cells)
         entries_source = data.entries if columns is None or data.cells is None else data.cells.entries(
-            {key for key, plan in plans.items() if plan.ae_groups})
+            [key for key, plan in plans.items() if plan.ae_groups])
         visits = Cursor(data.visits, "Visits")
         entries = Cursor(entries_source, "Entries")
         seen: set[str] = set()

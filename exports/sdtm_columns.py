@@ -35,7 +35,7 @@ from typing import IO, Any
 import numpy as np
 from django.utils.translation import gettext
 
-from exports.records import CellChunk, CellItem, DatasetSpec, FindingCells, SubjectRecord, VariableSpec
+from exports.records import CellChunk, CellItem, DatasetSpec, EventMeta, FindingCells, SubjectRecord, VariableSpec
 from exports.sdtm import (
     FINDINGS,
     MAX_CHAR,
@@ -45,11 +45,14 @@ from exports.sdtm import (
     SdtmError,
     _finding_columns,
     _usubjid,
+    study_day,
 )
 from exports.xpt import _char_cells
 
 # Subjects per group read from the database (a group's cells are held while it is sorted).
 GROUP_SUBJECTS = 2500
+# Rows encoded for the XPT writer at a time.
+XPT_BATCH = 20_000
 
 
 def _text_size(text: str) -> int:
@@ -85,7 +88,7 @@ class ColumnFindings:
     """The findings domains of one build; see the module's docstring for the steps."""
 
     def __init__(self, studyid: str, plans: Mapping[tuple[str, int], FormPlan], domains: Mapping[str, Domain],
-                 subjects: Sequence[SubjectRecord], cells: FindingCells) -> None:
+                 events: Mapping[str, EventMeta], subjects: Sequence[SubjectRecord], cells: FindingCells) -> None:
         self.studyid = studyid
         self.domains = {name: domain for name, domain in domains.items() if name in FINDINGS}
         self.names = list(self.domains)
@@ -112,13 +115,12 @@ class ColumnFindings:
         by_rank = sorted(usubjids, key=self.subject_rank.__getitem__)
         groups = [by_rank[at:at + GROUP_SUBJECTS] for at in range(0, len(by_rank), GROUP_SUBJECTS)]
         self._chunks: Iterator[CellChunk] | None = cells.chunks(cell_items, groups) if self.items else None
-        # The table of entries, filled during the walk.
-        self._key: list[int] = []
-        self._usub: list[int] = []
-        self._visitnum: list[float] = []
-        self._visit: list[int] = []
-        self._dtc: list[int] = []
-        self._day: list[float] = []
+        # Visits numbered otherwise than by the schedule (repeats, unscheduled), from the walk.
+        self.visit_numbers: dict[tuple[str, str, int], tuple[float, str]] = {}
+        self.events = events
+        self.plans = plans
+        self.enrolled = {subject.subject_key: subject.enrolment_date for subject in subjects}
+        self._walked = 0  # entries met so far: their order within a subject
         self.spools = {name: _DomainSpool(domain) for name, domain in self.domains.items()}
 
     def _head_ranks(self) -> np.ndarray:
@@ -126,16 +128,13 @@ class ColumnFindings:
         order = sorted(set(heads))
         return np.array([order.index(head) for head in heads], dtype=np.int64)
 
-    def add_entry(self, key: int | None, subject_key: str, visitnum: float | None, visit: str, dtc: str,
-                  day: int | None) -> None:
-        if key is None:
-            raise SdtmError(f"Entry of subject {subject_key}: no key; the cells cannot be joined to it.")
-        self._key.append(key)
-        self._usub.append(self.subject_rank[subject_key])
-        self._visitnum.append(math.nan if visitnum is None else visitnum)
-        self._visit.append(self.strings.code(visit))
-        self._dtc.append(self.strings.code(dtc))
-        self._day.append(math.nan if day is None else float(day))
+    def add_visits(self, subject_key: str, numbers: Mapping[tuple[str, int], tuple[float, str]]) -> None:
+        """The subject's visit numbers (exports.sdtm._visit_numbers), kept where they differ
+        from what _visit_of gives a visit missing from them (the event's own)."""
+        for (event_code, sequence), number in numbers.items():
+            event = self.events.get(event_code)
+            if event is None or sequence != 1 or number != (float(event.visit_num), event.name):
+                self.visit_numbers[(subject_key, event_code, sequence)] = number
 
     def close(self) -> None:
         if self._chunks is not None:
@@ -153,16 +152,6 @@ class ColumnFindings:
         value too long for XPT."""
         if self._chunks is None:
             return
-        keys = np.array(self._key, dtype=np.int64)
-        self.entry_order = np.argsort(keys, kind="stable")
-        self.sorted_keys = keys[self.entry_order]
-        self.entry_usub = np.array(self._usub, dtype=np.int64)
-        visitnum = np.array(self._visitnum, dtype=np.float64)
-        self.entry_visitnum = visitnum
-        self.entry_visit_key = np.where(np.isnan(visitnum), np.inf, visitnum)
-        self.entry_visit = np.array(self._visit, dtype=np.int64)
-        self.entry_dtc = np.array(self._dtc, dtype=np.int64)
-        self.entry_day = np.array(self._day, dtype=np.float64)
         for chunk in self._chunks:
             self._chunk(chunk)
         self._chunks = None
@@ -171,15 +160,53 @@ class ColumnFindings:
         for spool in self.spools.values():
             spool.finish(self)
 
+    def _entries(self, chunk: CellChunk) -> dict[str, np.ndarray]:
+        """The group's entries (in the walk's order) as columns: key, USUBJID rank, VISITNUM,
+        VISIT, --DTC, --DY, and their order; worked out as exports.sdtm._subject does."""
+        count = len(chunk.entry_key)
+        usub = np.empty(count, dtype=np.int64)
+        visitnum = np.empty(count, dtype=np.float64)
+        visit = np.empty(count, dtype=np.int64)
+        dtc = np.empty(count, dtype=np.int64)
+        day = np.empty(count, dtype=np.float64)
+        code = self.strings.code
+        for at, (subject, event_code, sequence, form, version, visit_date) in enumerate(zip(
+                chunk.entry_subject, chunk.entry_event, chunk.entry_sequence, chunk.entry_form,
+                chunk.entry_version, chunk.entry_date, strict=True)):
+            rank = self.subject_rank.get(subject)
+            if rank is None:
+                raise SdtmError(f"Entries of subject {subject!r}: no such subject, or not in the subjects' order "
+                                f"(subject_key).")
+            if (form, version) not in self.plans:
+                raise SdtmError(f"Entry of subject {subject}: form {form} v{version} is not in the study's forms.")
+            found: tuple[float | None, str] | None = self.visit_numbers.get((subject, event_code, sequence))
+            if found is None:
+                event = self.events.get(event_code)
+                found = (float(event.visit_num), event.name) if event is not None and sequence == 1 else (None, "")
+            text = visit_date or ""
+            usub[at] = rank
+            visitnum[at] = math.nan if found[0] is None else found[0]
+            visit[at] = code(found[1])
+            dtc[at] = code(text)
+            number = study_day(text, self.enrolled[subject])
+            day[at] = math.nan if number is None else number
+        order = np.arange(self._walked, self._walked + count)
+        self._walked += count
+        keys = chunk.entry_key
+        by_key = np.argsort(keys, kind="stable")
+        return {"keys": keys[by_key], "by_key": by_key, "usub": usub, "visitnum": visitnum, "visit": visit,
+                "dtc": dtc, "day": day, "order": order}
+
     def _chunk(self, chunk: CellChunk) -> None:
         count = len(chunk.entry)
         if not count:
             return
-        at = np.searchsorted(self.sorted_keys, chunk.entry)
-        at[at >= len(self.sorted_keys)] = 0
-        if not np.array_equal(self.sorted_keys[at], chunk.entry):
-            raise RuntimeError("SDTM findings: cells of an entry the build did not walk (snapshot mismatch).")
-        entry = self.entry_order[at]
+        entries = self._entries(chunk)
+        at = np.searchsorted(entries["keys"], chunk.entry)
+        at[at >= len(entries["keys"])] = 0
+        if not np.array_equal(entries["keys"][at], chunk.entry):
+            raise RuntimeError("SDTM findings: cells of an entry the group did not list (snapshot mismatch).")
+        entry = entries["by_key"][at]  # the entry's row in `entries`
         index = chunk.index.astype(np.int64)
         orres = np.array(chunk.orres, dtype=object)  # written to below; Arrow's may be read-only
         stresc = orres.copy()
@@ -228,20 +255,24 @@ class ColumnFindings:
             if not len(rows):
                 continue
             rows_entry = entry[rows]
-            usub = self.entry_usub[rows_entry]
+            usub = entries["usub"][rows_entry]
+            visitnum = entries["visitnum"][rows_entry]
             # np.lexsort: the last key sorts first. Ties keep the walk's order (entry, then
             # the item's place in its form), as the Python path's stable sort does.
-            order = np.lexsort((index[rows], rows_entry, self.dtc_ranks()[self.entry_dtc[rows_entry]],
-                                self.entry_visit_key[rows_entry], self.item_head[index[rows]], usub))
-            rows, usub = rows[order], usub[order]
+            order = np.lexsort((index[rows], entries["order"][rows_entry],
+                                self.dtc_ranks()[entries["dtc"][rows_entry]],
+                                np.where(np.isnan(visitnum), np.inf, visitnum), self.item_head[index[rows]], usub))
+            rows, usub, rows_entry = rows[order], usub[order], rows_entry[order]
             firsts = np.ones(len(rows), dtype=bool)
             firsts[1:] = usub[1:] != usub[:-1]
             starts = np.maximum.accumulate(np.where(firsts, np.arange(len(rows)), 0))
             seq = (np.arange(len(rows)) - starts + 1).astype(np.float64)
             self.spools[name].add({
-                "usub": usub, "seq": seq, "index": index[rows], "entry": entry[rows], "orres": orres[rows],
-                "stresc": stresc[rows], "stresn": stresn[rows], "orresu": orresu[rows], "stresu": stresu[rows],
-                "stat": stat[rows], "reasnd": reasnd[rows]})
+                "usub": usub, "seq": seq, "index": index[rows], "orres": orres[rows], "stresc": stresc[rows],
+                "stresn": stresn[rows], "orresu": orresu[rows], "stresu": stresu[rows], "stat": stat[rows],
+                "reasnd": reasnd[rows], "visitnum": entries["visitnum"][rows_entry],
+                "visit": entries["visit"][rows_entry], "dtc": entries["dtc"][rows_entry],
+                "day": entries["day"][rows_entry]})
 
     def dtc_ranks(self) -> np.ndarray:
         # Dates met after the walk (none: they come from the entries) would change it.
@@ -337,7 +368,7 @@ def _object_sizes(texts: np.ndarray) -> np.ndarray:
 def _char_sizes(findings: ColumnFindings, domain: Domain, group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every Char column's value sizes in bytes, row by row."""
     count = len(group["seq"])
-    entry, index = group["entry"], group["index"]
+    index = group["index"]
     sizes: dict[str, np.ndarray] = {}
     topic_sizes = [np.array([_text_size(finding.topic[position]) if position < len(finding.topic) else 0
                              for _, finding in findings.items], dtype=np.int64) for position in range(3)]
@@ -354,12 +385,8 @@ def _char_sizes(findings: ColumnFindings, domain: Domain, group: dict[str, np.nd
             column = topic_sizes[_topic_position(domain, role)][index]
         elif role in ("ORRES", "STRESC"):
             column = _object_sizes(group[role.lower()])
-        elif role in ("ORRESU", "STRESU", "STAT", "REASND"):
+        elif role in ("ORRESU", "STRESU", "STAT", "REASND") or role in ("VISIT", "DTC"):
             column = findings.sizes[group[role.lower()]]
-        elif role == "VISIT":
-            column = findings.sizes[findings.entry_visit[entry]]
-        elif role == "DTC":
-            column = findings.sizes[findings.entry_dtc[entry]]
         else:
             raise SdtmError(f"{domain.name}: no column for {variable.name}.")
         sizes[variable.name] = column
@@ -380,7 +407,11 @@ class ColumnRows:
 
     def batches(self) -> Iterator[ColumnBatch]:
         for group in self.spool.groups():
-            yield ColumnBatch(self.findings, self.spool.domain, group)
+            count = len(group["seq"])
+            for start in range(0, count, XPT_BATCH):  # the encoded rows of a batch are held at once
+                part = group if count <= XPT_BATCH else {
+                    name: column[start:start + XPT_BATCH] for name, column in group.items()}
+                yield ColumnBatch(self.findings, self.spool.domain, part)
 
 
 class ColumnBatch:
@@ -396,7 +427,7 @@ class ColumnBatch:
         findings, group = self.findings, self.group
         strings = findings.strings.values
         columns: list[Sequence[object]] = []
-        entry, index = group["entry"], group["index"]
+        index = group["index"]
         for role in _roles(self.domain):
             if role == "STUDYID":
                 columns.append([findings.studyid] * self.count)
@@ -416,13 +447,11 @@ class ColumnBatch:
             elif role == "STRESN":
                 columns.append(_numbers(group["stresn"]))
             elif role == "VISITNUM":
-                columns.append(_numbers(findings.entry_visitnum[entry]))
-            elif role == "VISIT":
-                columns.append([strings[at] for at in findings.entry_visit[entry].tolist()])
-            elif role == "DTC":
-                columns.append([strings[at] for at in findings.entry_dtc[entry].tolist()])
+                columns.append(_numbers(group["visitnum"]))
+            elif role in ("VISIT", "DTC"):
+                columns.append([strings[at] for at in group[role.lower()].tolist()])
             elif role == "DY":
-                columns.append([None if day is None else int(day) for day in _numbers(findings.entry_day[entry])])
+                columns.append([None if day is None else int(day) for day in _numbers(group["day"])])
             else:
                 raise SdtmError(f"{self.domain.name}: no column for {role}.")
         return list(zip(*columns, strict=True))
@@ -431,7 +460,7 @@ class ColumnBatch:
         """Each variable's cells: Char as (rows or 1, width) bytes, Num as float64 (NaN:
         missing); None when some text cannot be written so (a NUL): then rows()."""
         findings, group = self.findings, self.group
-        entry, index = group["entry"], group["index"]
+        index = group["index"]
         strings = findings.strings.values
         out: list[np.ndarray] = []
         for variable, role in zip(spec.variables, _roles(self.domain), strict=True):
@@ -457,16 +486,11 @@ class ColumnBatch:
             elif role == "STRESN":
                 out.append(group["stresn"])
                 continue
-            elif role == "VISITNUM":
-                out.append(findings.entry_visitnum[entry])
+            elif role in ("VISITNUM", "DY"):
+                out.append(group["visitnum" if role == "VISITNUM" else "day"])
                 continue
-            elif role == "VISIT":
-                cells = _table(strings, width, findings.entry_visit[entry])
-            elif role == "DTC":
-                cells = _table(strings, width, findings.entry_dtc[entry])
-            elif role == "DY":
-                out.append(findings.entry_day[entry])
-                continue
+            elif role in ("VISIT", "DTC"):
+                cells = _table(strings, width, group[role.lower()])
             else:
                 return None
             if cells is None:
@@ -495,10 +519,11 @@ def _numbers(values: np.ndarray) -> list[float | None]:
 
 
 def column_findings(studyid: str, plans: Mapping[tuple[str, int], FormPlan], domains: Mapping[str, Domain],
-                    subjects: Any, cells: FindingCells | None) -> ColumnFindings | None:
+                    events: Mapping[str, EventMeta], subjects: Any, cells: FindingCells | None,
+                    ) -> ColumnFindings | None:
     """The column path when the study data offers cells and the study has findings."""
     if cells is None or not isinstance(subjects, Sequence) or not any(name in FINDINGS for name in domains):
         return None
-    return ColumnFindings(studyid, plans, domains, subjects, cells)
+    return ColumnFindings(studyid, plans, domains, events, subjects, cells)
 
 

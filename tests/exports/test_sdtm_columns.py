@@ -86,7 +86,8 @@ def _entry_values(form: str, seed: int) -> tuple[dict[str, str], dict[str, str]]
             del values["w"]
         return values, missing
     values = {"w": _value(seed), "plain": json.dumps(f"text {seed}"), "t": _value(seed + 1), "hr": _value(seed + 2),
-              "p2": _value(seed + 5), "p0": _value(seed + 9), "note": json.dumps(("fine", "", "无不适", "ok")[seed % 4]),
+              "p2": _value(seed + 5), "p0": _value(seed + 9),
+              "note": json.dumps(("fine", "", "无不适", "ok")[seed % 4]),
               "yn": ("true", "false", '"1"', '"0"')[seed % 4], "sc": json.dumps(("0", "1", "2", "x")[seed % 4]),
               "mc": json.dumps([["a"], ["a", "b"], []][seed % 3]),
               "ae": json.dumps([{"term": f"Headache {seed}", "start": "2026-0" + str(1 + seed % 9)}]
