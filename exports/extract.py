@@ -10,7 +10,6 @@ the same bytes.
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import tempfile
@@ -458,16 +457,14 @@ def _entry_records(query: pgsql.Composable) -> Iterator[EntryRecord]:
 # a precision, no more decimals than it and at most 15 digits in all. Any other value
 # (text, code, yes/no, null, a longer number) comes as its JSON for Python to map.
 #
-# The values are walked with jsonb_each and joined to the items by key (a lookup per item
-# costs twice as much), and each subquery is kept whole (OFFSET 0): flattened, PostgreSQL
-# would evaluate the value's text again in every expression that uses it, and would scan
-# every entry once per item instead of the group's entries once.
+# The group's entries are read by key (the reader lists them first), each looked up once
+# per annotated item of its form, and each subquery is kept whole (OFFSET 0): flattened,
+# PostgreSQL would evaluate the value's text again in every expression that uses it, and
+# would scan every entry once per item instead of the group's entries once.
 _FINDING_CELLS_SQL = """
-WITH event_order(code, position) AS ({events}),
-spec(version_id, code, idx, prec) AS ({items}),
+WITH spec(version_id, code, idx, prec) AS ({items}),
 en AS MATERIALIZED (
-  SELECT e.id, e.form_version_id, e.values, e.missing
-""" + _ENTRY_JOINS + """ AND s.subject_code = ANY({subjects})
+  SELECT e.id, e.form_version_id, e.values, e.missing FROM ecrf_entry e WHERE e.id = ANY({entries})
 )
 SELECT entry, idx,
        CASE WHEN plain THEN CASE WHEN position('.' in t) = 0 THEN t
@@ -483,11 +480,12 @@ SELECT entry, idx,
                     WHEN prec < 0 THEN false
                     ELSE length(split_part(ltrim(t, '-'), '.', 1)) + prec <= 15
                          AND length(rtrim(split_part(t, '.', 2), '0')) <= prec END AS plain
-          FROM (SELECT kv.id AS entry, sp.idx, sp.prec, jsonb_typeof(kv.value) = 'number' AS num, kv.value::text AS t
-                  FROM (SELECT en.id, en.form_version_id, kv.key, kv.value
-                          FROM en, jsonb_each(CASE jsonb_typeof(en.values) WHEN 'object' THEN en.values END) kv
-                        OFFSET 0) kv
-                  JOIN spec sp ON sp.version_id = kv.form_version_id AND sp.code = kv.key
+          FROM (SELECT entry, idx, prec, jsonb_typeof(v) = 'number' AS num, v::text AS t
+                  FROM (SELECT en.id AS entry, sp.idx, sp.prec,
+                               CASE jsonb_typeof(en.values) WHEN 'object' THEN en.values -> sp.code END AS v
+                          FROM en JOIN spec sp ON sp.version_id = en.form_version_id
+                        OFFSET 0) looked
+                 WHERE v IS NOT NULL
                 OFFSET 0) cell
         OFFSET 0) judged
 UNION ALL
@@ -496,7 +494,7 @@ SELECT km.id, sp.idx, NULL, NULL, NULL, km.value::text
           FROM en, jsonb_each(CASE jsonb_typeof(en.missing) WHEN 'object' THEN en.missing END) km
         OFFSET 0) km
   JOIN spec sp ON sp.version_id = km.form_version_id AND sp.code = km.key
-"""  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
+"""
 
 # The entries of some forms, with their values (the SDTM walk's AE forms).
 _FORM_ENTRIES_SQL = """
@@ -507,17 +505,23 @@ SELECT s.subject_code, si.code, t.event_code, t.sequence, f.code, v.number, e.st
           coalesce(eo.position, 100000), t.event_code, t.sequence, f.code
 """
 
-# A group's entries, in the order of StudyData.entries.
-_GROUP_ENTRIES_SQL = """
+# The entries in the datasets' order (USUBJID, i.e. site and subject code, by code point as
+# Python compares them), each subject's in the order of StudyData.entries.
+_USUBJID_ENTRIES_SQL = """
 WITH event_order(code, position) AS ({events})
 SELECT e.id, s.subject_code, t.event_code, t.sequence, f.code, v.number,
        coalesce(t.completed_on, t.target_date)::text
-""" + _ENTRY_JOINS + """ AND s.subject_code = ANY({subjects}) ORDER BY s.subject_code COLLATE "C",
-          coalesce(eo.position, 100000), t.event_code, t.sequence, f.code
+""" + _ENTRY_JOINS + """ ORDER BY (si.code || '-' || s.subject_code) COLLATE "C", coalesce(eo.position, 100000),
+          t.event_code, t.sequence, f.code
 """
 
-# Chunks read ahead of the SDTM build (each a few MB): bounds memory when the database is faster.
-CELL_CHUNKS_AHEAD = 2
+# Entries per group of cells (whole subjects; about 8 cells an entry in the benchmark).
+GROUP_ENTRIES = 5000
+# Connections reading cells while the SDTM build runs: with the one listing the entries,
+# both cores work while the build waits for cells.
+CELL_READERS = 2
+
+EntryRow = tuple[int, str, str, int, str, int, "str | None"]
 
 
 class SqlFindingCells:
@@ -538,32 +542,40 @@ class SqlFindingCells:
             versions=pgsql.SQL("{}::bigint[]").format(pgsql.Literal(versions)), **self._base())
         return _entry_records(query)
 
-    def chunks(self, items: Sequence[CellItem], subjects: Sequence[Sequence[str]]) -> Iterator[CellChunk]:
+    def chunks(self, items: Sequence[CellItem]) -> Iterator[CellChunk]:
         rows = [(self._versions[(item.form_code, item.form_version)], item.item, item.index, item.precision)
                 for item in items if (item.form_code, item.form_version) in self._versions]
-        base = self._base()
-        queries = []
-        for group in subjects:
-            keys = pgsql.SQL("{}::text[]").format(pgsql.Literal(list(group)))
-            queries.append((pgsql.SQL(_GROUP_ENTRIES_SQL).format(subjects=keys, **base), pgsql.SQL(
-                _FINDING_CELLS_SQL).format(items=_values(rows, ("bigint", "text", "int", "int")), subjects=keys,
-                                           **base)))
+        items_sql = _values(rows, ("bigint", "text", "int", "int"))
+        entries_query = pgsql.SQL(_USUBJID_ENTRIES_SQL).format(**self._base())
         if self.scope.snapshot is None:  # inside the caller's transaction: read when asked, on its connection
-            return (_cell_chunk(*pair) for pair in queries)
-        return _read_ahead(self.scope, [functools.partial(_cell_chunk, *pair) for pair in queries])
+            return (_cell_chunk(group, items_sql) for group in _entry_groups(_stream(entries_query)))
+        return _read_cells_ahead(self.scope, entries_query, items_sql)
 
 
-def _cell_chunk(entries_query: pgsql.Composable, cells_query: pgsql.Composable) -> CellChunk:
+def _entry_groups(rows: Iterator[EntryRow]) -> Iterator[list[EntryRow]]:
+    """The entries in groups of about GROUP_ENTRIES, never splitting a subject."""
+    group: list[EntryRow] = []
+    for row in rows:
+        if len(group) >= GROUP_ENTRIES and row[1] != group[-1][1]:
+            yield group
+            group = []
+        group.append(row)
+    if group:
+        yield group
+
+
+def _cell_chunk(group: Sequence[EntryRow], items: pgsql.Composable) -> CellChunk:
+    """A group's entries and the cells of their annotated items, read by entry key."""
     import numpy as np
     import pyarrow as pa
 
-    entries = _copy_table(entries_query, {"key": pa.int64(), "subject": pa.string(), "event": pa.string(),
-                                          "sequence": pa.int64(), "form": pa.string(), "version": pa.int64(),
-                                          "date": pa.string()})
-    table = _copy_table(cells_query, {"entry": pa.int64(), "index": pa.int32(), "orres": pa.string(),
-                                      "stresn": pa.float64(), "raw": pa.string(), "missing": pa.string()})
+    keys, subjects, events, sequences, forms, versions, dates = (list(column) for column in zip(*group, strict=True))
+    table = _copy_table(pgsql.SQL(_FINDING_CELLS_SQL).format(
+        items=items, entries=pgsql.SQL("{}::bigint[]").format(pgsql.Literal(keys))),
+        {"entry": pa.int64(), "index": pa.int32(), "orres": pa.string(), "stresn": pa.float64(), "raw": pa.string(),
+         "missing": pa.string()})
 
-    def numbers(name: str, kind: Any, table: Any = table) -> Any:
+    def numbers(name: str, kind: Any) -> Any:
         # From the buffers: Arrow's to_numpy() imports pandas (60 MB, 0.3 s) to do this.
         array = table.column(name).combine_chunks()
         size = np.dtype(kind).itemsize
@@ -579,10 +591,96 @@ def _cell_chunk(entries_query: pgsql.Composable, cells_query: pgsql.Composable) 
 
     return CellChunk(entry=numbers("entry", np.int64), index=numbers("index", np.int32), orres=texts("orres"),
                      stresn=numbers("stresn", np.float64), raw=texts("raw"), missing=texts("missing"),
-                     entry_key=numbers("key", np.int64, entries), entry_subject=entries.column("subject").to_pylist(),
-                     entry_event=entries.column("event").to_pylist(), entry_form=entries.column("form").to_pylist(),
-                     entry_sequence=entries.column("sequence").to_pylist(),
-                     entry_version=entries.column("version").to_pylist(), entry_date=entries.column("date").to_pylist())
+                     entry_key=np.array(keys, dtype=np.int64), entry_subject=subjects, entry_event=events,
+                     entry_sequence=sequences, entry_form=forms, entry_version=versions, entry_date=dates)
+
+
+def _read_cells_ahead(scope: ExportScope, entries_query: pgsql.Composable, items: pgsql.Composable,
+                      readers: int = CELL_READERS) -> Iterator[CellChunk]:
+    """The chunks of _entry_groups in order, read beside the caller in the run's snapshot:
+    one connection lists the entries into groups, `readers` others read each group's
+    cells. At most readers + 1 groups are in hand or waiting at any time (memory stays
+    flat). Closing the iterator stops the threads, and their connections, after the
+    work at hand; a thread's error is raised to the caller."""
+    import queue
+    import threading
+
+    work: queue.Queue[tuple[int, list[EntryRow]] | None] = queue.Queue()
+    done: dict[int, tuple[bool, Any]] = {}
+    ready = threading.Condition()
+    slots = threading.Semaphore(readers + 1)
+    stop = threading.Event()
+    listed: list[int] = []  # the number of groups, once all are listed
+
+    def finish(number: int, outcome: tuple[bool, Any]) -> None:
+        with ready:
+            done[number] = outcome
+            ready.notify_all()
+
+    def list_groups() -> None:
+        count = 0
+        try:
+            for group in _entry_groups(_stream(entries_query)):
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                work.put((count, group))
+                count += 1
+        except BaseException as error:  # handed to the caller, which raises it
+            finish(count, (False, error))
+            return
+        finally:
+            for _ in range(readers):
+                work.put(None)
+        with ready:
+            listed.append(count)
+            ready.notify_all()
+
+    def read_cells() -> None:
+        while (task := work.get()) is not None:
+            number, group = task
+            if stop.is_set():
+                continue
+            try:
+                finish(number, (True, _cell_chunk(group, items)))
+            except BaseException as error:  # handed to the caller, which raises it
+                finish(number, (False, error))
+
+    threads = [in_snapshot_beside(scope, list_groups)] + [in_snapshot_beside(scope, read_cells)
+                                                          for _ in range(readers)]
+
+    def take(number: int) -> tuple[bool, Any] | None:
+        with ready:
+            while number not in done:
+                if listed and number >= listed[0]:
+                    return None
+                if all(thread.done() for thread in threads):  # ended without a result: a connection failed
+                    for thread in threads:
+                        thread.result()
+                    raise RuntimeError("The export's reading threads stopped early.")
+                ready.wait(timeout=0.2)
+            return done.pop(number)
+
+    def read() -> Iterator[CellChunk]:
+        try:
+            number = 0
+            while (outcome := take(number)) is not None:
+                ok, value = outcome
+                if not ok:
+                    raise value
+                slots.release()
+                yield value
+                number += 1
+        finally:
+            stop.set()
+            for _ in range(readers + 1):
+                slots.release()  # a lister waiting for a slot sees the stop
+            for thread in threads:
+                thread.result()  # a thread's own failure (its connection) surfaces here
+
+    return read()
 
 
 def _copy_table(query: pgsql.Composable, columns: dict[str, Any]) -> Any:
@@ -603,59 +701,3 @@ def _copy_table(query: pgsql.Composable, columns: dict[str, Any]) -> Any:
                            convert_options=pa_csv.ConvertOptions(column_types=columns, null_values=[""],
                                                                  strings_can_be_null=True,
                                                                  quoted_strings_can_be_null=False))
-
-
-def _read_ahead(scope: ExportScope, works: Sequence[Callable[[], T]]) -> Iterator[T]:
-    """The works' results in order, computed on a thread with its own connection in the
-    run's snapshot, at most CELL_CHUNKS_AHEAD ahead of the reader. Closing the iterator
-    stops the thread (and its connection) after the work at hand."""
-    import queue
-    import threading
-
-    results: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=CELL_CHUNKS_AHEAD)
-    stop = threading.Event()
-
-    def produce() -> None:
-        for work in works:
-            if stop.is_set():
-                return
-            outcome: tuple[bool, Any]
-            try:
-                outcome = (True, work())
-            except BaseException as error:  # handed to the reader, which raises it
-                outcome = (False, error)
-            while not stop.is_set():
-                try:
-                    results.put(outcome, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if not outcome[0]:
-                return
-
-    worker = in_snapshot_beside(scope, produce)
-
-    def read() -> Iterator[T]:
-        try:
-            for _ in works:
-                while True:
-                    try:
-                        ok, value = results.get(timeout=0.2)
-                        break
-                    except queue.Empty:
-                        if not worker.done():
-                            continue
-                        try:  # it may have put its last result just before it ended
-                            ok, value = results.get_nowait()
-                            break
-                        except queue.Empty:  # ended without a result: its connection failed
-                            worker.result()
-                            raise RuntimeError("The export's reading thread stopped early.") from None
-                if not ok:
-                    raise value
-                yield value
-        finally:
-            stop.set()
-            worker.result()  # the thread's own failure (its connection) surfaces here
-
-    return read()

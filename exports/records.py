@@ -178,10 +178,10 @@ class FindingCells(Protocol):
     def entries(self, forms: Collection[tuple[str, int]]) -> Iterator[EntryRecord]:
         """The entries of these (form code, version) only, as StudyData.entries gives them."""
 
-    def chunks(self, items: Sequence[CellItem], subjects: Sequence[Sequence[str]]) -> Iterator[CellChunk]:
-        """One CellChunk per group of subject keys, in the given order: the group's entries
-        (all forms) and its cells of `items`. May start reading at once, beside the
-        caller; close the iterator to stop early."""
+    def chunks(self, items: Sequence[CellItem]) -> Iterator[CellChunk]:
+        """The entries (all forms) and their cells of `items` in groups of whole subjects,
+        in USUBJID order (as Python orders the text). May start reading at once, beside
+        the caller; close the iterator to stop early."""
 
 
 # --- SDTM dataset metadata (exports.sdtm produces it; the XPT and Define-XML writers use it) ---

@@ -49,8 +49,6 @@ from exports.sdtm import (
 )
 from exports.xpt import _char_cells
 
-# Subjects per group read from the database (a group's cells are held while it is sorted).
-GROUP_SUBJECTS = 2500
 # Rows encoded for the XPT writer at a time.
 XPT_BATCH = 20_000
 
@@ -112,9 +110,8 @@ class ColumnFindings:
         self.usubjids = sorted(set(usubjids.values()))
         rank_of = {usubjid: rank for rank, usubjid in enumerate(self.usubjids)}
         self.subject_rank = {key: rank_of[usubjid] for key, usubjid in usubjids.items()}
-        by_rank = sorted(usubjids, key=self.subject_rank.__getitem__)
-        groups = [by_rank[at:at + GROUP_SUBJECTS] for at in range(0, len(by_rank), GROUP_SUBJECTS)]
-        self._chunks: Iterator[CellChunk] | None = cells.chunks(cell_items, groups) if self.items else None
+        self._chunks: Iterator[CellChunk] | None = cells.chunks(cell_items) if self.items else None
+        self._last_rank = -1  # the chunks' subjects come in USUBJID order
         # Visits numbered otherwise than by the schedule (repeats, unscheduled), from the walk.
         self.visit_numbers: dict[tuple[str, str, int], tuple[float, str]] = {}
         self.events = events
@@ -190,6 +187,11 @@ class ColumnFindings:
             dtc[at] = code(text)
             number = study_day(text, self.enrolled[subject])
             day[at] = math.nan if number is None else number
+        if count:
+            if usub[0] < self._last_rank or (np.diff(usub) < 0).any():
+                raise RuntimeError("SDTM findings: entries out of USUBJID order (the database's and Python's "
+                                   "orders of the codes differ).")
+            self._last_rank = int(usub[-1])
         order = np.arange(self._walked, self._walked + count)
         self._walked += count
         keys = chunk.entry_key
