@@ -45,7 +45,6 @@ from exports.sdtm import (
     SdtmError,
     _finding_columns,
     _usubjid,
-    study_day,
 )
 from exports.xpt import _char_cells
 
@@ -159,34 +158,49 @@ class ColumnFindings:
 
     def _entries(self, chunk: CellChunk) -> dict[str, np.ndarray]:
         """The group's entries (in the walk's order) as columns: key, USUBJID rank, VISITNUM,
-        VISIT, --DTC, --DY, and their order; worked out as exports.sdtm._subject does."""
+        VISIT, --DTC, --DY, and their order; worked out as exports.sdtm._subject does, once
+        per distinct subject, visit and date (map() over dicts: no Python frame per entry)."""
         count = len(chunk.entry_key)
-        usub = np.empty(count, dtype=np.int64)
-        visitnum = np.empty(count, dtype=np.float64)
-        visit = np.empty(count, dtype=np.int64)
-        dtc = np.empty(count, dtype=np.int64)
-        day = np.empty(count, dtype=np.float64)
-        code = self.strings.code
-        for at, (subject, event_code, sequence, form, version, visit_date) in enumerate(zip(
-                chunk.entry_subject, chunk.entry_event, chunk.entry_sequence, chunk.entry_form,
-                chunk.entry_version, chunk.entry_date, strict=True)):
+        subjects, dates = chunk.entry_subject, chunk.entry_date
+        ranks: dict[str, int] = {}
+        for subject in dict.fromkeys(subjects):
             rank = self.subject_rank.get(subject)
             if rank is None:
                 raise SdtmError(f"Entries of subject {subject!r}: no such subject, or not in the subjects' order "
                                 f"(subject_key).")
+            ranks[subject] = rank
+        for form, version in set(zip(chunk.entry_form, chunk.entry_version, strict=True)):
             if (form, version) not in self.plans:
+                subject = next(s for s, f, v in zip(subjects, chunk.entry_form, chunk.entry_version, strict=True)
+                               if (f, v) == (form, version))
                 raise SdtmError(f"Entry of subject {subject}: form {form} v{version} is not in the study's forms.")
-            found: tuple[float | None, str] | None = self.visit_numbers.get((subject, event_code, sequence))
-            if found is None:
-                event = self.events.get(event_code)
-                found = (float(event.visit_num), event.name) if event is not None and sequence == 1 else (None, "")
-            text = visit_date or ""
-            usub[at] = rank
-            visitnum[at] = math.nan if found[0] is None else found[0]
-            visit[at] = code(found[1])
-            dtc[at] = code(text)
-            number = study_day(text, self.enrolled[subject])
-            day[at] = math.nan if number is None else number
+        usub = np.fromiter(map(ranks.__getitem__, subjects), dtype=np.int64, count=count)
+        # VISITNUM and VISIT by (event, occurrence), as _visit_of gives them, then the
+        # subjects' own numbering where it differs (repeats, unscheduled visits).
+        pairs = list(zip(chunk.entry_event, chunk.entry_sequence, strict=True))
+        visits: list[Any] = list(pairs)
+        found: dict[Any, tuple[float, int]] = {}
+        for event_code, sequence in set(pairs):
+            event = self.events.get(event_code)
+            number, name = (float(event.visit_num), event.name) if event is not None and sequence == 1 else (
+                math.nan, "")
+            found[(event_code, sequence)] = (number, self.strings.code(name))
+        if self.visit_numbers:
+            for at, subject in enumerate(subjects):
+                own = self.visit_numbers.get((subject, *visits[at]))
+                if own is not None:
+                    visits[at] = (subject, *visits[at])
+                    found[visits[at]] = (own[0], self.strings.code(own[1]))
+        numbered = list(map(found.__getitem__, visits))
+        visitnum = np.fromiter((number for number, _ in numbered), dtype=np.float64, count=count)
+        visit = np.fromiter((name for _, name in numbered), dtype=np.int64, count=count)
+        codes = {text: self.strings.code(text or "") for text in set(dates)}
+        dtc = np.fromiter(map(codes.__getitem__, dates), dtype=np.int64, count=count)
+        # --DY: day 1 is the enrolment date, the day before -1 (exports.sdtm.study_day).
+        delta = (np.array(dates, dtype="datetime64[D]")
+                 - np.array([self.enrolled[subject] for subject in subjects], dtype="datetime64[D]"))
+        days = delta.astype(np.int64)
+        day = np.where(np.isnat(delta), math.nan, np.where(days >= 0, days + 1, days).astype(np.float64))
         if count:
             if usub[0] < self._last_rank or (np.diff(usub) < 0).any():
                 raise RuntimeError("SDTM findings: entries out of USUBJID order (the database's and Python's "
