@@ -417,20 +417,26 @@ def study_data(scope: ExportScope, *, snapshot_at: datetime) -> StudyData:
     events = _values(_event_order(scope.study_id), ("text", "int"))
     entries_query = pgsql.SQL(_ENTRIES_SQL).format(events=events, study=pgsql.Literal(scope.study_id),
                                                    filters=filters)
-    task_filters = pgsql.SQL(" ").join(
+    visits_query = pgsql.SQL(_VISITS_SQL).format(events=events, study=pgsql.Literal(scope.study_id),
+                                                 task_filters=_task_filters(scope))
+
+    return StudyData(study=study_meta(scope), snapshot_at=snapshot_at, subjects=_subjects(scope),
+                     visits=_visit_records(visits_query), entries=_entry_records(entries_query),
+                     sdtm_source=SqlSdtmSource(scope))
+
+
+def _task_filters(scope: ExportScope) -> pgsql.Composable:
+    """The scope's narrowing conditions on visits (aliases s, t)."""
+    return pgsql.SQL(" ").join(
         ([pgsql.SQL("AND s.site_id = ANY({})").format(pgsql.Literal(list(scope.sites)))] if scope.sites else [])
         + ([pgsql.SQL("AND t.completed_on >= {}").format(pgsql.Literal(scope.date_from))] if scope.date_from else [])
         + ([pgsql.SQL("AND t.completed_on <= {}").format(pgsql.Literal(scope.date_to))] if scope.date_to else []))
-    visits_query = pgsql.SQL(_VISITS_SQL).format(events=events, study=pgsql.Literal(scope.study_id),
-                                                 task_filters=task_filters)
 
-    def visits() -> Iterator[VisitRecord]:
-        for subject, event, sequence, completed_on, unscheduled in _stream(visits_query):
-            yield VisitRecord(subject_key=subject, event_code=event, sequence=sequence, start=completed_on,
-                              end=completed_on, unscheduled=unscheduled)
 
-    return StudyData(study=study_meta(scope), snapshot_at=snapshot_at, subjects=_subjects(scope),
-                     visits=visits(), entries=_entry_records(entries_query), cells=SqlFindingCells(scope))
+def _visit_records(query: pgsql.Composable) -> Iterator[VisitRecord]:
+    for subject, event, sequence, completed_on, unscheduled in _stream(query):
+        yield VisitRecord(subject_key=subject, event_code=event, sequence=sequence, start=completed_on,
+                          end=completed_on, unscheduled=unscheduled)
 
 
 def _entry_records(query: pgsql.Composable) -> Iterator[EntryRecord]:
@@ -496,23 +502,38 @@ SELECT km.id, sp.idx, NULL, NULL, NULL, km.value::text
   JOIN spec sp ON sp.version_id = km.form_version_id AND sp.code = km.key
 """
 
-# The entries of some forms, with their values (the SDTM walk's AE forms).
-_FORM_ENTRIES_SQL = """
+# USUBJID order: site code, "-", subject code, by code point (as Python compares text).
+_USUBJID_ORDER = "(si.code || '-' || s.subject_code) COLLATE \"C\""
+
+# StudyData.entries (of some forms, or all) in USUBJID order.
+_ORDERED_ENTRIES_SQL = """
 WITH event_order(code, position) AS ({events})
 SELECT s.subject_code, si.code, t.event_code, t.sequence, f.code, v.number, e.status, e.values, e.missing,
        coalesce(t.completed_on, t.target_date), e.updated
-""" + _ENTRY_JOINS + """ AND e.form_version_id = ANY({versions}) ORDER BY s.subject_code COLLATE "C",
-          coalesce(eo.position, 100000), t.event_code, t.sequence, f.code
+""" + _ENTRY_JOINS + """ {forms} ORDER BY """ + _USUBJID_ORDER + """, coalesce(eo.position, 100000), t.event_code,
+          t.sequence, f.code
 """
+
+# StudyData.visits in USUBJID order.
+_ORDERED_VISITS_SQL = """
+WITH event_order(code, position) AS ({events})
+SELECT s.subject_code, t.event_code, t.sequence, t.completed_on, t.unscheduled
+  FROM studies_followuptask t
+  JOIN studies_subject s ON s.id = t.subject_id
+  JOIN sites_site si ON si.id = s.site_id
+ WHERE s.study_id = {study} AND t.status = 'completed' {task_filters}
+ ORDER BY """ + _USUBJID_ORDER + """, coalesce((SELECT position FROM event_order eo WHERE eo.code = t.event_code),
+          100000), t.event_code, t.sequence
+"""  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
 
 # The entries in the datasets' order (USUBJID, i.e. site and subject code, by code point as
 # Python compares them), each subject's in the order of StudyData.entries.
 _USUBJID_ENTRIES_SQL = """
 WITH event_order(code, position) AS ({events})
 SELECT e.id, s.subject_code, t.event_code, t.sequence, f.code, v.number,
-       coalesce(t.completed_on, t.target_date)::text
-""" + _ENTRY_JOINS + """ ORDER BY (si.code || '-' || s.subject_code) COLLATE "C", coalesce(eo.position, 100000),
-          t.event_code, t.sequence, f.code
+       coalesce(t.completed_on, t.target_date)::text, coalesce(t.completed_on, t.target_date) - s.enrolment_date
+""" + _ENTRY_JOINS + """ ORDER BY """ + _USUBJID_ORDER + """, coalesce(eo.position, 100000), t.event_code,
+          t.sequence, f.code
 """
 
 # Entries per group of cells (whole subjects; about 8 cells an entry in the benchmark).
@@ -521,11 +542,12 @@ GROUP_ENTRIES = 5000
 # both cores work while the build waits for cells.
 CELL_READERS = 2
 
-EntryRow = tuple[int, str, str, int, str, int, "str | None"]
+# (key, subject, event, occurrence, form, version, visit date, days from enrolment to it)
+EntryRow = tuple[int, str, str, int, str, int, "str | None", "int | None"]
 
 
-class SqlFindingCells:
-    """exports.records.FindingCells for a study export run, in the current schema."""
+class SqlSdtmSource:
+    """exports.records.SdtmSource for a study export run, in the current schema."""
 
     def __init__(self, scope: ExportScope) -> None:
         self.scope = scope
@@ -536,11 +558,17 @@ class SqlFindingCells:
         return {"events": _values(_event_order(self.scope.study_id), ("text", "int")),
                 "study": pgsql.Literal(self.scope.study_id), "filters": _filters(self.scope)}
 
-    def entries(self, forms: Collection[tuple[str, int]]) -> Iterator[EntryRecord]:
-        versions = [self._versions[key] for key in forms if key in self._versions]
-        query = pgsql.SQL(_FORM_ENTRIES_SQL).format(
-            versions=pgsql.SQL("{}::bigint[]").format(pgsql.Literal(versions)), **self._base())
-        return _entry_records(query)
+    def visits(self) -> Iterator[VisitRecord]:
+        return _visit_records(pgsql.SQL(_ORDERED_VISITS_SQL).format(
+            events=self._base()["events"], study=pgsql.Literal(self.scope.study_id),
+            task_filters=_task_filters(self.scope)))
+
+    def entries(self, forms: Collection[tuple[str, int]] | None) -> Iterator[EntryRecord]:
+        narrowed = pgsql.SQL("")
+        if forms is not None:
+            versions = [self._versions[key] for key in forms if key in self._versions]
+            narrowed = pgsql.SQL("AND e.form_version_id = ANY({}::bigint[])").format(pgsql.Literal(versions))
+        return _entry_records(pgsql.SQL(_ORDERED_ENTRIES_SQL).format(forms=narrowed, **self._base()))
 
     def chunks(self, items: Sequence[CellItem]) -> Iterator[CellChunk]:
         rows = [(self._versions[(item.form_code, item.form_version)], item.item, item.index, item.precision)
@@ -569,7 +597,8 @@ def _cell_chunk(group: Sequence[EntryRow], items: pgsql.Composable) -> CellChunk
     import numpy as np
     import pyarrow as pa
 
-    keys, subjects, events, sequences, forms, versions, dates = (list(column) for column in zip(*group, strict=True))
+    keys, subjects, events, sequences, forms, versions, dates, days = (
+        list(column) for column in zip(*group, strict=True))
     table = _copy_table(pgsql.SQL(_FINDING_CELLS_SQL).format(
         items=items, entries=pgsql.SQL("{}::bigint[]").format(pgsql.Literal(keys))),
         {"entry": pa.int64(), "index": pa.int32(), "orres": pa.string(), "stresn": pa.float64(), "raw": pa.string(),
@@ -592,7 +621,8 @@ def _cell_chunk(group: Sequence[EntryRow], items: pgsql.Composable) -> CellChunk
     return CellChunk(entry=numbers("entry", np.int64), index=numbers("index", np.int32), orres=texts("orres"),
                      stresn=numbers("stresn", np.float64), raw=texts("raw"), missing=texts("missing"),
                      entry_key=np.array(keys, dtype=np.int64), entry_subject=subjects, entry_event=events,
-                     entry_sequence=sequences, entry_form=forms, entry_version=versions, entry_date=dates)
+                     entry_sequence=sequences, entry_form=forms, entry_version=versions, entry_date=dates,
+                     entry_days=days)
 
 
 def _read_cells_ahead(scope: ExportScope, entries_query: pgsql.Composable, items: pgsql.Composable,

@@ -128,9 +128,10 @@ class StudyData:
     visits: Iterator[VisitRecord]
     entries: Iterator[EntryRecord]
     audit: Iterator[AuditRecord] | None = None
-    # A study read from a schema may also hand the SDTM writer its findings cells
-    # flattened by the database (exports.sdtm_columns); None: every value from `entries`.
-    cells: FindingCells | None = None
+    # A study read from a schema also offers the SDTM writer its rows in USUBJID order and
+    # its findings cells flattened by the database (exports.sdtm_columns); None: the
+    # writer takes everything from the iterators above.
+    sdtm_source: SdtmSource | None = None
 
 
 @dataclass(frozen=True)
@@ -170,13 +171,19 @@ class CellChunk:
     entry_form: Sequence[str]
     entry_version: Sequence[int]
     entry_date: Sequence[str | None]
+    entry_days: Sequence[int | None]  # from the subject's enrolment date to the visit date
 
 
-class FindingCells(Protocol):
-    """What exports.extract offers the SDTM writer beside the records."""
+class SdtmSource(Protocol):
+    """What exports.extract offers the SDTM writer beside the records: the same records in
+    USUBJID order (site code, "-", subject key, as Python orders the text), so that the
+    datasets are written as they are built, and the findings cells by columns."""
 
-    def entries(self, forms: Collection[tuple[str, int]]) -> Iterator[EntryRecord]:
-        """The entries of these (form code, version) only, as StudyData.entries gives them."""
+    def visits(self) -> Iterator[VisitRecord]:
+        """StudyData.visits, in USUBJID order."""
+
+    def entries(self, forms: Collection[tuple[str, int]] | None) -> Iterator[EntryRecord]:
+        """StudyData.entries in USUBJID order: of these (form code, version) only, or all (None)."""
 
     def chunks(self, items: Sequence[CellItem]) -> Iterator[CellChunk]:
         """The entries (all forms) and their cells of `items` in groups of whole subjects,

@@ -568,9 +568,16 @@ class Spool:
     spools of a build), so that ``sdtm_build`` still raises the error that came first."""
 
     CHECK_ROWS = 8192
+    RECORD_ROWS = 4096
 
-    def __init__(self, domain: Domain, clock: Iterator[int]) -> None:
+    def __init__(self, domain: Domain, clock: Iterator[int], *, ordered: bool = False) -> None:
         self.domain = domain
+        # Subjects added in USUBJID order: rows go to disk a record of many subjects at a
+        # time and come back as they were written (no block per subject, no sort).
+        self.ordered = ordered
+        self._pending: list[tuple[object, ...]] = []
+        self._records: list[tuple[int, int]] = []
+        self._last = ""
         self.file: IO[bytes] = tempfile.TemporaryFile(prefix=f"sdtm-{domain.name}-")  # noqa: SIM115 - closed by close()
         self.index: list[tuple[str, int, int]] = []
         self._end = 0
@@ -585,10 +592,18 @@ class Spool:
     def add(self, usubjid: str, rows: list[tuple[object, ...]]) -> None:
         if not rows:
             return
-        block = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
-        self.index.append((usubjid, self._end, len(block)))
-        self.file.write(block)
-        self._end += len(block)  # tell() costs more than the write on a buffered file
+        if self.ordered:
+            if usubjid <= self._last:
+                raise RuntimeError(f"SDTM {self.domain.name}: subjects out of USUBJID order.")
+            self._last = usubjid
+            self._pending.extend(rows)
+            if len(self._pending) >= self.RECORD_ROWS:
+                self._flush()
+        else:
+            block = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+            self.index.append((usubjid, self._end, len(block)))
+            self.file.write(block)
+            self._end += len(block)  # tell() costs more than the write on a buffered file
         self.count += len(rows)
         self._unmeasured.append((next(self._clock), usubjid, rows))
         self._unmeasured_rows += len(rows)
@@ -651,7 +666,21 @@ class Spool:
                            structure=self.domain.structure, keys=self.domain.keys, variables=variables,
                            rows=self.count, file_name=f"{self.domain.name.lower()}.xpt")
 
+    def _flush(self) -> None:
+        if self._pending:
+            record = pickle.dumps(self._pending, protocol=pickle.HIGHEST_PROTOCOL)
+            self._records.append((self._end, len(record)))
+            self.file.write(record)
+            self._end += len(record)
+            self._pending = []
+
     def rows(self) -> Iterator[tuple[object, ...]]:
+        if self.ordered:
+            self._flush()
+            for offset, size in self._records:
+                self.file.seek(offset)
+                yield from pickle.loads(self.file.read(size))  # noqa: S301 - our own file, as below
+            return
         for _, offset, size in sorted(self.index):
             self.file.seek(offset)
             # Our own temporary file, written above in this process: not untrusted input.
@@ -753,19 +782,26 @@ def sdtm_build(data: StudyData, *, studyid: str) -> Iterator[tuple[DatasetSpec, 
     plans, domains = _plan(data.study)
     ctx = Context(studyid, {event.code: event for event in data.study.events}, plans, domains)
     clock = itertools.count()
-    spools = {name: Spool(domain, clock) for name, domain in domains.items()}
+    # From a schema, subjects are walked in USUBJID order (the datasets' order): rows are
+    # spooled as they come; the findings come by columns, their cells read beside this walk.
+    source = data.sdtm_source if isinstance(data.subjects, Sequence) else None
+    spools = {name: Spool(domain, clock, ordered=source is not None) for name, domain in domains.items()}
     columns = None
     try:
-        # The findings by columns when the data comes from a schema (its cells start
-        # being read now, beside this walk); then the walk needs only the AE forms' entries.
-        columns = column_findings(studyid, plans, domains, ctx.events, data.subjects, data.cells)
-        entries_source = data.entries if columns is None or data.cells is None else data.cells.entries(
-            [key for key, plan in plans.items() if plan.ae_groups])
-        visits = Cursor(data.visits, "Visits")
-        entries = Cursor(entries_source, "Entries")
+        subjects: Iterable[SubjectRecord] = data.subjects
+        visit_records, entry_records = data.visits, data.entries
+        if source is not None:
+            subjects = sorted(data.subjects, key=lambda subject: _usubjid(studyid, subject))
+            columns = column_findings(studyid, plans, domains, ctx.events, subjects, source)
+            visit_records = source.visits()
+            # With the findings by columns, the walk needs only the AE forms' entries.
+            entry_records = source.entries([key for key, plan in plans.items() if plan.ae_groups]
+                                           if columns is not None else None)
+        visits = Cursor(visit_records, "Visits")
+        entries = Cursor(entry_records, "Entries")
         seen: set[str] = set()
         try:
-            for subject in data.subjects:
+            for subject in subjects:
                 if subject.subject_key in seen:
                     raise SdtmError(f"DM: subject {subject.subject_key!r} is listed twice.")
                 seen.add(subject.subject_key)

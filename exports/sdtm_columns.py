@@ -1,5 +1,5 @@
 """The findings domains (VS, LB, QS) of an SDTM build by columns, from cells the database
-flattened (exports.records.FindingCells), instead of value by value from the entries.
+flattened (exports.records.SdtmSource), instead of value by value from the entries.
 
 Nearly every row of an SDTM export is a finding, and building them in Python, one item
 value at a time, was most of the export's time (docs/BENCHMARKS.md §6). Here:
@@ -9,7 +9,7 @@ value at a time, was most of the export's time (docs/BENCHMARKS.md §6). Here:
   row to a table of entries: its USUBJID, VISITNUM, VISIT, --DTC, --DY and its place in
   the walk;
 - meanwhile the cells are read from the database, a group of subjects at a time in
-  USUBJID order (exports.extract.SqlFindingCells, on its own connection in the run's
+  USUBJID order (exports.extract.SqlSdtmSource, on its own connection in the run's
   snapshot): a plain number already as its SDTM text and float; anything else (text,
   codes, a missing-data code, a number PostgreSQL would not write as Python does) as
   JSON, mapped here by the Python path's own ``_finding_columns``;
@@ -35,7 +35,7 @@ from typing import IO, Any
 import numpy as np
 from django.utils.translation import gettext
 
-from exports.records import CellChunk, CellItem, DatasetSpec, EventMeta, FindingCells, SubjectRecord, VariableSpec
+from exports.records import CellChunk, CellItem, DatasetSpec, EventMeta, SdtmSource, SubjectRecord, VariableSpec
 from exports.sdtm import (
     FINDINGS,
     MAX_CHAR,
@@ -85,7 +85,7 @@ class ColumnFindings:
     """The findings domains of one build; see the module's docstring for the steps."""
 
     def __init__(self, studyid: str, plans: Mapping[tuple[str, int], FormPlan], domains: Mapping[str, Domain],
-                 events: Mapping[str, EventMeta], subjects: Sequence[SubjectRecord], cells: FindingCells) -> None:
+                 events: Mapping[str, EventMeta], subjects: Sequence[SubjectRecord], cells: SdtmSource) -> None:
         self.studyid = studyid
         self.domains = {name: domain for name, domain in domains.items() if name in FINDINGS}
         self.names = list(self.domains)
@@ -115,7 +115,6 @@ class ColumnFindings:
         self.visit_numbers: dict[tuple[str, str, int], tuple[float, str]] = {}
         self.events = events
         self.plans = plans
-        self.enrolled = {subject.subject_key: subject.enrolment_date for subject in subjects}
         self._walked = 0  # entries met so far: their order within a subject
         self.spools = {name: _DomainSpool(domain) for name, domain in self.domains.items()}
 
@@ -197,10 +196,8 @@ class ColumnFindings:
         codes = {text: self.strings.code(text or "") for text in set(dates)}
         dtc = np.fromiter(map(codes.__getitem__, dates), dtype=np.int64, count=count)
         # --DY: day 1 is the enrolment date, the day before -1 (exports.sdtm.study_day).
-        delta = (np.array(dates, dtype="datetime64[D]")
-                 - np.array([self.enrolled[subject] for subject in subjects], dtype="datetime64[D]"))
-        days = delta.astype(np.int64)
-        day = np.where(np.isnat(delta), math.nan, np.where(days >= 0, days + 1, days).astype(np.float64))
+        days = np.array(chunk.entry_days, dtype=np.float64)  # None: NaN
+        day = np.where(days >= 0, days + 1, days)
         if count:
             if usub[0] < self._last_rank or (np.diff(usub) < 0).any():
                 raise RuntimeError("SDTM findings: entries out of USUBJID order (the database's and Python's "
@@ -535,10 +532,10 @@ def _numbers(values: np.ndarray) -> list[float | None]:
 
 
 def column_findings(studyid: str, plans: Mapping[tuple[str, int], FormPlan], domains: Mapping[str, Domain],
-                    events: Mapping[str, EventMeta], subjects: Any, cells: FindingCells | None,
+                    events: Mapping[str, EventMeta], subjects: Sequence[SubjectRecord], cells: SdtmSource | None,
                     ) -> ColumnFindings | None:
     """The column path when the study data offers cells and the study has findings."""
-    if cells is None or not isinstance(subjects, Sequence) or not any(name in FINDINGS for name in domains):
+    if cells is None or not any(name in FINDINGS for name in domains):
         return None
     return ColumnFindings(studyid, plans, domains, events, subjects, cells)
 

@@ -178,7 +178,7 @@ def _write(scope: extract.ExportScope, directory: Path, *, columns: bool, ascii_
            ) -> tuple[list[DatasetSpec], dict[str, bytes]]:
     data = extract.study_data(scope, snapshot_at=SNAPSHOT)
     if not columns:
-        data = dataclasses.replace(data, cells=None)
+        data = dataclasses.replace(data, sdtm_source=None)
     directory.mkdir()
     specs = sdtm_write(data, studyid="COL", directory=directory, ascii_only=ascii_only)
     return specs, {spec.file_name: (directory / spec.file_name).read_bytes() for spec in specs}
@@ -229,7 +229,7 @@ def test_the_column_rows_pass_the_checks_and_read_back_as_the_python_rows(study,
     built = [(spec, list(rows)) for spec, rows in sdtm_build(data, studyid="COL")]
     assert sdtm_check(built) == []
     python = {spec.name: list(rows) for spec, rows in sdtm_build(
-        dataclasses.replace(extract.study_data(scope, snapshot_at=SNAPSHOT), cells=None), studyid="COL")}
+        dataclasses.replace(extract.study_data(scope, snapshot_at=SNAPSHOT), sdtm_source=None), studyid="COL")}
     for spec, rows in built:
         assert rows == python[spec.name], spec.name  # the tuples too (sdtm_check, other consumers)
     vs = next(rows for spec, rows in built if spec.name == "VS")
@@ -296,7 +296,7 @@ def test_the_sdtm_export_run_uses_the_columns(study, tmp_path, monkeypatch):
         written = {name: archive.read(name) for name in archive.namelist() if name.endswith(".xpt")}
     job.refresh_from_db()
     scope = extract.ExportScope(study_id=study["study"].pk)
-    data = dataclasses.replace(extract.study_data(scope, snapshot_at=job.snapshot_at), cells=None)
+    data = dataclasses.replace(extract.study_data(scope, snapshot_at=job.snapshot_at), sdtm_source=None)
     (tmp_path / "python").mkdir()
     specs = sdtm_write(data, studyid="COL", directory=tmp_path / "python")
     assert written == {spec.file_name: (tmp_path / "python" / spec.file_name).read_bytes() for spec in specs}
