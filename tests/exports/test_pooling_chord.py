@@ -422,3 +422,87 @@ def test_a_study_export_in_two_halves_on_two_connections_writes_the_same_bytes(c
     per_subject = Counter(row[2] for row in list(csv.reader(io.StringIO(result["csv"].decode())))[1:])
     assert len(per_subject) == 7 and len(set(per_subject.values())) == 1
     assert sum(row["values"] for row in job.manifest["rows_by_form_and_site"]) == result["rows"]
+
+
+# --- SDTM cells read on other connections ---------------------------------------------------------
+
+def _plain(chunk: Any) -> tuple[Any, ...]:
+    """A CellChunk as comparable lists: cells by (entry, item) (they come in no set order;
+    the build sorts them), NaN as None."""
+    def value(item: Any) -> Any:
+        return None if isinstance(item, float) and item != item else item
+
+    cells = sorted(zip(*(map(value, getattr(chunk, name).tolist()) for name in (
+        "entry", "index", "orres", "stresn", "raw", "missing")), strict=True), key=lambda cell: cell[:2])
+    return (cells, *(list(getattr(chunk, name)) for name in (
+        "entry_key", "entry_subject", "entry_event", "entry_sequence", "entry_form", "entry_version", "entry_date",
+        "entry_days")))
+
+
+def test_sdtm_cells_are_read_on_other_connections_in_the_run_snapshot(committed, monkeypatch, tmp_path):
+    """Within an export run (committed data, a snapshot to share), the SDTM findings cells
+    are read beside the build: one connection lists the entries into groups of whole
+    subjects, two others read each group's cells, all in the run's snapshot. What they
+    read equals what one connection reads in one transaction, in the same order; and the
+    SDTM export of the run writes what the Python path writes."""
+    import dataclasses
+    import zipfile
+
+    from django.db import transaction
+
+    from exports import extract
+    from exports.models import ExportFile, ExportJob
+    from exports.records import CellItem
+    from exports.sdtm import sdtm_write
+    from exports.services import export_run
+    from exports.storage import export_storage
+    from studies.models import Study
+    from tenants.models import Tenant
+
+    tenant = Tenant.objects.get(slug=SLUGS[2])
+    monkeypatch.setattr(extract, "GROUP_ENTRIES", 2)  # 7 subjects of one entry each: 4 groups
+    connections: list[str] = []
+    real_beside = extract.in_snapshot_beside
+
+    def beside(scope: Any, work: Any) -> Any:
+        connections.append(scope.snapshot)
+        return real_beside(scope, work)
+
+    monkeypatch.setattr(extract, "in_snapshot_beside", beside)
+    items = [CellItem("VITALS", 1, code, index, precision) for index, (code, precision) in enumerate(
+        (("weight", 1), ("height", None), ("sex", None), ("pain", None), ("symptoms", None)))]
+
+    def read() -> dict[str, Any]:
+        connection.set_tenant(tenant)
+        study = Study.objects.get(code="CRF")
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cursor.execute("SELECT pg_export_snapshot()")
+            scope = extract.ExportScope(study_id=study.pk, snapshot=cursor.fetchone()[0])
+            beside_read = [_plain(chunk) for chunk in extract.SqlSdtmSource(scope).chunks(items)]
+            here = [_plain(chunk) for chunk in extract.SqlSdtmSource(
+                dataclasses.replace(scope, snapshot=None)).chunks(items)]
+            opened = list(connections)
+        job = ExportJob.objects.create(study=study, requested_by=committed.admin, formats=["sdtm"], filters={})
+        job = export_run(job_id=job.pk)
+        file = ExportFile.objects.get(job=job)
+        with export_storage().open(file.storage_name, "rb") as stored, zipfile.ZipFile(stored) as archive:
+            written = {name: archive.read(name) for name in archive.namelist() if name.endswith(".xpt")}
+        with transaction.atomic():
+            data = dataclasses.replace(extract.study_data(extract.ExportScope(study_id=study.pk),
+                                                          snapshot_at=job.snapshot_at), sdtm_source=None)
+            specs = sdtm_write(data, studyid="CRF", directory=tmp_path)
+        python = {spec.file_name: (tmp_path / spec.file_name).read_bytes() for spec in specs}
+        return {"beside": beside_read, "here": here, "job": job, "written": written, "python": python,
+                "opened": opened, "snapshot": scope.snapshot}
+
+    result = run_committed(read)
+    assert result["opened"] == [result["snapshot"]] * 3  # the listing and two readers, in the shared snapshot
+    assert result["beside"] == result["here"]
+    groups = result["beside"]
+    assert len(groups) == 4 and sum(len(group[1]) for group in groups) == 7  # every entry once
+    subjects = [subject for group in groups for subject in group[2]]
+    assert subjects == sorted(subjects)  # one site: USUBJID order is the subject codes' order
+    assert sum(len(group[0]) for group in groups) >= 7 * 4  # weight, height, sex, pain, symptoms
+    assert result["job"].status == "done", result["job"].error
+    assert result["written"] == result["python"] and "dm.xpt" in result["written"]
