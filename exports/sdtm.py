@@ -21,7 +21,7 @@ import math
 import pickle
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -833,6 +833,14 @@ def sdtm_build(data: StudyData, *, studyid: str) -> Iterator[tuple[DatasetSpec, 
 
 def sdtm_write(data: StudyData, *, studyid: str, directory: Path, ascii_only: bool = False) -> list[DatasetSpec]:
     """Every domain as <directory>/<domain>.xpt; returns the written specs (row counts set)."""
+    return sdtm_write_to(data, studyid=studyid, opener=lambda name: open(directory / name, "wb"),
+                         ascii_only=ascii_only)
+
+
+def sdtm_write_to(data: StudyData, *, studyid: str, opener: Callable[[str], contextlib.AbstractContextManager[Any]],
+                  ascii_only: bool = False) -> list[DatasetSpec]:
+    """Every domain as an XPT written to ``opener(file name)``, one after the other, as
+    each is built; returns the written specs (row counts set)."""
     from exports.sdtm_columns import ColumnRows
     from exports.xpt import xpt_write, xpt_write_columns
 
@@ -840,12 +848,12 @@ def sdtm_write(data: StudyData, *, studyid: str, directory: Path, ascii_only: bo
     created = data.snapshot_at.replace(tzinfo=None)
     with _no_cycle_collection():
         for spec, rows in sdtm_build(data, studyid=studyid):
-            if isinstance(rows, ColumnRows):
-                written.append(xpt_write_columns(directory / spec.file_name, spec, rows.batches(), created=created,
-                                                 ascii_only=ascii_only))
-            else:
-                written.append(xpt_write(directory / spec.file_name, spec, rows, created=created,
-                                         ascii_only=ascii_only))
+            with opener(spec.file_name) as out:
+                if isinstance(rows, ColumnRows):
+                    written.append(xpt_write_columns(out, spec, rows.batches(), created=created,
+                                                     ascii_only=ascii_only))
+                else:
+                    written.append(xpt_write(out, spec, rows, created=created, ascii_only=ascii_only))
     return written
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from typing import Any
 
 import pytest
@@ -300,8 +301,11 @@ def test_sdtm_export_is_xpt_v5_with_a_valid_define(exported, world, in_tenant):
     state = manager.get(f"/api/v1/exports/{job_id}/").json()
     archive = zipfile.ZipFile(io.BytesIO(_download(manager, state, "sdtm.zip")))
     names = archive.namelist()
-    assert names[0] == "define.xml" and {"dm.xpt", "sv.xpt", "ds.xpt"} <= set(names)
+    # The datasets as they are built, then define.xml, which describes exactly them.
+    assert names == ["dm.xpt", "sv.xpt", "ds.xpt", "define.xml"]
     assert define_problems(archive.read("define.xml")) == []
+    described = re.findall(rb'<def:leaf ID="[^"]+" xlink:href="([^"]+)"', archive.read("define.xml"))
+    assert sorted(described) == [b"dm.xpt", b"ds.xpt", b"sv.xpt"]
     with tempfile.TemporaryDirectory() as folder:
         archive.extractall(folder)
         dm, meta = pyreadstat.read_xport(str(Path(folder) / "dm.xpt"))
