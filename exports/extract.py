@@ -541,6 +541,9 @@ GROUP_ENTRIES = 5000
 # Connections reading cells while the SDTM build runs: with the one listing the entries,
 # both cores work while the build waits for cells.
 CELL_READERS = 2
+# Groups read beyond those being read (a few MB each): the readers work through the
+# build's walk of the subjects, before it asks for the first group.
+CELL_GROUPS_AHEAD = 4
 
 # (key, subject, event, occurrence, form, version, visit date, days from enrolment to it)
 EntryRow = tuple[int, str, str, int, str, int, "str | None", "int | None"]
@@ -629,8 +632,8 @@ def _read_cells_ahead(scope: ExportScope, entries_query: pgsql.Composable, items
                       readers: int = CELL_READERS) -> Iterator[CellChunk]:
     """The chunks of _entry_groups in order, read beside the caller in the run's snapshot:
     one connection lists the entries into groups, `readers` others read each group's
-    cells. At most readers + 1 groups are in hand or waiting at any time (memory stays
-    flat). Closing the iterator stops the threads, and their connections, after the
+    cells. At most readers + CELL_GROUPS_AHEAD groups are in hand or waiting at any time
+    (memory stays flat). Closing the iterator stops the threads, and their connections, after the
     work at hand; a thread's error is raised to the caller."""
     import queue
     import threading
@@ -638,7 +641,7 @@ def _read_cells_ahead(scope: ExportScope, entries_query: pgsql.Composable, items
     work: queue.Queue[tuple[int, list[EntryRow]] | None] = queue.Queue()
     done: dict[int, tuple[bool, Any]] = {}
     ready = threading.Condition()
-    slots = threading.Semaphore(readers + 1)
+    slots = threading.Semaphore(readers + CELL_GROUPS_AHEAD)
     stop = threading.Event()
     listed: list[int] = []  # the number of groups, once all are listed
 

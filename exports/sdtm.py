@@ -739,8 +739,10 @@ def _subject(ctx: Context, subject: SubjectRecord, visits: list[VisitRecord], en
     if columns is not None:
         columns.add_visits(subject.subject_key, numbers)
     spools["SV"].add(usubjid, _sv_rows(ctx, visits, numbers, usubjid, reference))
+    if not entries:
+        return
     findings: dict[str, list[tuple[FindingKey, tuple[object, ...]]]] = {
-        name: [] for name in ctx.domains if name in FINDINGS}
+        name: [] for name in ctx.domains if name in FINDINGS} if columns is None else {}
     found: dict[str, list[tuple[object, ...]]] = {name: [] for name in ctx.domains if name == "AE"}
     for entry in entries:
         plan = ctx.plans.get((entry.form_code, entry.form_version))
