@@ -476,7 +476,6 @@ SELECT entry, idx,
        CASE WHEN plain THEN CASE WHEN position('.' in t) = 0 THEN t
                                  WHEN prec IS NULL THEN rtrim(rtrim(t, '0'), '.')
                                  ELSE round(t::numeric, prec)::text END END,
-       CASE WHEN plain THEN t::float8 END,
        CASE WHEN NOT plain THEN t END,
        NULL::text
   FROM (SELECT entry, idx, prec, t,
@@ -495,7 +494,7 @@ SELECT entry, idx,
                 OFFSET 0) cell
         OFFSET 0) judged
 UNION ALL
-SELECT km.id, sp.idx, NULL, NULL, NULL, km.value::text
+SELECT km.id, sp.idx, NULL, NULL, km.value::text
   FROM (SELECT en.id, en.form_version_id, km.key, km.value
           FROM en, jsonb_each(CASE jsonb_typeof(en.missing) WHEN 'object' THEN en.missing END) km
         OFFSET 0) km
@@ -599,17 +598,17 @@ def _cell_chunk(group: Sequence[EntryRow], items: pgsql.Composable) -> CellChunk
     """A group's entries and the cells of their annotated items, read by entry key."""
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     keys, subjects, events, sequences, forms, versions, dates, days = (
         list(column) for column in zip(*group, strict=True))
     table = _copy_table(pgsql.SQL(_FINDING_CELLS_SQL).format(
         items=items, entries=pgsql.SQL("{}::bigint[]").format(pgsql.Literal(keys))),
-        {"entry": pa.int64(), "index": pa.int32(), "orres": pa.string(), "stresn": pa.float64(), "raw": pa.string(),
-         "missing": pa.string()})
+        {"entry": pa.int64(), "index": pa.int32(), "orres": pa.string(), "raw": pa.string(), "missing": pa.string()})
 
     def numbers(name: str, kind: Any) -> Any:
         # From the buffers: Arrow's to_numpy() imports pandas (60 MB, 0.3 s) to do this.
-        array = table.column(name).combine_chunks()
+        array = table.column(name).combine_chunks() if name != "stresn" else stresn
         size = np.dtype(kind).itemsize
         values = np.frombuffer(array.buffers()[1], dtype=kind, count=len(array), offset=array.offset * size)
         values = values.astype(np.float64 if kind == np.float64 else np.int64)
@@ -620,6 +619,10 @@ def _cell_chunk(group: Sequence[EntryRow], items: pgsql.Composable) -> CellChunk
 
     def texts(name: str) -> Any:
         return np.array(table.column(name).to_pylist(), dtype=object)
+
+    # --STRESN: the plain numbers' float, parsed here (C, correctly rounded, as Python's
+    # float() of the value) rather than by PostgreSQL, whose time is the scarcer.
+    stresn = pc.cast(table.column("orres"), pa.float64()).combine_chunks()
 
     return CellChunk(entry=numbers("entry", np.int64), index=numbers("index", np.int32), orres=texts("orres"),
                      stresn=numbers("stresn", np.float64), raw=texts("raw"), missing=texts("missing"),
