@@ -536,13 +536,13 @@ SELECT e.id, s.subject_code, t.event_code, t.sequence, f.code, v.number,
 """
 
 # Entries per group of cells (whole subjects; about 8 cells an entry in the benchmark).
-GROUP_ENTRIES = 5000
+GROUP_ENTRIES = 2500
 # Connections reading cells while the SDTM build runs: with the one listing the entries,
 # both cores work while the build waits for cells.
 CELL_READERS = 2
 # Groups read beyond those being read (a few MB each): the readers work through the
 # build's walk of the subjects, before it asks for the first group.
-CELL_GROUPS_AHEAD = 4
+CELL_GROUPS_AHEAD = 1
 
 # (key, subject, event, occurrence, form, version, visit date, days from enrolment to it)
 EntryRow = tuple[int, str, str, int, str, int, "str | None", "int | None"]
@@ -622,7 +622,7 @@ def _cell_chunk(group: Sequence[EntryRow], items: pgsql.Composable) -> CellChunk
 
     # --STRESN: the plain numbers' float, parsed here (C, correctly rounded, as Python's
     # float() of the value) rather than by PostgreSQL, whose time is the scarcer.
-    stresn = pc.cast(table.column("orres"), pa.float64()).combine_chunks()
+    stresn = pc.cast(table.column("orres"), pa.float64(), memory_pool=pa.system_memory_pool()).combine_chunks()
 
     return CellChunk(entry=numbers("entry", np.int64), index=numbers("index", np.int32), orres=texts("orres"),
                      stresn=numbers("stresn", np.float64), raw=texts("raw"), missing=texts("missing"),
@@ -724,6 +724,7 @@ def _copy_table(query: pgsql.Composable, columns: dict[str, Any]) -> Any:
     rows never become Python objects on the way."""
     import io
 
+    import pyarrow as pa
     from pyarrow import csv as pa_csv
 
     buffer = io.BytesIO()
@@ -734,6 +735,7 @@ def _copy_table(query: pgsql.Composable, columns: dict[str, Any]) -> Any:
     buffer.seek(0)
     # A NULL is an empty field, an empty text a quoted one (""); only the first is None.
     return pa_csv.read_csv(buffer, read_options=pa_csv.ReadOptions(column_names=list(columns), use_threads=False),
+                           memory_pool=pa.system_memory_pool(),
                            convert_options=pa_csv.ConvertOptions(column_types=columns, null_values=[""],
                                                                  strings_can_be_null=True,
                                                                  quoted_strings_can_be_null=False))

@@ -49,7 +49,7 @@ class StudyMeta:
     forms: tuple[FormMeta, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubjectRecord:
     """A subject as it may leave the tenant: `subject_key` is the study-level key (the
     subject code, or the pooled pseudonym). Dates are already shifted when de-identified."""
@@ -68,7 +68,7 @@ class SubjectRecord:
     status_reason: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VisitRecord:
     """An event occurrence that happened (SV): the task completed, or with data."""
 
@@ -80,7 +80,7 @@ class VisitRecord:
     unscheduled: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EntryRecord:
     """One form of one event occurrence of one subject. `values` is the entry's values
     document (item code -> value; a repeating group: code -> list of row objects);

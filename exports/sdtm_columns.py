@@ -49,7 +49,7 @@ from exports.sdtm import (
 from exports.xpt import _char_cells
 
 # Rows encoded for the XPT writer at a time.
-XPT_BATCH = 20_000
+XPT_BATCH = 10_000
 
 
 def _text_size(text: str) -> int:
