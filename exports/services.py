@@ -258,13 +258,15 @@ class _ZipEntryBeside:
         self._thread.start()
 
     def _deflate(self, archive: Any, info: Any) -> None:
+        handed_over = False
         try:
             with archive.open(info, "w") as target:
                 while (block := self._blocks.get()) is not None:
                     target.write(block)
+                handed_over = True
         except BaseException as error:  # raised to the writer
             self._error = error
-            while self._blocks.get() is not None:  # let the writer finish handing over
+            while not handed_over and self._blocks.get() is not None:  # let the writer finish handing over
                 pass
 
     def write(self, data: bytes) -> int:

@@ -301,7 +301,7 @@ def csv_to_parquet(source: IO[bytes], sink: Any, schema: pa.Schema,
     import pyarrow.csv as pacsv
 
     reader = pacsv.open_csv(
-        source, read_options=pacsv.ReadOptions(block_size=PARQUET_BLOCK_BYTES),
+        source, read_options=pacsv.ReadOptions(block_size=PARQUET_BLOCK_BYTES, use_threads=False),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             column_types={field.name: field.type for field in schema}, strings_can_be_null=True,

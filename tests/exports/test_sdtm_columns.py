@@ -300,3 +300,45 @@ def test_the_sdtm_export_run_uses_the_columns(study, tmp_path, monkeypatch):
     (tmp_path / "python").mkdir()
     specs = sdtm_write(data, studyid="COL", directory=tmp_path / "python")
     assert written == {spec.file_name: (tmp_path / "python" / spec.file_name).read_bytes() for spec in specs}
+
+
+class _FailingFile:
+    """A file that takes `room` bytes, then fails as a full disk does."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        if self.written + len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.written
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("room", [0, 100, 70_000])
+def test_a_zip_entry_written_beside_raises_its_failure_to_the_writer(room):
+    """The ZIP entry deflated on a thread (exports.services._ZipEntryBeside) hands a write
+    failure back to the writer, wherever it happens (on a block, or on closing the
+    entry): the export fails instead of hanging or writing a truncated archive."""
+    import os
+    import zipfile
+
+    from exports.services import _ZipEntryBeside, _zip_info
+
+    file = _FailingFile(room)
+    archive = zipfile.ZipFile(file, "w")  # type: ignore[arg-type]
+    data = os.urandom(1 << 16)  # does not deflate: every block reaches the file
+    with pytest.raises(OSError, match="No space left"):
+        with _ZipEntryBeside(archive, _zip_info("vs.xpt")) as entry:
+            for _ in range(8):
+                entry.write(data)
+            entry.flush()
+    file.room = 1 << 30  # room again, so that the archive closes here rather than in the collector
+    archive.close()
