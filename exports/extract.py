@@ -342,12 +342,17 @@ def in_snapshot_beside(scope: ExportScope, work: Callable[[], T]) -> Future[T]:
 # Subjects, visits and entries in one order: subject code by byte ("C" collation, the
 # writers compare keys as Python strings), then event in schedule order, occurrence, form.
 
+# Subjects by key; or by USUBJID: site code, "-", subject code (the SDTM datasets' order).
+# Both by code point, as Python compares text.
+_SUBJECT_ORDER = pgsql.SQL('s.subject_code COLLATE "C"')
+_USUBJID_ORDER = pgsql.SQL("(si.code || '-' || s.subject_code) COLLATE \"C\"")
+
+# Entries (of some forms: {forms}, or all) in the subjects' {order}.
 _ENTRIES_SQL = """
 WITH event_order(code, position) AS ({events})
 SELECT s.subject_code, si.code, t.event_code, t.sequence, f.code, v.number, e.status, e.values, e.missing,
        coalesce(t.completed_on, t.target_date), e.updated
-""" + _ENTRY_JOINS + """ ORDER BY s.subject_code COLLATE "C", coalesce(eo.position, 100000), t.event_code,
-          t.sequence, f.code
+""" + _ENTRY_JOINS + """ {forms} ORDER BY {order}, coalesce(eo.position, 100000), t.event_code, t.sequence, f.code
 """
 
 _VISITS_SQL = """
@@ -355,9 +360,10 @@ WITH event_order(code, position) AS ({events})
 SELECT s.subject_code, t.event_code, t.sequence, t.completed_on, t.unscheduled
   FROM studies_followuptask t
   JOIN studies_subject s ON s.id = t.subject_id
+  JOIN sites_site si ON si.id = s.site_id
  WHERE s.study_id = {study} AND t.status = 'completed' {task_filters}
- ORDER BY s.subject_code COLLATE "C", coalesce((SELECT position FROM event_order eo WHERE eo.code = t.event_code),
-          100000), t.event_code, t.sequence
+ ORDER BY {order}, coalesce((SELECT position FROM event_order eo WHERE eo.code = t.event_code), 100000),
+          t.event_code, t.sequence
 """
 
 
@@ -416,9 +422,9 @@ def study_data(scope: ExportScope, *, snapshot_at: datetime) -> StudyData:
     filters = _filters(scope)
     events = _values(_event_order(scope.study_id), ("text", "int"))
     entries_query = pgsql.SQL(_ENTRIES_SQL).format(events=events, study=pgsql.Literal(scope.study_id),
-                                                   filters=filters)
+                                                   filters=filters, forms=pgsql.SQL(""), order=_SUBJECT_ORDER)
     visits_query = pgsql.SQL(_VISITS_SQL).format(events=events, study=pgsql.Literal(scope.study_id),
-                                                 task_filters=_task_filters(scope))
+                                                 task_filters=_task_filters(scope), order=_SUBJECT_ORDER)
 
     return StudyData(study=study_meta(scope), snapshot_at=snapshot_at, subjects=_subjects(scope),
                      visits=_visit_records(visits_query), entries=_entry_records(entries_query),
@@ -501,38 +507,13 @@ SELECT km.id, sp.idx, NULL, NULL, km.value::text
   JOIN spec sp ON sp.version_id = km.form_version_id AND sp.code = km.key
 """
 
-# USUBJID order: site code, "-", subject code, by code point (as Python compares text).
-_USUBJID_ORDER = "(si.code || '-' || s.subject_code) COLLATE \"C\""
-
-# StudyData.entries (of some forms, or all) in USUBJID order.
-_ORDERED_ENTRIES_SQL = """
-WITH event_order(code, position) AS ({events})
-SELECT s.subject_code, si.code, t.event_code, t.sequence, f.code, v.number, e.status, e.values, e.missing,
-       coalesce(t.completed_on, t.target_date), e.updated
-""" + _ENTRY_JOINS + """ {forms} ORDER BY """ + _USUBJID_ORDER + """, coalesce(eo.position, 100000), t.event_code,
-          t.sequence, f.code
-"""
-
-# StudyData.visits in USUBJID order.
-_ORDERED_VISITS_SQL = """
-WITH event_order(code, position) AS ({events})
-SELECT s.subject_code, t.event_code, t.sequence, t.completed_on, t.unscheduled
-  FROM studies_followuptask t
-  JOIN studies_subject s ON s.id = t.subject_id
-  JOIN sites_site si ON si.id = s.site_id
- WHERE s.study_id = {study} AND t.status = 'completed' {task_filters}
- ORDER BY """ + _USUBJID_ORDER + """, coalesce((SELECT position FROM event_order eo WHERE eo.code = t.event_code),
-          100000), t.event_code, t.sequence
-"""  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
-
 # The entries in the datasets' order (USUBJID, i.e. site and subject code, by code point as
 # Python compares them), each subject's in the order of StudyData.entries.
 _USUBJID_ENTRIES_SQL = """
 WITH event_order(code, position) AS ({events})
 SELECT e.id, s.subject_code, t.event_code, t.sequence, f.code, v.number,
        coalesce(t.completed_on, t.target_date)::text, coalesce(t.completed_on, t.target_date) - s.enrolment_date
-""" + _ENTRY_JOINS + """ ORDER BY """ + _USUBJID_ORDER + """, coalesce(eo.position, 100000), t.event_code,
-          t.sequence, f.code
+""" + _ENTRY_JOINS + """ ORDER BY {order}, coalesce(eo.position, 100000), t.event_code, t.sequence, f.code
 """
 
 # Entries per group of cells (whole subjects; about 8 cells an entry in the benchmark).
@@ -561,22 +542,22 @@ class SqlSdtmSource:
                 "study": pgsql.Literal(self.scope.study_id), "filters": _filters(self.scope)}
 
     def visits(self) -> Iterator[VisitRecord]:
-        return _visit_records(pgsql.SQL(_ORDERED_VISITS_SQL).format(
+        return _visit_records(pgsql.SQL(_VISITS_SQL).format(
             events=self._base()["events"], study=pgsql.Literal(self.scope.study_id),
-            task_filters=_task_filters(self.scope)))
+            task_filters=_task_filters(self.scope), order=_USUBJID_ORDER))
 
     def entries(self, forms: Collection[tuple[str, int]] | None) -> Iterator[EntryRecord]:
         narrowed = pgsql.SQL("")
         if forms is not None:
             versions = [self._versions[key] for key in forms if key in self._versions]
             narrowed = pgsql.SQL("AND e.form_version_id = ANY({}::bigint[])").format(pgsql.Literal(versions))
-        return _entry_records(pgsql.SQL(_ORDERED_ENTRIES_SQL).format(forms=narrowed, **self._base()))
+        return _entry_records(pgsql.SQL(_ENTRIES_SQL).format(forms=narrowed, order=_USUBJID_ORDER, **self._base()))
 
     def chunks(self, items: Sequence[CellItem]) -> Iterator[CellChunk]:
         rows = [(self._versions[(item.form_code, item.form_version)], item.item, item.index, item.precision)
                 for item in items if (item.form_code, item.form_version) in self._versions]
         items_sql = _values(rows, ("bigint", "text", "int", "int"))
-        entries_query = pgsql.SQL(_USUBJID_ENTRIES_SQL).format(**self._base())
+        entries_query = pgsql.SQL(_USUBJID_ENTRIES_SQL).format(order=_USUBJID_ORDER, **self._base())
         if self.scope.snapshot is None:  # inside the caller's transaction: read when asked, on its connection
             return (_cell_chunk(group, items_sql) for group in _entry_groups(_stream(entries_query)))
         return _read_cells_ahead(self.scope, entries_query, items_sql)
@@ -692,9 +673,12 @@ def _read_cells_ahead(scope: ExportScope, entries_query: pgsql.Composable, items
             while number not in done:
                 if listed and number >= listed[0]:
                     return None
-                if all(thread.done() for thread in threads):  # ended without a result: a connection failed
+                # A thread that ended without handing over a result (its connection or
+                # snapshot failed before its work began) raises here.
+                if (threads[0].done() and not listed) or all(thread.done() for thread in threads[1:]):
                     for thread in threads:
-                        thread.result()
+                        if thread.done():
+                            thread.result()
                     raise RuntimeError("The export's reading threads stopped early.")
                 ready.wait(timeout=0.2)
             return done.pop(number)
@@ -711,8 +695,9 @@ def _read_cells_ahead(scope: ExportScope, entries_query: pgsql.Composable, items
                 number += 1
         finally:
             stop.set()
-            for _ in range(readers + 1):
-                slots.release()  # a lister waiting for a slot sees the stop
+            slots.release()  # a lister waiting for a slot sees the stop
+            for _ in range(readers):
+                work.put(None)  # readers waiting for work end (also if the lister never ran)
             for thread in threads:
                 thread.result()  # a thread's own failure (its connection) surfaces here
 

@@ -657,14 +657,7 @@ class Spool:
                     self.widths[index] = max(self.widths[index], size)
 
     def spec(self) -> DatasetSpec:
-        variables = tuple(
-            VariableSpec(name=var.name, label=var.label, type=var.type,
-                         length=8 if var.type == "Num" else max(1, width), role=var.role, origin=var.origin,
-                         source=var.source, mandatory=var.name in ("STUDYID", "DOMAIN", "USUBJID"))
-            for var, width in zip(self.domain.variables, self.widths, strict=True))
-        return DatasetSpec(name=self.domain.name, label=self.domain.label, domain_class=self.domain.domain_class,
-                           structure=self.domain.structure, keys=self.domain.keys, variables=variables,
-                           rows=self.count, file_name=f"{self.domain.name.lower()}.xpt")
+        return domain_spec(self.domain, self.widths, self.count)
 
     def _flush(self) -> None:
         if self._pending:
@@ -688,6 +681,18 @@ class Spool:
 
     def close(self) -> None:
         self.file.close()
+
+
+def domain_spec(domain: Domain, widths: Sequence[int], rows: int) -> DatasetSpec:
+    """A domain's DatasetSpec once its Char widths (bytes, measured) and rows are known."""
+    variables = tuple(
+        VariableSpec(name=var.name, label=var.label, type=var.type,
+                     length=8 if var.type == "Num" else max(1, width), role=var.role, origin=var.origin,
+                     source=var.source, mandatory=var.name in ("STUDYID", "DOMAIN", "USUBJID"))
+        for var, width in zip(domain.variables, widths, strict=True))
+    return DatasetSpec(name=domain.name, label=domain.label, domain_class=domain.domain_class,
+                       structure=domain.structure, keys=domain.keys, variables=variables, rows=rows,
+                       file_name=f"{domain.name.lower()}.xpt")
 
 
 R = TypeVar("R", VisitRecord, EntryRecord)

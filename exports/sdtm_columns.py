@@ -35,7 +35,7 @@ from typing import IO, Any
 import numpy as np
 from django.utils.translation import gettext
 
-from exports.records import CellChunk, CellItem, DatasetSpec, EventMeta, SdtmSource, SubjectRecord, VariableSpec
+from exports.records import CellChunk, CellItem, DatasetSpec, EventMeta, SdtmSource, SubjectRecord
 from exports.sdtm import (
     FINDINGS,
     MAX_CHAR,
@@ -45,6 +45,7 @@ from exports.sdtm import (
     SdtmError,
     _finding_columns,
     _usubjid,
+    domain_spec,
 )
 from exports.xpt import _char_cells
 
@@ -346,14 +347,7 @@ class _DomainSpool:
                     "variable": name, "size": int(sizes[name][row]), "max": MAX_CHAR})
 
     def spec(self) -> DatasetSpec:
-        variables = tuple(
-            VariableSpec(name=var.name, label=var.label, type=var.type,
-                         length=8 if var.type == "Num" else max(1, width), role=var.role, origin=var.origin,
-                         source=var.source, mandatory=var.name in ("STUDYID", "DOMAIN", "USUBJID"))
-            for var, width in zip(self.domain.variables, self.widths, strict=True))
-        return DatasetSpec(name=self.domain.name, label=self.domain.label, domain_class=self.domain.domain_class,
-                           structure=self.domain.structure, keys=self.domain.keys, variables=variables,
-                           rows=self.count, file_name=f"{self.domain.name.lower()}.xpt")
+        return domain_spec(self.domain, self.widths, self.count)
 
     def close(self) -> None:
         self.file.close()

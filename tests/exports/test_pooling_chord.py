@@ -13,6 +13,7 @@ media folder this module shares with it (workers share storage, never temp paths
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -426,6 +427,20 @@ def test_a_study_export_in_two_halves_on_two_connections_writes_the_same_bytes(c
 
 # --- SDTM cells read on other connections ---------------------------------------------------------
 
+@contextlib.contextmanager
+def _exported_snapshot(study: Any) -> Iterator[Any]:
+    """An export scope of `study` whose snapshot other connections can import, as an
+    export run's (inside its REPEATABLE READ transaction)."""
+    from django.db import transaction
+
+    from exports import extract
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cursor.execute("SELECT pg_export_snapshot()")
+        yield extract.ExportScope(study_id=study.pk, snapshot=cursor.fetchone()[0])
+
+
 def _plain(chunk: Any) -> tuple[Any, ...]:
     """A CellChunk as comparable lists: cells by (entry, item) (they come in no set order;
     the build sorts them), NaN as None."""
@@ -475,10 +490,7 @@ def test_sdtm_cells_are_read_on_other_connections_in_the_run_snapshot(committed,
     def read() -> dict[str, Any]:
         connection.set_tenant(tenant)
         study = Study.objects.get(code="CRF")
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cursor.execute("SELECT pg_export_snapshot()")
-            scope = extract.ExportScope(study_id=study.pk, snapshot=cursor.fetchone()[0])
+        with _exported_snapshot(study) as scope:
             beside_read = [_plain(chunk) for chunk in extract.SqlSdtmSource(scope).chunks(items)]
             here = [_plain(chunk) for chunk in extract.SqlSdtmSource(
                 dataclasses.replace(scope, snapshot=None)).chunks(items)]
@@ -506,3 +518,41 @@ def test_sdtm_cells_are_read_on_other_connections_in_the_run_snapshot(committed,
     assert sum(len(group[0]) for group in groups) >= 7 * 4  # weight, height, sex, pain, symptoms
     assert result["job"].status == "done", result["job"].error
     assert result["written"] == result["python"] and "dm.xpt" in result["written"]
+
+
+@pytest.mark.parametrize("failing", ["_cell_chunk", "_stream"])
+def test_a_failure_reading_sdtm_cells_beside_reaches_the_build(committed, monkeypatch, failing):
+    """A group's cells failing on a reading connection, or the listing of the entries
+    failing on its own, is raised to the SDTM build (which fails the export with it); the
+    threads end and their connections close (no export left waiting)."""
+
+    from exports import extract
+    from exports.records import CellItem
+    from studies.models import Study
+    from tenants.models import Tenant
+
+    tenant = Tenant.objects.get(slug=SLUGS[2])
+    monkeypatch.setattr(extract, "GROUP_ENTRIES", 2)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("connection lost")
+
+    monkeypatch.setattr(extract, failing, broken)
+
+    def read() -> str:
+        connection.set_tenant(tenant)
+        with _exported_snapshot(Study.objects.get(code="CRF")) as scope, \
+                pytest.raises(OSError, match="connection lost"):
+            list(extract.SqlSdtmSource(scope).chunks([CellItem("VITALS", 1, "weight", 0, 1)]))
+        return "raised"
+
+    assert run_committed(read) == "raised"
+    assert _our_sessions_now() == 0
+
+
+def _our_sessions_now() -> int:
+    """Other sessions of this test database still open in a transaction (a reader left behind)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'")
+        return int(cursor.fetchone()[0])

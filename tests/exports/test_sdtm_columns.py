@@ -330,15 +330,14 @@ def test_a_zip_entry_written_beside_raises_its_failure_to_the_writer(room):
     import os
     import zipfile
 
-    from exports.services import _ZipEntryBeside, _zip_info
+    from exports.services import _zip_info, _ZipEntryBeside
 
     file = _FailingFile(room)
     archive = zipfile.ZipFile(file, "w")  # type: ignore[arg-type]
     data = os.urandom(1 << 16)  # does not deflate: every block reaches the file
-    with pytest.raises(OSError, match="No space left"):
-        with _ZipEntryBeside(archive, _zip_info("vs.xpt")) as entry:
-            for _ in range(8):
-                entry.write(data)
-            entry.flush()
+    with pytest.raises(OSError, match="No space left"), _ZipEntryBeside(archive, _zip_info("vs.xpt")) as entry:
+        for _ in range(8):
+            entry.write(data)
+        entry.flush()
     file.room = 1 << 30  # room again, so that the archive closes here rather than in the collector
     archive.close()
