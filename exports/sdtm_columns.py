@@ -2,25 +2,24 @@
 flattened (exports.records.SdtmSource), instead of value by value from the entries.
 
 Nearly every row of an SDTM export is a finding, and building them in Python, one item
-value at a time, was most of the export's time (docs/BENCHMARKS.md §6). Here:
+value at a time, was most of the export's time (docs/BENCHMARKS.md §6, ADR 0015). Here:
 
-- while ``sdtm_build`` walks the subjects (DM, SV, DS, AE and the visit numbers, as
-  before, from entries that carry no findings values), each entry with findings adds one
-  row to a table of entries: its USUBJID, VISITNUM, VISIT, --DTC, --DY and its place in
-  the walk;
-- meanwhile the cells are read from the database, a group of subjects at a time in
-  USUBJID order (exports.extract.SqlSdtmSource, on its own connection in the run's
-  snapshot): a plain number already as its SDTM text and float; anything else (text,
-  codes, a missing-data code, a number PostgreSQL would not write as Python does) as
-  JSON, mapped here by the Python path's own ``_finding_columns``;
-- each group's rows are then sorted with numpy in the order the Python path sorts them
-  (USUBJID; QSCAT or --TESTCD, --TESTCD; VISITNUM; --DTC; then as the walk met them),
-  numbered (--SEQ), measured (Char widths, the 200-byte limit) and spooled;
+- while ``sdtm_build`` walks the subjects in USUBJID order (DM, SV, DS, AE and the visit
+  numbers, as before, from the entries of AE forms only), the cells are read from the
+  database beside it (exports.extract.SqlSdtmSource: the entries listed in USUBJID order
+  in groups of whole subjects, each group's cells on other connections in the run's
+  snapshot): a plain number already as its SDTM text; anything else (text, codes, a
+  missing-data code, a number PostgreSQL would not write as Python does) as JSON, mapped
+  here by the Python path's own ``_finding_columns``;
+- each group's entries get their VISITNUM, VISIT, --DTC and --DY once per distinct
+  subject, visit and date; its rows are sorted with numpy in the order the Python path
+  sorts them (USUBJID; QSCAT or --TESTCD, --TESTCD; VISITNUM; --DTC; then as the walk met
+  them), numbered (--SEQ), measured (Char widths, the 200-byte limit) and spooled;
 - the XPT writer takes each group as columns of cells (exports.xpt.xpt_write_columns).
 
 The files are byte for byte those of the Python path (tests/exports/test_sdtm_columns.py
-builds both from the same data). Memory holds one group of subjects and the table of
-entries (a few dozen bytes per entry).
+builds both from the same data). Memory holds a few groups' cells, the subjects' USUBJIDs
+and the visits numbered otherwise than by the schedule, whatever the number of values.
 """
 
 from __future__ import annotations
@@ -360,9 +359,8 @@ def _roles(domain: Domain) -> list[str]:
             else variable.name for variable in domain.variables]
 
 
-def _topic_position(domain: Domain, role: str) -> int:
-    """TESTCD, TEST, QSCAT: their place in FindingItem.topic."""
-    return {"TESTCD": 0, "TEST": 1, "CAT": 2}[role]
+# TESTCD, TEST, QSCAT: their place in FindingItem.topic.
+_TOPIC = {"TESTCD": 0, "TEST": 1, "CAT": 2}
 
 
 def _object_sizes(texts: np.ndarray) -> np.ndarray:
@@ -389,7 +387,7 @@ def _char_sizes(findings: ColumnFindings, domain: Domain, group: dict[str, np.nd
         elif role == "USUBJID":
             column = findings.usubjid_sizes[group["usub"]]
         elif role in ("TESTCD", "TEST", "CAT"):
-            column = topic_sizes[_topic_position(domain, role)][index]
+            column = topic_sizes[_TOPIC[role]][index]
         elif role in ("ORRES", "STRESC"):
             column = _object_sizes(group[role.lower()])
         elif role in ("ORRESU", "STRESU", "STAT", "REASND") or role in ("VISIT", "DTC"):
@@ -445,7 +443,7 @@ class ColumnBatch:
             elif role == "SEQ":
                 columns.append([int(seq) for seq in group["seq"].tolist()])
             elif role in ("TESTCD", "TEST", "CAT"):
-                position = _topic_position(self.domain, role)
+                position = _TOPIC[role]
                 columns.append([findings.items[at][1].topic[position] for at in index.tolist()])
             elif role in ("ORRES", "STRESC"):
                 columns.append(group[role.lower()].tolist())
@@ -483,7 +481,7 @@ class ColumnBatch:
                 out.append(group["seq"])
                 continue
             elif role in ("TESTCD", "TEST", "CAT"):
-                position = _topic_position(self.domain, role)
+                position = _TOPIC[role]
                 cells = _table([finding.topic[position] if position < len(finding.topic) else ""
                                 for _, finding in findings.items], width, index)
             elif role in ("ORRES", "STRESC"):
