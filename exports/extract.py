@@ -11,6 +11,7 @@ the same bytes.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -617,91 +618,135 @@ def _read_cells_ahead(scope: ExportScope, entries_query: pgsql.Composable, items
     """The chunks of _entry_groups in order, read beside the caller in the run's snapshot:
     one connection lists the entries into groups, `readers` others read each group's
     cells. At most readers + CELL_GROUPS_AHEAD groups are in hand or waiting at any time
-    (memory stays flat). Closing the iterator stops the threads, and their connections, after the
-    work at hand; a thread's error is raised to the caller."""
-    import queue
-    import threading
+    (memory stays flat). close() (also before the first chunk is asked for) stops the
+    threads, and their connections, after the work at hand; a thread's error is raised
+    to the caller."""
+    return _CellsAhead(scope, entries_query, items, readers)
 
-    work: queue.Queue[tuple[int, list[EntryRow]] | None] = queue.Queue()
-    done: dict[int, tuple[bool, Any]] = {}
-    ready = threading.Condition()
-    slots = threading.Semaphore(readers + CELL_GROUPS_AHEAD)
-    stop = threading.Event()
-    listed: list[int] = []  # the number of groups, once all are listed
 
-    def finish(number: int, outcome: tuple[bool, Any]) -> None:
-        with ready:
-            done[number] = outcome
-            ready.notify_all()
+class _CellsAhead(Iterator[CellChunk]):
+    """See _read_cells_ahead."""
 
-    def list_groups() -> None:
+    def __init__(self, scope: ExportScope, entries_query: pgsql.Composable, items: pgsql.Composable,
+                 readers: int) -> None:
+        import queue
+        import threading
+
+        self._items = items
+        self._entries_query = entries_query
+        self._readers = readers
+        self._work: queue.Queue[tuple[int, list[EntryRow]] | None] = queue.Queue()
+        self._done: dict[int, tuple[bool, Any]] = {}
+        self._ready = threading.Condition()
+        self._slots = threading.Semaphore(readers + CELL_GROUPS_AHEAD)
+        self._stop = threading.Event()
+        self._listed: int | None = None  # the number of groups, once all are listed
+        self._failed_at: int | None = None  # the listing failed before this group
+        self._next = 0
+        self._closed = False
+        self._threads = [in_snapshot_beside(scope, self._list_groups)] + [
+            in_snapshot_beside(scope, self._read_cells) for _ in range(readers)]
+
+    def _finish(self, number: int, outcome: tuple[bool, Any]) -> None:
+        with self._ready:
+            self._done[number] = outcome
+            self._ready.notify_all()
+
+    def _list_groups(self) -> None:
         count = 0
         try:
-            for group in _entry_groups(_stream(entries_query)):
-                while not slots.acquire(timeout=0.1):
-                    if stop.is_set():
+            for group in _entry_groups(_stream(self._entries_query)):
+                while not self._slots.acquire(timeout=0.1):
+                    if self._stop.is_set():
                         return
-                if stop.is_set():
+                if self._stop.is_set():
                     return
-                work.put((count, group))
+                self._work.put((count, group))
                 count += 1
         except BaseException as error:  # handed to the caller, which raises it
-            finish(count, (False, error))
-            return
+            with self._ready:
+                self._failed_at = count
+            self._finish(count, (False, error))
+        else:
+            with self._ready:  # before the readers can end: the caller then knows where the list ends
+                self._listed = count
+                self._ready.notify_all()
         finally:
-            for _ in range(readers):
-                work.put(None)
-        with ready:
-            listed.append(count)
-            ready.notify_all()
+            for _ in range(self._readers):
+                self._work.put(None)
 
-    def read_cells() -> None:
-        while (task := work.get()) is not None:
+    def _read_cells(self) -> None:
+        while (task := self._work.get()) is not None:
             number, group = task
-            if stop.is_set():
+            if self._stop.is_set():
                 continue
             try:
-                finish(number, (True, _cell_chunk(group, items)))
+                self._finish(number, (True, _cell_chunk(group, self._items)))
             except BaseException as error:  # handed to the caller, which raises it
-                finish(number, (False, error))
+                self._finish(number, (False, error))
 
-    threads = [in_snapshot_beside(scope, list_groups)] + [in_snapshot_beside(scope, read_cells)
-                                                          for _ in range(readers)]
-
-    def take(number: int) -> tuple[bool, Any] | None:
-        with ready:
-            while number not in done:
-                if listed and number >= listed[0]:
+    def _take(self, number: int) -> tuple[bool, Any] | None:
+        with self._ready:
+            while number not in self._done:
+                if self._listed is not None and number >= self._listed:
                     return None
-                # A thread that ended without handing over a result (its connection or
-                # snapshot failed before its work began) raises here.
-                if (threads[0].done() and not listed) or all(thread.done() for thread in threads[1:]):
-                    for thread in threads:
+                if self._failed_at is not None and number > self._failed_at:
+                    return None  # (the listing's error, at _failed_at, was raised before)
+                # A thread that ended without handing over what is awaited (its
+                # connection or snapshot failed before its work began) raises here.
+                listing_over = self._threads[0].done() and self._listed is None and self._failed_at is None
+                if listing_over or all(thread.done() for thread in self._threads[1:]):
+                    for thread in self._threads:
                         if thread.done():
                             thread.result()
                     raise RuntimeError("The export's reading threads stopped early.")
-                ready.wait(timeout=0.2)
-            return done.pop(number)
+                self._ready.wait(timeout=0.2)
+            return self._done.pop(number)
 
-    def read() -> Iterator[CellChunk]:
+    def __next__(self) -> CellChunk:
+        if self._closed:
+            raise StopIteration
         try:
-            number = 0
-            while (outcome := take(number)) is not None:
-                ok, value = outcome
-                if not ok:
-                    raise value
-                slots.release()
-                yield value
-                number += 1
-        finally:
-            stop.set()
-            slots.release()  # a lister waiting for a slot sees the stop
-            for _ in range(readers):
-                work.put(None)  # readers waiting for work end (also if the lister never ran)
-            for thread in threads:
-                thread.result()  # a thread's own failure (its connection) surfaces here
+            outcome = self._take(self._next)
+        except BaseException:
+            self.close()
+            raise
+        if outcome is None:
+            self.close()
+            raise StopIteration
+        ok, value = outcome
+        if not ok:
+            self.close()
+            raise value
+        self._slots.release()
+        self._next += 1
+        return value
 
-    return read()
+    def _signal_stop(self) -> None:
+        self._closed = True
+        self._stop.set()
+        self._slots.release()  # a lister waiting for a slot sees the stop
+        for _ in range(self._readers):
+            self._work.put(None)  # readers waiting for work end (also if the lister never ran)
+
+    def close(self) -> None:
+        """Stop the threads and wait for them to end (idempotent). A thread's own failure
+        after its work (closing its connection) is logged, never raised: it would take the
+        place of the build's outcome."""
+        if self._closed and all(thread.done() for thread in self._threads):
+            return
+        if not self._closed:
+            self._signal_stop()
+        for thread in self._threads:
+            error = thread.exception()
+            if error is not None:
+                logging.getLogger(__name__).warning("export.cells_reader_failed", extra={
+                    "error": type(error).__name__})
+
+    def __del__(self) -> None:
+        # Dropped without close(): the threads end after the work at hand (not waited for).
+        if not self._closed:
+            self._signal_stop()
 
 
 def _copy_table(query: pgsql.Composable, columns: dict[str, Any]) -> Any:
@@ -717,9 +762,14 @@ def _copy_table(query: pgsql.Composable, columns: dict[str, Any]) -> Any:
         raw = cursor.cursor
         raw.copy_expert(pgsql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query).as_string(raw), buffer,
                         size=1 << 20)
+    size = buffer.tell()
+    if not size:  # no rows: Arrow's reader refuses an empty input
+        return pa.schema(list(columns.items())).empty_table()
     buffer.seek(0)
     # A NULL is an empty field, an empty text a quoted one (""); only the first is None.
-    return pa_csv.read_csv(buffer, read_options=pa_csv.ReadOptions(column_names=list(columns), use_threads=False),
+    # One block for the whole input: a row longer than a block cannot be read.
+    return pa_csv.read_csv(buffer, read_options=pa_csv.ReadOptions(column_names=list(columns), use_threads=False,
+                                                                   block_size=max(1 << 20, size + 1)),
                            memory_pool=pa.system_memory_pool(),
                            convert_options=pa_csv.ConvertOptions(column_types=columns, null_values=[""],
                                                                  strings_can_be_null=True,

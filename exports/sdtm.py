@@ -799,6 +799,11 @@ def sdtm_build(data: StudyData, *, studyid: str) -> Iterator[tuple[DatasetSpec, 
         visit_records, entry_records = data.visits, data.entries
         if source is not None:
             subjects = sorted(data.subjects, key=lambda subject: _usubjid(studyid, subject))
+            for one, other in itertools.pairwise(subjects):
+                if _usubjid(studyid, one) == _usubjid(studyid, other) and one.subject_key != other.subject_key:
+                    raise SdtmError(gettext("USUBJID %(usubjid)s would be the same for subjects %(one)s and "
+                                            "%(other)s (site and subject codes joined by '-').") % {
+                        "usubjid": _usubjid(studyid, one), "one": one.subject_key, "other": other.subject_key})
             columns = column_findings(studyid, plans, domains, ctx.events, subjects, source)
             visit_records = source.visits()
             # With the findings by columns, the walk needs only the AE forms' entries.

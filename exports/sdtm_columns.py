@@ -45,6 +45,7 @@ from exports.sdtm import (
     _finding_columns,
     _usubjid,
     domain_spec,
+    iso_dtc_valid,
 )
 from exports.xpt import _char_cells
 
@@ -109,7 +110,6 @@ class ColumnFindings:
         self.usubjids = sorted(set(usubjids.values()))
         rank_of = {usubjid: rank for rank, usubjid in enumerate(self.usubjids)}
         self.subject_rank = {key: rank_of[usubjid] for key, usubjid in usubjids.items()}
-        self._chunks: Iterator[CellChunk] | None = cells.chunks(cell_items) if self.items else None
         self._last_rank = -1  # the chunks' subjects come in USUBJID order
         # Visits numbered otherwise than by the schedule (repeats, unscheduled), from the walk.
         self.visit_numbers: dict[tuple[str, str, int], tuple[float, str]] = {}
@@ -117,6 +117,8 @@ class ColumnFindings:
         self.plans = plans
         self._walked = 0  # entries met so far: their order within a subject
         self.spools = {name: _DomainSpool(domain) for name, domain in self.domains.items()}
+        # Last: the reading starts here (close() stops it).
+        self._chunks: Iterator[CellChunk] | None = cells.chunks(cell_items) if self.items else None
 
     def _head_ranks(self) -> np.ndarray:
         heads = [finding.sort_head for _, finding in self.items]
@@ -194,12 +196,17 @@ class ColumnFindings:
         visitnum = np.fromiter((number for number, _ in numbered), dtype=np.float64, count=count)
         visit = np.fromiter((name for _, name in numbered), dtype=np.int64, count=count)
         codes = {text: self.strings.code(text or "") for text in set(dates)}
+        for text in codes:
+            if text and not iso_dtc_valid(text):  # a date Python could not hold (year 10000 on, BC)
+                subject = subjects[dates.index(text)]
+                raise SdtmError(gettext("%(where)s: the value is not an ISO 8601 date.") % {
+                    "where": f"USUBJID {self.usubjids[ranks[subject]]}, visit date"})
         dtc = np.fromiter(map(codes.__getitem__, dates), dtype=np.int64, count=count)
         # --DY: day 1 is the enrolment date, the day before -1 (exports.sdtm.study_day).
         days = np.array(chunk.entry_days, dtype=np.float64)  # None: NaN
         day = np.where(days >= 0, days + 1, days)
         if count:
-            if usub[0] < self._last_rank or (np.diff(usub) < 0).any():
+            if usub[0] <= self._last_rank or (np.diff(usub) < 0).any():
                 raise RuntimeError("SDTM findings: entries out of USUBJID order (the database's and Python's "
                                    "orders of the codes differ).")
             self._last_rank = int(usub[-1])
@@ -211,10 +218,10 @@ class ColumnFindings:
                 "dtc": dtc, "day": day, "order": order}
 
     def _chunk(self, chunk: CellChunk) -> None:
+        entries = self._entries(chunk)  # checked even when they hold no findings cells
         count = len(chunk.entry)
         if not count:
             return
-        entries = self._entries(chunk)
         at = np.searchsorted(entries["keys"], chunk.entry)
         at[at >= len(entries["keys"])] = 0
         if not np.array_equal(entries["keys"][at], chunk.entry):
@@ -253,8 +260,13 @@ class ColumnFindings:
                 continue
             (orres[at_row], unit_out, stresc[at_row], number, unit_std, status,
              reason) = columns[len(finding.topic):len(finding.topic) + 7]
+            if not all(isinstance(text, str) for text in (orres[at_row], unit_out, stresc[at_row], unit_std, status,
+                                                          reason)):
+                # A missing-data code stored as other than text: the Python path's XPT
+                # writer refuses it too ("give text or None").
+                raise SdtmError(f"{finding.domain}: item {finding.code} holds a missing-data code that is not text.")
             stresn[at_row] = math.nan if number is None else number
-            orresu[at_row] = self.strings.code(str(unit_out))
+            orresu[at_row] = self.strings.code(str(unit_out))  # (text: checked above)
             stresu[at_row] = self.strings.code(str(unit_std))
             stat[at_row] = self.strings.code(str(status))
             reasnd[at_row] = self.strings.code(str(reason))

@@ -260,7 +260,7 @@ class _ZipEntryBeside:
     def _deflate(self, archive: Any, info: Any) -> None:
         handed_over = False
         try:
-            with archive.open(info, "w") as target:
+            with archive.open(info, "w", force_zip64=True) as target:  # an XPT may pass 2 GiB
                 while (block := self._blocks.get()) is not None:
                     target.write(block)
                 handed_over = True

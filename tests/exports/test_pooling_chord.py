@@ -556,3 +556,26 @@ def _our_sessions_now() -> int:
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                        "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'")
         return int(cursor.fetchone()[0])
+
+
+def test_sdtm_cells_reading_closed_before_its_first_group_stops_its_threads(committed):
+    """A build that fails before it asks for any cells (a data error in the walk) closes
+    the reading: its three threads end and their connections close."""
+    import threading
+
+    from exports import extract
+    from exports.records import CellItem
+    from studies.models import Study
+    from tenants.models import Tenant
+
+    tenant = Tenant.objects.get(slug=SLUGS[2])
+
+    def read() -> list[str]:
+        connection.set_tenant(tenant)
+        with _exported_snapshot(Study.objects.get(code="CRF")) as scope:
+            chunks = extract.SqlSdtmSource(scope).chunks([CellItem("VITALS", 1, "weight", 0, 1)])
+            chunks.close()  # type: ignore[attr-defined]
+            return [thread.name for thread in threading.enumerate() if thread.name.startswith("export-beside")]
+
+    assert run_committed(read) == []
+    assert _our_sessions_now() == 0

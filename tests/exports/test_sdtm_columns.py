@@ -341,3 +341,37 @@ def test_a_zip_entry_written_beside_raises_its_failure_to_the_writer(room):
         entry.flush()
     file.room = 1 << 30  # room again, so that the archive closes here rather than in the collector
     archive.close()
+
+
+def test_groups_without_findings_values_give_the_same_bytes(study, tmp_path, monkeypatch):
+    """Groups of entries with no findings value at all (a new site's subjects, only
+    screening forms entered) are read as empty groups, not refused: the bytes match."""
+    from ecrf.models import Entry
+
+    monkeypatch.setattr(extract, "GROUP_ENTRIES", 10)
+    first_site = study["sites"][1]  # site "A": its subjects come first by USUBJID
+    Entry.objects.filter(subject__site=first_site).update(values={}, missing={})
+    scope = extract.ExportScope(study_id=study["study"].pk)
+    _, python_files = _write(scope, tmp_path / "python", columns=False)
+    _, column_files = _write(scope, tmp_path / "columns", columns=True)
+    assert column_files == python_files
+    Entry.objects.filter(form__code="QSF").update(values={}, missing={})  # a whole domain empty
+    Entry.objects.filter(form__code="VSF").update(values={"plain": "x"}, missing={})
+    _, python_files = _write(scope, tmp_path / "python2", columns=False)
+    _, column_files = _write(scope, tmp_path / "columns2", columns=True)
+    assert column_files == python_files and {"vs.xpt", "lb.xpt", "qs.xpt"} <= set(column_files)
+
+
+def test_two_subjects_with_one_usubjid_are_refused(study, tmp_path):
+    from sites.models import Site
+    from studies.models import Subject
+
+    site = Site.objects.create(code="A-Q", name="Site A-Q", institution="H", country_region="CN",
+                               principal_investigator="Dr", target_enrolment=100, time_zone="Asia/Shanghai",
+                               status="active")
+    Subject.objects.create(study=study["study"], site=site, subject_code="100", status="enrolled",
+                           consent_date=date(2026, 1, 5), enrolment_date=date(2026, 1, 5))
+    Subject.objects.create(study=study["study"], site=study["sites"][1], subject_code="Q-100", status="enrolled",
+                           consent_date=date(2026, 1, 5), enrolment_date=date(2026, 1, 5))
+    with pytest.raises(SdtmError, match="USUBJID COL-A-Q-100 would be the same for subjects"):
+        _write(extract.ExportScope(study_id=study["study"].pk), tmp_path / "columns", columns=True)
