@@ -11,7 +11,6 @@ the same bytes.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import IO, Any, TypeVar
 
+import structlog
 from django.db import transaction
 from psycopg2 import sql as pgsql
 
@@ -38,6 +38,8 @@ from exports.records import (
     VisitRecord,
 )
 from studies.models import ScheduleStatus, ScheduleVersion, Study
+
+log = structlog.get_logger(__name__)
 
 LONG_COLUMNS = ("study", "site", "subject", "event", "occurrence", "visit_date", "form", "form_version",
                 "entry_status", "item", "item_row", "value", "missing_code")
@@ -537,31 +539,30 @@ class SqlSdtmSource:
         self.scope = scope
         self._versions = {(code, number): pk for pk, code, number in FormVersion.objects.filter(
             form__study_id=scope.study_id).values_list("pk", "form__code", "number")}
-
-    def _base(self) -> dict[str, pgsql.Composable]:
-        return {"events": _values(_event_order(self.scope.study_id), ("text", "int")),
-                "study": pgsql.Literal(self.scope.study_id), "filters": _filters(self.scope)}
+        # The queries' common parts: the schedule's event order, the study, the scope's filters.
+        self._base = {"events": _values(_event_order(scope.study_id), ("text", "int")),
+                      "study": pgsql.Literal(scope.study_id), "filters": _filters(scope)}
 
     def visits(self) -> Iterator[VisitRecord]:
         return _visit_records(pgsql.SQL(_VISITS_SQL).format(
-            events=self._base()["events"], study=pgsql.Literal(self.scope.study_id),
-            task_filters=_task_filters(self.scope), order=_USUBJID_ORDER))
+            events=self._base["events"], study=self._base["study"], task_filters=_task_filters(self.scope),
+            order=_USUBJID_ORDER))
 
     def entries(self, forms: Collection[tuple[str, int]] | None) -> Iterator[EntryRecord]:
         narrowed = pgsql.SQL("")
         if forms is not None:
             versions = [self._versions[key] for key in forms if key in self._versions]
             narrowed = pgsql.SQL("AND e.form_version_id = ANY({}::bigint[])").format(pgsql.Literal(versions))
-        return _entry_records(pgsql.SQL(_ENTRIES_SQL).format(forms=narrowed, order=_USUBJID_ORDER, **self._base()))
+        return _entry_records(pgsql.SQL(_ENTRIES_SQL).format(forms=narrowed, order=_USUBJID_ORDER, **self._base))
 
     def chunks(self, items: Sequence[CellItem]) -> Iterator[CellChunk]:
         rows = [(self._versions[(item.form_code, item.form_version)], item.item, item.index, item.precision)
                 for item in items if (item.form_code, item.form_version) in self._versions]
         items_sql = _values(rows, ("bigint", "text", "int", "int"))
-        entries_query = pgsql.SQL(_USUBJID_ENTRIES_SQL).format(order=_USUBJID_ORDER, **self._base())
+        entries_query = pgsql.SQL(_USUBJID_ENTRIES_SQL).format(order=_USUBJID_ORDER, **self._base)
         if self.scope.snapshot is None:  # inside the caller's transaction: read when asked, on its connection
             return (_cell_chunk(group, items_sql) for group in _entry_groups(_stream(entries_query)))
-        return _read_cells_ahead(self.scope, entries_query, items_sql)
+        return _CellsAhead(self.scope, entries_query, items_sql)
 
 
 def _entry_groups(rows: Iterator[EntryRow]) -> Iterator[list[EntryRow]]:
@@ -588,9 +589,9 @@ def _cell_chunk(group: Sequence[EntryRow], items: pgsql.Composable) -> CellChunk
         items=items, entries=pgsql.SQL("{}::bigint[]").format(pgsql.Literal(keys))),
         {"entry": pa.int64(), "index": pa.int32(), "orres": pa.string(), "raw": pa.string(), "missing": pa.string()})
 
-    def numbers(name: str, kind: Any) -> Any:
+    def numbers(column: Any, kind: Any) -> Any:
         # From the buffers: Arrow's to_numpy() imports pandas (60 MB, 0.3 s) to do this.
-        array = table.column(name).combine_chunks() if name != "stresn" else stresn
+        array = column.combine_chunks()
         size = np.dtype(kind).itemsize
         values = np.frombuffer(array.buffers()[1], dtype=kind, count=len(array), offset=array.offset * size)
         values = values.astype(np.float64 if kind == np.float64 else np.int64)
@@ -604,31 +605,26 @@ def _cell_chunk(group: Sequence[EntryRow], items: pgsql.Composable) -> CellChunk
 
     # --STRESN: the plain numbers' float, parsed here (C, correctly rounded, as Python's
     # float() of the value) rather than by PostgreSQL, whose time is the scarcer.
-    stresn = pc.cast(table.column("orres"), pa.float64(), memory_pool=pa.system_memory_pool()).combine_chunks()
+    stresn = pc.cast(table.column("orres"), pa.float64(), memory_pool=pa.system_memory_pool())
 
-    return CellChunk(entry=numbers("entry", np.int64), index=numbers("index", np.int32), orres=texts("orres"),
-                     stresn=numbers("stresn", np.float64), raw=texts("raw"), missing=texts("missing"),
+    return CellChunk(entry=numbers(table.column("entry"), np.int64), index=numbers(table.column("index"), np.int32),
+                     orres=texts("orres"), stresn=numbers(stresn, np.float64), raw=texts("raw"),
+                     missing=texts("missing"),
                      entry_key=np.array(keys, dtype=np.int64), entry_subject=subjects, entry_event=events,
                      entry_sequence=sequences, entry_form=forms, entry_version=versions, entry_date=dates,
                      entry_days=days)
 
 
-def _read_cells_ahead(scope: ExportScope, entries_query: pgsql.Composable, items: pgsql.Composable,
-                      readers: int = CELL_READERS) -> Iterator[CellChunk]:
+class _CellsAhead(Iterator[CellChunk]):
     """The chunks of _entry_groups in order, read beside the caller in the run's snapshot:
     one connection lists the entries into groups, `readers` others read each group's
     cells. At most readers + CELL_GROUPS_AHEAD groups are in hand or waiting at any time
     (memory stays flat). close() (also before the first chunk is asked for) stops the
     threads, and their connections, after the work at hand; a thread's error is raised
     to the caller."""
-    return _CellsAhead(scope, entries_query, items, readers)
-
-
-class _CellsAhead(Iterator[CellChunk]):
-    """See _read_cells_ahead."""
 
     def __init__(self, scope: ExportScope, entries_query: pgsql.Composable, items: pgsql.Composable,
-                 readers: int) -> None:
+                 readers: int = CELL_READERS) -> None:
         import queue
         import threading
 
@@ -740,8 +736,7 @@ class _CellsAhead(Iterator[CellChunk]):
         for thread in self._threads:
             error = thread.exception()
             if error is not None:
-                logging.getLogger(__name__).warning("export.cells_reader_failed", extra={
-                    "error": type(error).__name__})
+                log.warning("export.cells_reader_failed", error=type(error).__name__)
 
     def __del__(self) -> None:
         # Dropped without close(): the threads end after the work at hand (not waited for).

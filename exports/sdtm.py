@@ -695,6 +695,15 @@ def domain_spec(domain: Domain, widths: Sequence[int], rows: int) -> DatasetSpec
                        file_name=f"{domain.name.lower()}.xpt")
 
 
+def unknown_subject(what: str, subject_key: str) -> SdtmError:
+    return SdtmError(f"{what} of subject {subject_key!r}: no such subject, or not in the subjects' order "
+                     f"(subject_key).")
+
+
+def unknown_form(subject_key: str, form: str, version: int) -> SdtmError:
+    return SdtmError(f"Entry of subject {subject_key}: form {form} v{version} is not in the study's forms.")
+
+
 R = TypeVar("R", VisitRecord, EntryRecord)
 
 
@@ -716,8 +725,7 @@ class Cursor(Generic[R]):
 
     def finish(self) -> None:
         if self._current is not None:
-            raise SdtmError(f"{self._what} of subject {self._current[0]!r}: no such subject, or not in the "
-                            f"subjects' order (subject_key).")
+            raise unknown_subject(self._what, self._current[0])
 
 
 def _plan(study: StudyMeta) -> tuple[dict[tuple[str, int], FormPlan], dict[str, Domain]]:
@@ -752,8 +760,7 @@ def _subject(ctx: Context, subject: SubjectRecord, visits: list[VisitRecord], en
     for entry in entries:
         plan = ctx.plans.get((entry.form_code, entry.form_version))
         if plan is None:
-            raise SdtmError(f"Entry of subject {subject.subject_key}: form {entry.form_code} "
-                            f"v{entry.form_version} is not in the study's forms.")
+            raise unknown_form(subject.subject_key, entry.form_code, entry.form_version)
         visit = _visit_of(ctx, entry, numbers)
         if plan.findings and columns is None:  # else they come by columns (exports.sdtm_columns)
             _entry_findings(plan, entry, visit, reference, findings)

@@ -46,6 +46,8 @@ from exports.sdtm import (
     _usubjid,
     domain_spec,
     iso_dtc_valid,
+    unknown_form,
+    unknown_subject,
 )
 from exports.xpt import _char_cells
 
@@ -116,6 +118,7 @@ class ColumnFindings:
         self.events = events
         self.plans = plans
         self._walked = 0  # entries met so far: their order within a subject
+        self._dtc_ranks = np.empty(0, dtype=np.int64)
         self.spools = {name: _DomainSpool(domain) for name, domain in self.domains.items()}
         # Last: the reading starts here (close() stops it).
         self._chunks: Iterator[CellChunk] | None = cells.chunks(cell_items) if self.items else None
@@ -167,14 +170,13 @@ class ColumnFindings:
         for subject in dict.fromkeys(subjects):
             rank = self.subject_rank.get(subject)
             if rank is None:
-                raise SdtmError(f"Entries of subject {subject!r}: no such subject, or not in the subjects' order "
-                                f"(subject_key).")
+                raise unknown_subject("Entries", subject)
             ranks[subject] = rank
         for form, version in set(zip(chunk.entry_form, chunk.entry_version, strict=True)):
             if (form, version) not in self.plans:
                 subject = next(s for s, f, v in zip(subjects, chunk.entry_form, chunk.entry_version, strict=True)
                                if (f, v) == (form, version))
-                raise SdtmError(f"Entry of subject {subject}: form {form} v{version} is not in the study's forms.")
+                raise unknown_form(subject, form, version)
         usub = np.fromiter(map(ranks.__getitem__, subjects), dtype=np.int64, count=count)
         # VISITNUM and VISIT by (event, occurrence), as _visit_of gives them, then the
         # subjects' own numbering where it differs (repeats, unscheduled visits).
@@ -300,11 +302,10 @@ class ColumnFindings:
                 "day": entries["day"][rows_entry]})
 
     def dtc_ranks(self) -> np.ndarray:
-        # Dates met after the walk (none: they come from the entries) would change it.
-        cached = getattr(self, "_dtc_ranks", None)
-        if cached is None or len(cached) != len(self.strings.values):
-            cached = self._dtc_ranks = self.strings.ranks()
-        return cached
+        """Each text code's rank in Python's order (for --DTC), again when texts were added."""
+        if len(self._dtc_ranks) != len(self.strings.values):
+            self._dtc_ranks = self.strings.ranks()
+        return self._dtc_ranks
 
     def results(self) -> Iterator[tuple[DatasetSpec, ColumnRows]]:
         for spool in self.spools.values():
