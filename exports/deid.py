@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import calendar
-import hashlib
 import hmac
 import itertools
 import math
@@ -94,8 +93,7 @@ def pseudonym(key: bytes, *, tenant: str, site: str, subject: str) -> str:
     for name, part in (("tenant", tenant), ("site", site), ("subject", subject)):
         if not isinstance(part, str) or not part:
             raise DeidError("give a non-empty text", field=name)
-    digest = hmac.new(bytes(key), _PSEUDONYM_CONTEXT + _length_prefixed(tenant, site, subject),
-                      hashlib.sha256).digest()
+    digest = hmac.digest(bytes(key), _PSEUDONYM_CONTEXT + _length_prefixed(tenant, site, subject), "sha256")
     return PSEUDONYM_PREFIX + base64.b32encode(digest[:10]).decode("ascii")[:PSEUDONYM_CHARS]
 
 
@@ -110,7 +108,7 @@ def shift_days(key: bytes, pseudonym: str, *, max_days: int) -> int:
         raise DeidError(f"give a whole number of days from 1 to {MAX_SHIFT_DAYS_LIMIT}", field="max_days")
     if not isinstance(pseudonym, str) or not pseudonym:
         raise DeidError("give the subject's pseudonym", field="pseudonym")
-    digest = hmac.new(bytes(key), _SHIFT_CONTEXT + _length_prefixed(pseudonym), hashlib.sha256).digest()
+    digest = hmac.digest(bytes(key), _SHIFT_CONTEXT + _length_prefixed(pseudonym), "sha256")
     # 64 bits modulo at most 7300: the bias is below 1e-15.
     draw = int.from_bytes(digest[:8], "big") % (2 * max_days)
     return draw - max_days if draw < max_days else draw - max_days + 1
@@ -258,13 +256,20 @@ class DeidPolicy:
         shift_days(self.shift_key, "P-CHECK", max_days=self.max_shift_days)  # validates max_shift_days
 
 
-def deidentify_subject(subject: SubjectRecord, *, policy: DeidPolicy) -> SubjectRecord:
+def subject_keys(subject: SubjectRecord, *, policy: DeidPolicy) -> tuple[str, int]:
+    """(the subject's pseudonym, the shift of its dates in days)."""
+    key = pseudonym(policy.pseudonym_key, tenant=policy.tenant, site=subject.site_code, subject=subject.subject_key)
+    return key, shift_days(policy.shift_key, key, max_days=policy.max_shift_days)
+
+
+def deidentify_subject(subject: SubjectRecord, *, policy: DeidPolicy,
+                       keys: tuple[str, int] | None = None) -> SubjectRecord:
     """Pseudonym for the key, shifted enrolment/status dates, top-coded age, the birth-year
     rule, and no status_reason (free text). Sex, arm, status and country stay: they are
-    quasi-identifiers for `k_anonymize`, not direct identifiers."""
+    quasi-identifiers for `k_anonymize`, not direct identifiers. `keys`: subject_keys()
+    when the caller has them already."""
     where = f"subject {subject.subject_key}"
-    key = pseudonym(policy.pseudonym_key, tenant=policy.tenant, site=subject.site_code, subject=subject.subject_key)
-    days = shift_days(policy.shift_key, key, max_days=policy.max_shift_days)
+    key, days = keys or subject_keys(subject, policy=policy)
     try:
         coded = top_code_age(subject.age, limit=policy.age_limit)
     except DeidError as exc:
@@ -378,8 +383,21 @@ def _deidentify_entry(entry: EntryRecord, policy: DeidPolicy, form: _Form, dropp
     key = pseudonym(policy.pseudonym_key, tenant=policy.tenant, site=entry.site_code, subject=entry.subject_key)
     days = shift_days(policy.shift_key, key, max_days=policy.max_shift_days)
     where = f"{entry.form_code} of {entry.event_code}#{entry.sequence}, subject {entry.subject_key}"
+    values = _clean_values(entry.values, form, days, policy.safe_items, where, dropped)
+    missing = {path: reason for path, reason in entry.missing.items() if reason in MISSING_CODES}
+    try:
+        visit_date = shift_date(entry.visit_date, days)
+        updated = shift_date(entry.updated, days)
+    except DeidError as exc:
+        raise DeidError(str(exc), field=where) from exc
+    return replace(entry, subject_key=key, values=values, missing=missing, visit_date=visit_date, updated=updated)
+
+
+def _clean_values(raw: Mapping[str, Any], form: _Form, days: int, safe: frozenset[str], where: str,
+                  dropped: set[str] | None) -> dict[str, Any]:
+    """The values of one entry (or some of them) as they may leave: see deidentify_entry."""
     values: dict[str, Any] = {}
-    for code, value in entry.values.items():
+    for code, value in raw.items():
         item = form.items.get(code)
         if item is None:
             _note(dropped, form.code, code)
@@ -388,20 +406,14 @@ def _deidentify_entry(entry: EntryRecord, policy: DeidPolicy, form: _Form, dropp
             if item.get("identifier"):
                 _note(dropped, form.code, code)
                 continue
-            values[code] = _clean_rows(value, item, form, days, policy.safe_items, f"{where}, item {code}", dropped)
+            values[code] = _clean_rows(value, item, form, days, safe, f"{where}, item {code}", dropped)
             continue
-        keep, new = _clean_value(value, item, form, days, policy.safe_items, f"{where}, item {code}")
+        keep, new = _clean_value(value, item, form, days, safe, f"{where}, item {code}")
         if keep:
             values[code] = new
         else:
             _note(dropped, form.code, code)
-    missing = {path: reason for path, reason in entry.missing.items() if reason in MISSING_CODES}
-    try:
-        visit_date = shift_date(entry.visit_date, days)
-        updated = shift_date(entry.updated, days)
-    except DeidError as exc:
-        raise DeidError(str(exc), field=where) from exc
-    return replace(entry, subject_key=key, values=values, missing=missing, visit_date=visit_date, updated=updated)
+    return values
 
 
 def _clean_rows(rows: Any, group: Mapping[str, Any], form: _Form, days: int, safe: frozenset[str], where: str,
@@ -427,6 +439,19 @@ def _clean_rows(rows: Any, group: Mapping[str, Any], form: _Form, days: int, saf
 def _note(dropped: set[str] | None, form_code: str, code: str) -> None:
     if dropped is not None:
         dropped.add(f"{form_code}.{code}")
+
+
+def form_index(definition: Mapping[str, Any], form_code: str) -> _Form:
+    """The form's items (groups' items included) and code lists, for deidentify_values."""
+    return _form_index(definition, form_code)
+
+
+def deidentify_values(values: Mapping[str, Any], *, form: _Form, days: int, safe_items: frozenset[str], where: str,
+                      dropped: set[str] | None = None) -> dict[str, Any]:
+    """Some values of one entry as deidentify_entry releases them, the subject's shift
+    (`days`) already known: the same rules, value by value (exports.pooling.columns uses
+    it for the values its columns do not cover)."""
+    return _clean_values(values, form, days, safe_items, where, dropped)
 
 
 def deidentify_entries(entries: Iterable[EntryRecord], *, policy: DeidPolicy,

@@ -31,7 +31,6 @@ with HKDF, so a pseudonym key and a date-shift key never coincide and no key is 
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import io
@@ -40,13 +39,14 @@ import os
 import tempfile
 import traceback
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from collections.abc import Iterator
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import structlog
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -54,22 +54,21 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.base import File
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_tenants.utils import schema_context
 
 from config.errors import Conflict
 from exports import deid, extract
+from exports.pooling import columns, harmonise
 from exports.pooling.models import (
-    DEFAULT_PRECISION,
     AgreementStatus,
     Consortium,
     DataSharingAgreement,
     PooledRun,
     common_data_elements_problems,
 )
-from exports.records import EntryRecord
 from exports.storage import file_digest
 
 log = structlog.get_logger(__name__)
@@ -79,8 +78,9 @@ POOLED_COLUMNS = ("contributor", "subject", "event", "occurrence", "visit_date",
 QUASI_IDENTIFIERS = ("age", "country")  # those the extraction can give (SubjectRecord fields)
 # Parts are read once, by the combine step, moments later: fast beats small.
 _PART_COMPRESSION = 1
-_COPY_CHUNK = 1 << 20
-_PART_KINDS = ("cells.csv.gz", "index.jsonl.gz", "subjects.jsonl.gz")
+_PART_KINDS = ("cells.arrow", "subjects.jsonl.gz")
+# Released rows gathered before the pooled Parquet file gets a row group of them.
+_PARQUET_GROUP_ROWS = 250_000
 
 
 def consortium_keys(consortium: Consortium) -> tuple[bytes, bytes]:
@@ -115,179 +115,6 @@ def _consented(consortium: Consortium, agreement: DataSharingAgreement) -> dict[
 def _safe_text(consortium: Consortium) -> frozenset[str]:
     return frozenset(f"{e['form']}.{item}" for e in consortium.common_data_elements or []
                      for item in e.get("safe_text") or [])
-
-
-def _only_consented(entry: EntryRecord, items: set[str]) -> EntryRecord:
-    def consented(path: str) -> bool:
-        return path.split("[", 1)[0].split(".", 1)[0] in items
-
-    if entry.values.keys() <= items and all(consented(path) for path in entry.missing):
-        return entry  # the usual case: the form holds only agreed items
-    return _with_values(entry, {code: value for code, value in entry.values.items() if code in items},
-                        {path: code for path, code in entry.missing.items() if consented(path)})
-
-
-def _with_values(entry: EntryRecord, values: Mapping[str, Any], missing: Mapping[str, str]) -> EntryRecord:
-    # Direct construction: dataclasses.replace costs several times more, once per entry.
-    return EntryRecord(subject_key=entry.subject_key, site_code=entry.site_code, event_code=entry.event_code,
-                       sequence=entry.sequence, form_code=entry.form_code, form_version=entry.form_version,
-                       status=entry.status, values=values, missing=missing, visit_date=entry.visit_date,
-                       updated=entry.updated)
-
-
-def _cells(entry: EntryRecord) -> Iterator[tuple[str, str, str]]:
-    """(item, row, value) of a de-identified entry, as in the study's long CSV."""
-    for code in sorted(entry.values):
-        value = entry.values[code]
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            for index, row in enumerate(value, start=1):
-                for child in sorted(row):
-                    yield f"{code}.{child}", str(index), _text(row[child])
-        else:
-            yield code, "", _text(value)
-    for path in sorted(entry.missing):
-        yield path, "", entry.missing[path]
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return ";".join(str(v) for v in value)
-    if isinstance(value, dict):
-        return str(value.get("name", ""))
-    return "" if value is None else str(value)
-
-
-# --- harmonisation of code lists and units ---------------------------------------------------
-
-@dataclass(frozen=True)
-class _Rule:
-    """How one item of one form version of one tenant becomes the consortium's: `codes`
-    (tenant code -> consortium code), or a unit `factor` rounded to `quantum`; neither
-    (and not `same_unit`): the tenant's item has no unit, or one without a factor, so
-    none of its values can be mapped."""
-
-    path: str  # the cell's item path: "weight", or "meds.med_dose" in a repeating group
-    group: str
-    code: str
-    codes: Mapping[str, str] | None = None
-    factor: Decimal | None = None
-    same_unit: bool = False
-    quantum: Decimal = Decimal(1)
-
-
-def _declared(consortium: Consortium) -> dict[str, dict[str, dict[str, Any]]]:
-    """Form code -> item code -> its harmonise declaration."""
-    return {str(e["form"]): dict(e.get("harmonise") or {}) for e in consortium.common_data_elements or []
-            if e.get("harmonise")}
-
-
-def _declared_summary(declared: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """What the pooled values are in, for the manifest: the unit, or the consortium codes."""
-    summary: dict[str, dict[str, Any]] = {}
-    for form, items in sorted(declared.items()):
-        for code, rule in sorted(items.items()):
-            if "unit" in rule:
-                summary[f"{form}.{code}"] = {"unit": rule["unit"]}
-            else:
-                codes = set((rule.get("codes") or {}).values())
-                for mapping in (rule.get("codes_by_tenant") or {}).values():
-                    codes |= set(mapping.values())
-                summary[f"{form}.{code}"] = {"codes": sorted(codes)}
-    return summary
-
-
-def _rules_of(definition: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]], tenant: str) -> list[_Rule]:
-    """The rules for one form version of one tenant, from its definition (each item's own
-    unit) and the consortium's declaration."""
-    found: list[tuple[str, Mapping[str, Any]]] = []
-    for item in definition.get("items") or []:
-        if item.get("type") == "group":
-            found += [(str(item["code"]), child) for child in item.get("items") or []]
-        else:
-            found.append(("", item))
-    rules = []
-    for group, item in found:
-        rule = declared.get(str(item.get("code")))
-        if rule is None:
-            continue
-        code = str(item["code"])
-        path = f"{group}.{code}" if group else code
-        if "unit" not in rule:
-            by_tenant = rule.get("codes_by_tenant") or {}
-            codes = by_tenant[tenant] if tenant in by_tenant else (rule.get("codes") or {})
-            rules.append(_Rule(path=path, group=group, code=code, codes=dict(codes)))
-            continue
-        unit = str(item.get("unit") or "").strip()
-        quantum = Decimal(1).scaleb(-int(rule.get("precision", DEFAULT_PRECISION)))
-        if unit and unit == rule["unit"]:
-            rules.append(_Rule(path=path, group=group, code=code, same_unit=True))
-        elif unit and unit in (rule.get("factors") or {}):
-            rules.append(_Rule(path=path, group=group, code=code, factor=Decimal(str(rule["factors"][unit])),
-                               quantum=quantum))
-        else:
-            rules.append(_Rule(path=path, group=group, code=code))  # no unit, or no factor for it
-    return rules
-
-
-def _harmonised_value(value: Any, rule: _Rule) -> tuple[bool, Any]:
-    """(mapped, the value in the consortium's codes or unit)."""
-    if rule.codes is not None:
-        if isinstance(value, list):
-            mapped = [rule.codes.get(str(code)) for code in value]
-            return (True, mapped) if all(code is not None for code in mapped) else (False, None)
-        code = rule.codes.get(_text(value))
-        return (code is not None), code
-    if rule.factor is None or isinstance(value, bool):
-        return False, None
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        return False, None
-    if not number.is_finite():
-        return False, None
-    return True, (number * rule.factor).quantize(rule.quantum, rounding=ROUND_HALF_UP)
-
-
-class _Harmoniser:
-    """Applies the consortium's declarations to one tenant's de-identified entries and
-    counts, per "FORM.item", the values changed and those left out (never a value)."""
-
-    def __init__(self, declared: Mapping[str, Mapping[str, Mapping[str, Any]]], *, tenant: str,
-                 definitions: Mapping[tuple[str, int], Mapping[str, Any]]) -> None:
-        self.rules = {version: [rule for rule in _rules_of(definition, declared.get(version[0]) or {}, tenant)
-                                if not rule.same_unit]
-                      for version, definition in definitions.items()}
-        self.changed: Counter[str] = Counter()
-        self.unmapped: Counter[str] = Counter()
-
-    def apply(self, entry: EntryRecord) -> EntryRecord:
-        rules = self.rules.get((entry.form_code, entry.form_version))
-        if not rules:
-            return entry
-        values = dict(entry.values)
-        for rule in rules:
-            if rule.group:
-                rows = values.get(rule.group)
-                if isinstance(rows, list) and rows:
-                    values[rule.group] = rows = [dict(row) for row in rows]
-                    for row in rows:
-                        self._one(row, rule, entry.form_code)
-            else:
-                self._one(values, rule, entry.form_code)
-        return _with_values(entry, values, entry.missing)
-
-    def _one(self, values: dict[str, Any], rule: _Rule, form: str) -> None:
-        if rule.code not in values or values[rule.code] is None:
-            return
-        mapped, new = _harmonised_value(values[rule.code], rule)
-        if mapped:
-            values[rule.code] = new
-            self.changed[f"{form}.{rule.path}"] += 1
-        else:
-            del values[rule.code]
-            self.unmapped[f"{form}.{rule.path}"] += 1
 
 
 # --- step 1: prepare ------------------------------------------------------------------------
@@ -332,56 +159,11 @@ def _store(key: str, path: str) -> str:
         return str(default_storage.save(key, File(handle, name=os.path.basename(key))))
 
 
-class _TextBuffer:
-    """What csv.writer writes, kept until taken (one entry's rows at a time)."""
-
-    def __init__(self) -> None:
-        self.pieces: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.pieces.append(text)
-        return len(text)
-
-    def take(self) -> str:
-        text = "".join(self.pieces)
-        self.pieces.clear()
-        return text
-
-
-def _write_cells(entries: Iterable[EntryRecord], *, tenant: str, cells: gzip.GzipFile,
-                 index: IO[str]) -> tuple[int, int]:
-    """The pooled CSV rows of `entries` to `cells`, and per run of one subject's entries a
-    line {"subject", "bytes", "rows"} to `index`; (entries, values) written."""
-    buffer = _TextBuffer()
-    writer = csv.writer(buffer, lineterminator="\n")
-    subject: str | None = None
-    size = rows = entries_written = values = 0
-
-    def close_segment() -> None:
-        if subject is not None:
-            index.write(json.dumps({"subject": subject, "bytes": size, "rows": rows}) + "\n")
-
-    for entry in entries:
-        found = list(_cells(entry))
-        if not found:
-            continue
-        if entry.subject_key != subject:
-            close_segment()
-            subject, size, rows = entry.subject_key, 0, 0
-        visit = entry.visit_date.isoformat() if entry.visit_date else ""
-        writer.writerows((tenant, entry.subject_key, entry.event_code, entry.sequence, visit, entry.form_code,
-                          entry.form_version, item, row, value) for item, row, value in found)
-        data = buffer.take().encode("utf-8")
-        cells.write(data)
-        size += len(data)
-        rows += len(found)
-        entries_written += 1
-        values += len(found)
-    close_segment()
-    return entries_written, values
-
-
-def _extract_part(run: PooledRun, agreement: DataSharingAgreement, folder: str) -> dict[str, Any]:
+def _extract_part(run: PooledRun, agreement: DataSharingAgreement, folder: str, *,
+                  vectorise: bool = True) -> dict[str, Any]:
+    """The tenant's part (see the module's docstring and exports.pooling.columns), read in
+    one snapshot. `vectorise=False`: every value by deid's rules, value by value (tests)."""
+    from ecrf.models import FormVersion, FormVersionStatus
     from studies.models import Study
 
     consortium = run.consortium
@@ -389,40 +171,60 @@ def _extract_part(run: PooledRun, agreement: DataSharingAgreement, folder: str) 
     policy = _policy(consortium, tenant.slug, consortium_keys(consortium))
     consented = _consented(consortium, agreement)
     result: dict[str, Any] = {"tenant": tenant.slug, "subjects": 0, "entries": 0, "values_extracted": 0,
-                              "items_dropped": [], "values_harmonised": {}, "values_unmapped": {}, "parts": None}
+                              "items_dropped": [], "values_harmonised": {}, "values_unmapped": {}, "parts": None,
+                              "values_by_rules": 0}
     paths = {kind: os.path.join(folder, kind) for kind in _PART_KINDS}
+    outermost = not connection.in_atomic_block
     with schema_context(tenant.schema_name), transaction.atomic():
+        if outermost:  # the subjects, the entries and every group's values from one snapshot
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                cursor.execute(extract.TRANSACTION_SETTINGS)
         study = Study.objects.filter(code=agreement.study_code).first()
         if study is None or not consented:
             return result
         scope = extract.ExportScope(study_id=study.pk, forms=tuple(sorted(consented)))
-        data = extract.study_data(scope, snapshot_at=timezone.now())
-        definitions = {(form.code, form.version): form.definition for form in data.study.forms}
-        harmoniser = _Harmoniser(_declared(consortium), tenant=tenant.slug, definitions=definitions)
+        versions = list(FormVersion.objects.filter(form__study_id=study.pk, form__code__in=consented)
+                        .exclude(status=FormVersionStatus.DRAFT).select_related("form").order_by("pk"))
+        definitions = {(v.form.code, v.number): v.definition for v in versions}
+        counts = columns.PartCounts()
+        harmoniser = harmonise.Harmoniser(harmonise.declared(consortium), tenant=tenant.slug, definitions=definitions)
+        harmoniser.changed, harmoniser.unmapped = counts.harmonised, counts.unmapped
+        plans = {v.pk: columns.item_plans(form=v.form.code, definition=v.definition,
+                                          consented=consented[v.form.code], safe_items=policy.safe_items,
+                                          rules=harmoniser.rules.get((v.form.code, v.number), []))
+                 for v in versions}
+        released: list[tuple[str, str, int]] = []
         with gzip.open(paths["subjects.jsonl.gz"], "wt", encoding="utf-8", compresslevel=_PART_COMPRESSION) as out:
-            for subject in data.subjects:
-                released = deid.deidentify_subject(subject, policy=policy)
-                out.write(json.dumps({"pseudonym": released.subject_key, "age": released.age,
-                                      "country": released.country or ""}) + "\n")
-                result["subjects"] += 1
-        dropped: set[str] = set()
-        consented_entries = (_only_consented(entry, consented[entry.form_code]) for entry in data.entries
-                             if entry.form_code in consented)
-        released_entries = (harmoniser.apply(entry) for entry in deid.deidentify_entries(
-            consented_entries, policy=policy, definitions=definitions, dropped=dropped))
-        try:
-            with gzip.open(paths["cells.csv.gz"], "wb", compresslevel=_PART_COMPRESSION) as cells, \
-                    gzip.open(paths["index.jsonl.gz"], "wt", encoding="utf-8",
-                              compresslevel=_PART_COMPRESSION) as index:
-                result["entries"], result["values_extracted"] = _write_cells(released_entries, tenant=tenant.slug,
-                                                                             cells=cells, index=index)
-        finally:
-            # Close the server-side cursor now, inside the transaction: after a failure,
-            # the garbage collector would close it outside and fail there.
-            getattr(data.entries, "close", lambda: None)()
-    result["items_dropped"] = sorted(dropped)
-    result["values_harmonised"] = dict(sorted(harmoniser.changed.items()))
-    result["values_unmapped"] = dict(sorted(harmoniser.unmapped.items()))
+            for subject in extract._subjects(scope):
+                keys = deid.subject_keys(subject, policy=policy)
+                shown = deid.deidentify_subject(subject, policy=policy, keys=keys)
+                out.write(json.dumps({"pseudonym": shown.subject_key, "age": shown.age,
+                                      "country": shown.country or ""}) + "\n")
+                released.append((subject.subject_key, *keys))
+        result["subjects"] = len(released)
+        indexes = {(v.form.code, v.number): deid.form_index(v.definition, v.form.code) for v in versions}
+
+        def python_values(entry: columns.PartEntry, code: str, value: Any) -> list[tuple[str, str, str]]:
+            where = f"{entry.form} of {entry.event}#{entry.occurrence}, subject {entry.subject_code}"
+            cleaned = deid.deidentify_values({code: value}, form=indexes[(entry.form, entry.form_version)],
+                                             days=entry.shift, safe_items=policy.safe_items, where=where,
+                                             dropped=counts.dropped)
+            harmonised = harmoniser.apply_values(entry.form, entry.form_version, cleaned)
+            return [cell for key, kept in harmonised.items() for cell in harmonise.value_cells(key, kept)]
+
+        builder = columns.PartBuilder(tenant=tenant.slug, plans=plans, consented=consented,
+                                      python_values=python_values, counts=counts, vectorise=vectorise)
+        listing = columns.entry_listing(study_id=study.pk, forms=sorted(consented), subjects=released,
+                                        events=extract._values(extract._event_order(study.pk), ("text", "int")))
+        with open(paths["cells.arrow"], "wb") as cells_file:
+            columns.write_batches((builder.batch(entries, columns.read_cells(entries, builder.keys))
+                                   for entries in listing), cells_file)
+    result["entries"], result["values_extracted"] = counts.entries, counts.values
+    result["items_dropped"] = sorted(counts.dropped)
+    result["values_harmonised"] = dict(sorted(counts.harmonised.items()))
+    result["values_unmapped"] = dict(sorted(counts.unmapped.items()))
+    result["values_by_rules"] = counts.by_rules
     prefix = f"{_parts_folder(consortium, run.pk)}/{tenant.slug}"
     result["parts"] = {kind.split(".", 1)[0]: _store(f"{prefix}.{kind}", path) for kind, path in paths.items()}
     return result
@@ -494,26 +296,21 @@ def _json_lines(key: str) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
-def _copy_released(part: Mapping[str, Any], kept: set[str], out: IO[bytes]) -> int:
-    """The released subjects' rows of one part into `out`, by the index's byte ranges."""
-    keys = part["parts"]
-    written = 0
-    with default_storage.open(keys["cells"], "rb") as raw, gzip.open(raw, "rb") as cells:
-        for segment in _json_lines(keys["index"]):
-            left = int(segment["bytes"])
-            keep = segment["subject"] in kept
-            while left:
-                chunk = cells.read(min(left, _COPY_CHUNK))
-                if not chunk:
-                    raise ValueError(f"part of {part['tenant']} ends before its index")
-                if keep:
-                    out.write(chunk)
-                left -= len(chunk)
-            if keep:
-                written += int(segment["rows"])
-        if cells.read(1):
-            raise ValueError(f"part of {part['tenant']} is longer than its index")
-    return written
+def _part_batches(key: str) -> Iterator[pa.RecordBatch]:
+    """A part's record batches (columns.PART_SCHEMA), one at a time."""
+    with default_storage.open(key, "rb") as raw, pa.ipc.open_stream(raw) as reader:
+        if not reader.schema.equals(columns.PART_SCHEMA):
+            raise ValueError("a part does not have the pooled columns")
+        yield from reader
+
+
+def _line_bytes(lines: pa.Array) -> memoryview:
+    """The CSV text of released rows: the lines' own buffer, as it is."""
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset:lines.offset + len(lines) + 1]
+    data = lines.buffers()[2]
+    if data is None:
+        return memoryview(b"")
+    return memoryview(data)[int(offsets[0]):int(offsets[-1])]
 
 
 def _save(key: str, handle: IO[bytes], name: str) -> str:
@@ -540,56 +337,61 @@ def _combine(run: PooledRun, parts: list[dict[str, Any]]) -> None:
     dropped = {path for part in parts for path in part["items_dropped"]}
     rules = deid.rules_applied(_policy(consortium, "pool", keys), dropped=dropped)
     released, kept, report = _released(subjects, consortium, rules)
+    kept_subjects = pa.array(sorted(kept), pa.string())
     rows_by_tenant: Counter[str] = Counter()
     folder = f"pooling/{consortium.slug}/{run.pk}"
-    with tempfile.NamedTemporaryFile("w+b", prefix="suifang-pooled-") as out:
-        out.write((",".join(POOLED_COLUMNS) + "\n").encode("utf-8"))
-        for part in parts:
-            if part["parts"]:
-                rows_by_tenant[part["tenant"]] = _copy_released(part, kept, out)
+    with tempfile.NamedTemporaryFile("w+b", prefix="suifang-pooled-") as out, \
+            tempfile.NamedTemporaryFile("w+b", prefix="suifang-pooled-parquet-") as parquet_out:
+        digest = hashlib.sha256()
+        header = (",".join(POOLED_COLUMNS) + "\n").encode("utf-8")
+        out.write(header)
+        digest.update(header)
+        size = len(header)
+        pending: list[pa.RecordBatch] = []
+        waiting = 0
+        with pq.ParquetWriter(parquet_out, columns.POOLED_PARQUET_SCHEMA, compression="zstd", use_dictionary=True,
+                              write_statistics=True) as parquet:
+            for part in parts:
+                if not part["parts"]:
+                    continue
+                for batch in _part_batches(part["parts"]["cells"]):
+                    chosen = batch.filter(pc.is_in(batch.column("subject"), value_set=kept_subjects))
+                    text = _line_bytes(chosen.column("line"))
+                    out.write(text)
+                    digest.update(text)
+                    size += len(text)
+                    rows_by_tenant[part["tenant"]] += chosen.num_rows
+                    pending.append(chosen.drop_columns(["line"]))
+                    waiting += chosen.num_rows
+                    if waiting >= _PARQUET_GROUP_ROWS:
+                        parquet.write_table(pa.Table.from_batches(pending), row_group_size=1 << 30)
+                        pending, waiting = [], 0
+            if pending:
+                parquet.write_table(pa.Table.from_batches(pending), row_group_size=1 << 30)
         out.flush()
-        size, sha256 = file_digest(out)
+        parquet_out.flush()
         stored = _save(f"{folder}/pooled_long.csv", out, "pooled_long.csv")
-        out.seek(0)
-        parquet = _pooled_parquet(out, folder)
+        parquet_size, parquet_sha256 = file_digest(parquet_out)
+        parquet_stored = _save(f"{folder}/pooled_long.parquet", parquet_out, "pooled_long.parquet")
     # The subjects with their quasi-identifiers as released (generalised), sorted.
     subjects_bytes = released.sort_values(["contributor", "pseudonym"]).to_csv(
         index=False, lineterminator="\n").encode("utf-8")
     subjects_stored = _save(f"{folder}/pooled_subjects.csv", io.BytesIO(subjects_bytes), "pooled_subjects.csv")
+    total = sum(rows_by_tenant.values())
     run.manifest = {
         "consortium": consortium.slug, "run": run.pk,
         "tenants": [{key: part[key] for key in ("tenant", "subjects", "entries", "values_extracted",
                                                 "items_dropped", "values_harmonised", "values_unmapped")}
                     | {"rows_released": rows_by_tenant.get(part["tenant"], 0)} for part in parts],
-        "harmonisation": _declared_summary(_declared(consortium)),
+        "harmonisation": harmonise.declared_summary(harmonise.declared(consortium)),
         "deidentification": report,
-        "files": [{"name": "pooled_long.csv", "storage": stored, "bytes": size, "sha256": sha256,
-                   "rows": sum(rows_by_tenant.values())},
-                  parquet,
+        "files": [{"name": "pooled_long.csv", "storage": stored, "bytes": size, "sha256": digest.hexdigest(),
+                   "rows": total},
+                  {"name": "pooled_long.parquet", "storage": parquet_stored, "bytes": parquet_size,
+                   "sha256": parquet_sha256, "rows": total},
                   {"name": "pooled_subjects.csv", "storage": subjects_stored, "bytes": len(subjects_bytes),
                    "sha256": hashlib.sha256(subjects_bytes).hexdigest(), "rows": len(released)}],
     }
-
-
-# The pooled long rows in Parquet: the CSV's columns, numbers and dates typed.
-POOLED_PARQUET_SCHEMA = pa.schema([
-    ("contributor", pa.string()), ("subject", pa.string()), ("event", pa.string()), ("occurrence", pa.int32()),
-    ("visit_date", pa.date32()), ("form", pa.string()), ("form_version", pa.int32()), ("item", pa.string()),
-    ("item_row", pa.int32()), ("value", pa.string())])
-
-
-def _pooled_parquet(pooled_csv: IO[bytes], folder: str) -> dict[str, Any]:
-    """pooled_long.csv again as Parquet, as the study export converts its long CSV
-    (exports.tabular.csv_to_parquet). An empty cell is null: the CSV cannot tell an empty
-    text from no value either."""
-    from exports.tabular import csv_to_parquet
-
-    with tempfile.NamedTemporaryFile("w+b", prefix="suifang-pooled-parquet-") as out:
-        rows = csv_to_parquet(pooled_csv, out, POOLED_PARQUET_SCHEMA)
-        out.flush()
-        size, sha256 = file_digest(out)
-        stored = _save(f"{folder}/pooled_long.parquet", out, "pooled_long.parquet")
-    return {"name": "pooled_long.parquet", "storage": stored, "bytes": size, "sha256": sha256, "rows": rows}
 
 
 def pooled_run_combine(*, run_id: int, parts: list[dict[str, Any]]) -> PooledRun:

@@ -328,9 +328,11 @@ def _parts_left(run: PooledRun) -> list[str]:
         return []
 
 
-def test_a_tenant_part_is_gzip_csv_and_json_lines_in_storage_and_is_deleted_after_the_run(three_tenants):
+def test_a_tenant_part_is_arrow_and_json_lines_in_storage_and_is_deleted_after_the_run(three_tenants):
     import gzip
     import json
+
+    import pyarrow as pa
 
     from exports.pooling.aggregate import POOLED_COLUMNS, pooled_run_combine, pooled_run_prepare, tenant_part_extract
 
@@ -342,31 +344,37 @@ def test_a_tenant_part_is_gzip_csv_and_json_lines_in_storage_and_is_deleted_afte
     alpha = parts[0]
     assert alpha["tenant"] == "alpha" and alpha["values_extracted"] > 0
     assert sorted(_parts_left(run)) == sorted(f"{t}.{kind}" for t in ("alpha", "beta", "gamma")
-                                              for kind in ("cells.csv.gz", "index.jsonl.gz", "subjects.jsonl.gz"))
+                                              for kind in ("cells.arrow", "subjects.jsonl.gz"))
     raw = {}
     for kind, key in alpha["parts"].items():
         assert key.startswith(f"pooling/heart/{run.pk}/parts/alpha.")
         with default_storage.open(key, "rb") as handle:
             raw[kind] = handle.read()
-        assert raw[kind][:2] == b"\x1f\x8b"  # gzip, not a pickle
-    cells = gzip.decompress(raw["cells"])
-    rows = list(csv.reader(io.StringIO(cells.decode("utf-8"))))
+    assert raw["subjects"][:2] == b"\x1f\x8b"  # gzip, not a pickle
+    assert raw["cells"][:4] == b"\xff\xff\xff\xff"  # an Arrow IPC stream, not a pickle
+    table = pa.ipc.open_stream(raw["cells"]).read_all()
+    assert table.column_names == [*POOLED_COLUMNS, "line"] and table.num_rows == alpha["values_extracted"]
+    lines = "".join(table.column("line").to_pylist())
+    rows = list(csv.reader(io.StringIO(lines)))
     assert rows and all(len(row) == len(POOLED_COLUMNS) and row[0] == "alpha" for row in rows)
-    assert len(rows) == alpha["values_extracted"]
-    index = [json.loads(line) for line in gzip.decompress(raw["index"]).decode().splitlines()]
-    assert sum(s["bytes"] for s in index) == len(cells) and sum(s["rows"] for s in index) == len(rows)
-    assert [s["subject"] for s in index] == list(dict.fromkeys(row[1] for row in rows))  # one run per subject
+    # Each line is its row's typed columns as text; a subject's rows are together.
+    for row, typed in zip(rows, table.drop_columns(["line"]).to_pylist(), strict=True):
+        assert row == ["" if value is None else value.isoformat() if hasattr(value, "isoformat") else str(value)
+                       for value in typed.values()]
+    subjects_in_order = [row[1] for row in rows]
+    assert subjects_in_order == sorted(subjects_in_order)  # by pseudonym, not by subject code
     subjects = [json.loads(line) for line in gzip.decompress(raw["subjects"]).decode().splitlines()]
     assert len(subjects) == alpha["subjects"] == 7  # six seeded, one from the CRF set-up
     assert all(set(s) == {"pseudonym", "age", "country"} and s["pseudonym"].startswith("P-") for s in subjects)
-    everything = b"".join([cells, gzip.decompress(raw["index"]), gzip.decompress(raw["subjects"])])
+    everything = b"".join([raw["cells"], gzip.decompress(raw["subjects"])])
     for identity in three_tenants["seeded"]["alpha"]:
         assert not any(value.encode() in everything for value in identity.values())
 
     every_cell = []
     for part in parts:
         with default_storage.open(part["parts"]["cells"], "rb") as handle:
-            every_cell += list(csv.reader(io.StringIO(gzip.decompress(handle.read()).decode("utf-8"))))
+            lines = "".join(pa.ipc.open_stream(handle.read()).read_all().column("line").to_pylist())
+        every_cell += list(csv.reader(io.StringIO(lines)))
 
     done = pooled_run_combine(run_id=run.pk, parts=parts)
     assert done.status == "done" and _parts_left(done) == []
@@ -374,10 +382,13 @@ def test_a_tenant_part_is_gzip_csv_and_json_lines_in_storage_and_is_deleted_afte
     with default_storage.open(files["pooled_subjects.csv"]["storage"], "rb") as handle:
         released = set(pd.read_csv(handle, dtype=str)["pseudonym"])
     with default_storage.open(files["pooled_long.csv"]["storage"], "rb") as handle:
-        pooled = list(csv.reader(io.StringIO(handle.read().decode("utf-8"))))
+        pooled_bytes = handle.read()
+    pooled = list(csv.reader(io.StringIO(pooled_bytes.decode("utf-8"))))
     # The pooled file is the parts' rows of the released subjects, in tenant order.
     assert pooled == [list(POOLED_COLUMNS), *(row for row in every_cell if row[1] in released)]
     assert len(pooled) - 1 == files["pooled_long.csv"]["rows"]
+    assert files["pooled_long.csv"]["sha256"] == hashlib.sha256(pooled_bytes).hexdigest()
+    assert files["pooled_long.csv"]["bytes"] == len(pooled_bytes)
     # A redelivered combine leaves the finished run as it is.
     assert pooled_run_combine(run_id=run.pk, parts=[]).manifest == done.manifest
 

@@ -1,0 +1,579 @@
+"""One tenant's cells of a pooled run, by columns (docs/adr/0016).
+
+The rules are those of exports.deid and exports.pooling.harmonise, which apply them value
+by value. Here most values never become Python objects: the tenant's entries are listed
+in the pooled order (by pseudonym, then event, occurrence and form) through COPY into
+Arrow, their values are read a group of entries at a time as JSON text (COPY again), and
+each consented item's values are judged and written by Arrow and numpy kernels as its
+`ItemPlan` says. A value the columns cannot prove they release exactly as the rules
+would (a repeating group, a multiple choice, a partial date or a date-time, a number
+whose text Python would write differently, a string with escapes, anything unexpected)
+goes through the rules themselves (deid.deidentify_values, then the harmoniser), so the
+output never depends on which way a value went: tests/exports/test_pooling_columns.py
+runs both ways over odd values and compares them with a whole-entry reference.
+
+A part is an Arrow IPC stream, one record batch per group of entries: the pooled columns
+typed as in the Parquet file, and each row's CSV line (`line`), so the combine step
+filters rows by subject and writes both files without parsing or formatting again.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date
+from typing import IO, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg2 import sql as pgsql
+from pyarrow import csv as pa_csv
+
+from exports import deid
+from exports.pooling import harmonise
+
+# The pooled long rows: the CSV's columns, numbers and dates typed (also the Parquet file's).
+POOLED_PARQUET_SCHEMA = pa.schema([
+    ("contributor", pa.string()), ("subject", pa.string()), ("event", pa.string()), ("occurrence", pa.int32()),
+    ("visit_date", pa.date32()), ("form", pa.string()), ("form_version", pa.int32()), ("item", pa.string()),
+    ("item_row", pa.int32()), ("value", pa.string())])
+PART_SCHEMA = POOLED_PARQUET_SCHEMA.append(pa.field("line", pa.string()))
+
+# The listing is read in blocks of this many bytes (about 12,000 entries): each block is
+# a group, one COPY of its values and one record batch of the part.
+LISTING_BLOCK_BYTES = 1 << 20
+
+BASES = ("drop", "text", "number", "choice", "yes_no", "date", "rules")
+HARMONISE = ("none", "map", "factor", "unmapped")
+_MISSING_POSITION = 1 << 30  # missing-data codes come after an entry's values, by path
+_YES_NO_TEXT = ("0", "1", "Y", "N", "yes", "no")
+_NUMBER_TEXT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"  # float() reads it: kept as written
+_FULL_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+# date32 days of 1000-01-01 and 9999-12-31: four-digit years, written as Python writes them.
+_FIRST_DAY, _LAST_DAY = (date(1000, 1, 1) - date(1970, 1, 1)).days, (date(9999, 12, 31) - date(1970, 1, 1)).days
+_QUOTE_BYTES = np.frombuffer(b',"\r\n', dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class ItemPlan:
+    """How the values of one consented item of one form version are released."""
+
+    form: str
+    path: str  # the item code (a key of the entry's values)
+    position: int  # its place in the definition: the order of an entry's rows
+    base: str  # one of BASES; "rules": every value by deid's rules
+    mode: str = "none"  # how it is harmonised: one of HARMONISE
+    codes: tuple[str, ...] = ()  # a single choice's code list
+    rule: harmonise.Rule | None = None
+
+
+def item_plans(*, form: str, definition: Mapping[str, Any], consented: set[str], safe_items: frozenset[str],
+               rules: Sequence[harmonise.Rule]) -> dict[str, ItemPlan]:
+    """Item code -> plan, for the consented items of one form version. `rules`: the
+    harmoniser's for this version (same-unit rules are not among them)."""
+    index = deid.form_index(definition, form)
+    order: dict[str, int] = {}
+    for item in definition.get("items") or []:
+        order.setdefault(str(item.get("code")), len(order))
+        for child in item.get("items") or [] if item.get("type") == "group" else []:
+            order.setdefault(str(child.get("code")), len(order))
+    by_code = {rule.code: rule for rule in rules if not rule.group}
+    lists = definition.get("code_lists") or {}
+    plans = {}
+    for code in sorted(consented):
+        item = index.items.get(code)
+        plan = ItemPlan(form=form, path=code, position=order.get(code, len(order)),
+                        base=_base(item, safe_items, form) if item is not None else "drop")
+        if plan.base == "choice" and item is not None:
+            plan = replace(plan, codes=tuple(str(e.get("value")) for e in lists.get(str(item.get("code_list"))) or []))
+        rule = by_code.get(code)
+        if rule is not None and plan.base not in ("drop", "rules"):
+            plan = _harmonised(plan, rule)
+        plans[code] = plan
+    return plans
+
+
+def _base(item: Mapping[str, Any], safe_items: frozenset[str], form: str) -> str:
+    kind = item.get("type")
+    if kind == "group" or not isinstance(kind, str):
+        return "rules"  # rows of children, row by row
+    if not deid.item_may_leave(item, safe_items, form_code=form):
+        return "drop"
+    code = item.get("code")
+    if kind in ("text", "long_text", "time") or (
+            kind == "calculated" and (code in safe_items or f"{form}.{code}" in safe_items)):
+        return "text"
+    if kind in deid.NUMERIC_TYPES:
+        return "number"
+    return {"single_choice": "choice", "yes_no": "yes_no", "date": "date", "datetime": "date"}.get(kind, "rules")
+
+
+def _harmonised(plan: ItemPlan, rule: harmonise.Rule) -> ItemPlan:
+    if rule.codes is not None:
+        return replace(plan, mode="map", rule=rule) if plan.base != "date" else replace(plan, base="rules")
+    if rule.factor is None:
+        return replace(plan, mode="unmapped", rule=rule)
+    if plan.base != "number":
+        return replace(plan, base="rules")
+    return replace(plan, mode="factor", rule=rule)
+
+
+# --- reading -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PartEntry:
+    """One entry of the part (for the values judged by deid's rules)."""
+
+    entry_id: int
+    version_id: int
+    pseudonym: str
+    shift: int
+    subject_code: str  # for error messages (never written)
+    event: str
+    occurrence: int
+    visit_date: date | None
+    form: str
+    form_version: int
+
+
+_LISTING_COLUMNS = {"entry": pa.int64(), "version": pa.int64(), "pseudonym": pa.string(), "shift": pa.int32(),
+                    "subject": pa.string(), "event": pa.string(), "occurrence": pa.int32(), "visit": pa.date32(),
+                    "form": pa.string(), "form_version": pa.int32()}
+
+_ENTRIES_SQL = """
+WITH event_order(code, position) AS ({events}),
+subj(code, pseudonym, shift) AS (SELECT * FROM unnest({codes}::text[], {pseudonyms}::text[], {shifts}::int[]))
+SELECT e.id, e.form_version_id, sj.pseudonym, sj.shift, s.subject_code, t.event_code, t.sequence,
+       coalesce(t.completed_on, t.target_date), f.code, v.number
+  FROM ecrf_entry e
+  JOIN studies_subject s ON s.id = e.subject_id
+  JOIN subj sj ON sj.code = s.subject_code
+  JOIN studies_followuptask t ON t.id = e.task_id
+  JOIN ecrf_formdefinition f ON f.id = e.form_id
+  JOIN ecrf_formversion v ON v.id = e.form_version_id
+  LEFT JOIN event_order eo ON eo.code = t.event_code
+ WHERE s.study_id = {study} AND f.code = ANY({forms})
+ ORDER BY sj.pseudonym COLLATE "C", coalesce(eo.position, 100000), t.event_code COLLATE "C", t.sequence,
+          f.code COLLATE "C"
+"""
+
+# A group's values of consented items as JSON text (a string's escapes kept: no line
+# break reaches the CSV reader unquoted), then its valid missing-data codes ("m").
+_CELLS_SQL = """
+SELECT e.id, kv.key, kv.value::text, NULL
+  FROM ecrf_entry e
+ CROSS JOIN LATERAL jsonb_each(e.values) kv
+ WHERE e.id = ANY({ids}) AND kv.key = ANY({keys})
+UNION ALL
+SELECT e.id, km.key, km.value #>> '{{}}', 'm'
+  FROM ecrf_entry e
+ CROSS JOIN LATERAL jsonb_each(e.missing) km
+ WHERE e.id = ANY({ids}) AND e.missing <> '{{}}'::jsonb AND jsonb_typeof(km.value) = 'string'
+   AND km.value #>> '{{}}' IN ('NA', 'UNK', 'ASKU', 'NASK')
+"""
+
+_CELL_COLUMNS = {"entry": pa.int64(), "key": pa.string(), "json": pa.string(), "missing": pa.string()}
+
+
+def entry_listing(*, study_id: int, forms: Sequence[str], events: pgsql.Composable,
+                  subjects: Sequence[tuple[str, str, int]]) -> Iterator[pa.RecordBatch]:
+    """The part's entries in the pooled order, a block at a time; `subjects`: (subject
+    code, pseudonym, shift). COPY'd to a temporary file first: memory holds one block."""
+    from exports.extract import _copy_out
+
+    query = pgsql.SQL(_ENTRIES_SQL).format(
+        events=events, study=pgsql.Literal(study_id), forms=pgsql.Literal(list(forms)),
+        codes=pgsql.Literal([s[0] for s in subjects]), pseudonyms=pgsql.Literal([s[1] for s in subjects]),
+        shifts=pgsql.Literal([s[2] for s in subjects]))
+    with tempfile.TemporaryFile(prefix="suifang-pool-entries-") as listing:
+        if not _copy_out(query, listing, header=False):
+            return
+        listing.seek(0)
+        reader = pa_csv.open_csv(
+            listing, read_options=pa_csv.ReadOptions(column_names=list(_LISTING_COLUMNS), use_threads=False,
+                                                     block_size=LISTING_BLOCK_BYTES),
+            convert_options=pa_csv.ConvertOptions(column_types=_LISTING_COLUMNS, strings_can_be_null=False),
+            memory_pool=pa.system_memory_pool())
+        yield from reader
+
+
+def read_cells(entries: pa.RecordBatch, keys: Sequence[str]) -> pa.Table:
+    from exports.extract import _copy_table
+
+    return _copy_table(pgsql.SQL(_CELLS_SQL).format(ids=pgsql.Literal(entries.column("entry").to_pylist()),
+                                                    keys=pgsql.Literal(sorted(keys))), _CELL_COLUMNS)
+
+
+# --- judging -------------------------------------------------------------------------------
+
+@dataclass
+class PartCounts:
+    """What the manifest says of a part (never a value)."""
+
+    entries: int = 0
+    values: int = 0
+    dropped: set[str] = field(default_factory=set)
+    harmonised: Counter[str] = field(default_factory=Counter)
+    unmapped: Counter[str] = field(default_factory=Counter)
+    by_rules: int = 0  # stored values judged by deid's rules, not by columns (a diagnostic)
+
+
+PythonValues = Callable[[PartEntry, str, Any], list[tuple[str, str, str]]]
+
+
+class PartBuilder:
+    """Turns groups of listed entries and their cells into record batches of PART_SCHEMA.
+
+    `python_values(entry, code, value)`: the rows deid's rules and the harmoniser give
+    one stored value, as (item, row, text); `vectorise=False` sends every value there."""
+
+    def __init__(self, *, tenant: str, plans: Mapping[int, Mapping[str, ItemPlan]],
+                 consented: Mapping[str, set[str]], python_values: PythonValues, counts: PartCounts,
+                 vectorise: bool = True) -> None:
+        self.tenant = tenant
+        self.consented = consented
+        self.python_values = python_values
+        self.counts = counts
+        self.vectorise = vectorise
+        self.keys = sorted({code for by_code in plans.values() for code in by_code})
+        self._plans: list[ItemPlan] = []
+        self._by_version: dict[int, tuple[pa.Array, np.ndarray]] = {}
+        for version, by_code in plans.items():
+            codes = sorted(by_code)
+            self._by_version[version] = (pa.array(codes, pa.string()),
+                                         np.arange(len(self._plans), len(self._plans) + len(codes)))
+            self._plans += [by_code[code] for code in codes]
+        self._base = np.array([BASES.index(p.base) for p in self._plans] + [0], dtype=np.int8)
+        self._harm = np.array([HARMONISE.index(p.mode) for p in self._plans] + [0], dtype=np.int8)
+        self._position = np.array([p.position for p in self._plans] + [0], dtype=np.int64)
+        self._items = pa.array([p.path for p in self._plans] + [""], pa.string())
+        self._item_fields = pa.array([csv_field(p.path) for p in self._plans] + [""], pa.string())
+
+    def batch(self, entries: pa.RecordBatch, table: pa.Table) -> pa.RecordBatch:
+        cells = pa.RecordBatch.from_arrays([_array(column) for column in table.columns], names=table.column_names)
+        entry_pos = np.asarray(pc.index_in(cells.column("entry"), value_set=entries.column("entry"))
+                               .to_numpy(zero_copy_only=False), dtype=np.int64)
+        missing = _flag(pc.is_valid(cells.column("missing")))
+        plan = self._plan_ids(entries, cells, entry_pos, missing)
+        base = self._base[plan]  # -1 (no plan: not consented for this form) indexes the spare last slot
+        base[plan < 0] = -1
+        for plan_id in np.unique(plan[base == BASES.index("drop")]):
+            chosen = self._plans[int(plan_id)]
+            self.counts.dropped.add(f"{chosen.form}.{chosen.path}")
+        rows = _Rows()
+        ok, out, keep = self._judge(entries, cells, entry_pos, base, plan)
+        kept = np.nonzero(keep)[0]
+        rows.add_columns(entry_pos[kept], self._position[plan[kept]], self._items.take(plan[kept]),
+                         self._item_fields.take(plan[kept]), out.take(kept))
+        by_rules = np.nonzero((base > BASES.index("drop")) & ~ok)[0]
+        self._rules_rows(entries, cells, entry_pos, plan, by_rules, rows)
+        self._missing_rows(entries, cells, entry_pos, np.nonzero(missing)[0], rows)
+        return self._assemble(entries, rows)
+
+    def _plan_ids(self, entries: pa.RecordBatch, cells: pa.RecordBatch, entry_pos: np.ndarray,
+                  missing: np.ndarray) -> np.ndarray:
+        """Each cell's plan (by its entry's form version and its key), or -1."""
+        plan = np.full(cells.num_rows, -1, dtype=np.int64)
+        versions = np.asarray(entries.column("version").to_numpy(zero_copy_only=False))[entry_pos]
+        for version in np.unique(versions):
+            if int(version) not in self._by_version:
+                continue
+            codes, ids = self._by_version[int(version)]
+            rows = np.nonzero((versions == version) & ~missing)[0]
+            found = pc.index_in(cells.column("key").take(rows), value_set=codes)
+            hit = _flag(pc.is_valid(found))
+            plan[rows[hit]] = ids[np.asarray(pc.fill_null(found, 0).to_numpy(zero_copy_only=False))[hit]]
+        return plan
+
+    def _judge(self, entries: pa.RecordBatch, cells: pa.RecordBatch, entry_pos: np.ndarray, base: np.ndarray,
+               plan: np.ndarray) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+        """(ok, out, keep): `ok` where the columns release the value exactly as deid's rules
+        would, `out` the released text (null: an empty cell), `keep` where it is a row."""
+        n = cells.num_rows
+        raw = cells.column("json")
+        first = pc.utf8_slice_codeunits(raw, 0, 1)
+        is_str, is_null = _flag(pc.equal(first, '"')), _flag(pc.equal(first, "n"))
+        is_bool = _flag(pc.is_in(first, value_set=pa.array(["t", "f"])))
+        is_num = _flag(pc.is_in(first, value_set=pa.array(list("-0123456789"))))
+        plain_str = is_str & ~_flag(pc.match_substring(raw, "\\"))
+        text = pc.if_else(pa.array(plain_str), pc.utf8_slice_codeunits(raw, 1, -1), raw)
+        ok = np.zeros(n, dtype=bool)
+        if not self.vectorise:
+            return ok, text, ok
+        ok |= (base > BASES.index("drop")) & (base != BASES.index("rules")) & is_null
+        out = text
+        for name in ("text", "number", "yes_no", "choice", "date"):
+            rows = np.nonzero((base == BASES.index(name)) & ~is_null)[0]
+            if not len(rows):
+                continue
+            sub = text.take(rows)
+            if name == "text":
+                ok[rows] = plain_str[rows] | is_bool[rows] | (is_num[rows] & _python_number_text(sub))
+            elif name == "number":
+                ok[rows] = (is_num[rows] & _python_number_text(sub)) | (
+                    plain_str[rows] & _flag(pc.match_substring_regex(sub, _NUMBER_TEXT)))
+            elif name == "yes_no":
+                ok[rows] = is_bool[rows] | (plain_str[rows] & _flag(pc.is_in(sub, value_set=pa.array(_YES_NO_TEXT)))) \
+                    | (is_num[rows] & _flag(pc.is_in(sub, value_set=pa.array(["0", "1"]))))
+            elif name == "choice":
+                for plan_id in np.unique(plan[rows]):
+                    here = plan[rows] == plan_id
+                    codes = pa.array(self._plans[int(plan_id)].codes, pa.string())
+                    ok[rows[here]] = plain_str[rows[here]] & _flag(pc.is_in(sub.filter(pa.array(here)),
+                                                                             value_set=codes))
+            else:
+                dated = rows[plain_str[rows] & _flag(pc.match_substring_regex(sub, _FULL_DATE))]
+                if len(dated):
+                    shifts = np.asarray(entries.column("shift").to_numpy(zero_copy_only=False))[entry_pos[dated]]
+                    shifted, valid = _shift_dates(text.take(dated), shifts)
+                    ok[dated[valid]] = True
+                    out = _replace_rows(out, dated[valid], shifted.filter(pa.array(valid)))
+        harm = self._harm[plan]
+        harm[plan < 0] = 0
+        out = self._harmonise(plan, harm, ok, is_null, out)
+        unmapped = (harm == HARMONISE.index("unmapped")) & ok & ~is_null
+        self._count(self.counts.unmapped, plan[unmapped])
+        keep = ok & ~unmapped
+        return ok, pc.if_else(pa.array(is_null), pa.scalar(None, pa.string()), out), keep
+
+    def _harmonise(self, plan: np.ndarray, harm: np.ndarray, ok: np.ndarray, is_null: np.ndarray,
+                   out: pa.Array) -> pa.Array:
+        """Codes and units in the consortium's terms, where `ok`; a value the rule cannot
+        map is left to deid's rules and the harmoniser (which count it)."""
+        mapped = np.nonzero(ok & (harm == HARMONISE.index("map")) & ~is_null)[0]
+        for plan_id in np.unique(plan[mapped]):
+            rows = mapped[plan[mapped] == plan_id]
+            codes = (self._plans[int(plan_id)].rule or harmonise.Rule(path="", group="", code="")).codes or {}
+            found = pc.index_in(out.take(rows), value_set=pa.array(list(codes), pa.string()))
+            hit = _flag(pc.is_valid(found))
+            ok[rows[~hit]] = False
+            new = pc.take(pa.array(list(codes.values()), pa.string()), found).filter(pa.array(hit))
+            out = _replace_rows(out, rows[hit], new)
+            self._count(self.counts.harmonised, plan[rows[hit]])
+        converted = np.nonzero(ok & (harm == HARMONISE.index("factor")) & ~is_null)[0]
+        for plan_id in np.unique(plan[converted]):
+            rows = converted[plan[converted] == plan_id]
+            rule = self._plans[int(plan_id)].rule
+            done, results = _converted(out.take(rows), rule) if rule is not None else (np.zeros(len(rows), bool), None)
+            ok[rows[~done]] = False  # deid's rules and the harmoniser decide (and count) those
+            if results is not None:
+                out = _replace_rows(out, rows[done], results)
+            self._count(self.counts.harmonised, plan[rows[done]])
+        return out
+
+    def _count(self, counter: Counter[str], plan_ids: np.ndarray) -> None:
+        for plan_id, count in zip(*np.unique(plan_ids, return_counts=True), strict=True):
+            chosen = self._plans[int(plan_id)]
+            counter[f"{chosen.form}.{chosen.path}"] += int(count)
+
+    def _entry(self, entries: pa.RecordBatch, index: int) -> PartEntry:
+        row = {name: entries.column(name)[index].as_py() for name in _LISTING_COLUMNS}
+        return PartEntry(entry_id=row["entry"], version_id=row["version"], pseudonym=row["pseudonym"],
+                         shift=row["shift"], subject_code=row["subject"], event=row["event"],
+                         occurrence=row["occurrence"], visit_date=row["visit"], form=row["form"],
+                         form_version=row["form_version"])
+
+    def _rules_rows(self, entries: pa.RecordBatch, cells: pa.RecordBatch, entry_pos: np.ndarray, plan: np.ndarray,
+                    chosen: np.ndarray, rows: _Rows) -> None:
+        self.counts.by_rules += len(chosen)
+        if not len(chosen):
+            return
+        raw = cells.column("json").take(chosen).to_pylist()
+        keys = cells.column("key").take(chosen).to_pylist()
+        known: dict[int, PartEntry] = {}
+        for index, key, text in zip(chosen.tolist(), keys, raw, strict=True):
+            at = int(entry_pos[index])
+            entry = known.get(at) or known.setdefault(at, self._entry(entries, at))
+            position = int(self._position[plan[index]])
+            for sub, (item, row, value) in enumerate(self.python_values(entry, key, json.loads(text))):
+                rows.add(at, position, sub, "", item, row, value)
+
+    def _missing_rows(self, entries: pa.RecordBatch, cells: pa.RecordBatch, entry_pos: np.ndarray,
+                      chosen: np.ndarray, rows: _Rows) -> None:
+        if not len(chosen):
+            return
+        forms = entries.column("form").to_pylist()
+        paths = cells.column("key").take(chosen).to_pylist()
+        codes = cells.column("json").take(chosen).to_pylist()
+        for index, path, code in zip(chosen.tolist(), paths, codes, strict=True):
+            at = int(entry_pos[index])
+            if path.split("[", 1)[0].split(".", 1)[0] in self.consented.get(forms[at], set()):
+                rows.add(at, _MISSING_POSITION, 0, path, path, "", code)
+
+    def _assemble(self, entries: pa.RecordBatch, rows: _Rows) -> pa.RecordBatch:
+        entry_pos, position, sub, order, item, item_field, item_row, value = rows.arrays()
+        sort = pc.sort_indices(pa.table({"e": entry_pos, "p": position, "s": sub, "o": order}),
+                               sort_keys=[("e", "ascending"), ("p", "ascending"), ("s", "ascending"),
+                                          ("o", "ascending")])
+        at, item, item_field, item_row, value = (column.take(sort) for column in
+                                                 (entry_pos, item, item_field, item_row, value))
+        value = pc.if_else(pc.equal(value, ""), pa.scalar(None, pa.string()), value)
+        visits = self._visits(entries)
+        prefix = pc.binary_join_element_wise(
+            csv_field(self.tenant), entries.column("pseudonym"), _quoted(entries.column("event")),
+            pc.cast(entries.column("occurrence"), pa.string()), pc.fill_null(pc.cast(visits, pa.string()), ""),
+            _quoted(entries.column("form")), pc.cast(entries.column("form_version"), pa.string()), ",")
+        line = pc.binary_join_element_wise(pc.take(prefix, at), item_field, pc.cast(item_row, pa.string()),
+                                           _quoted(value), ",", null_handling="replace", null_replacement="")
+        line = pc.binary_join_element_wise(line, "", "\n")  # the line's end
+        self.counts.entries += len(np.unique(np.asarray(at.to_numpy(zero_copy_only=False))))
+        self.counts.values += len(line)
+        return pa.RecordBatch.from_arrays([
+            pa.repeat(pa.scalar(self.tenant, pa.string()), len(line)),
+            *(pc.take(entries.column(name), at) for name in ("pseudonym", "event", "occurrence")),
+            pc.take(visits, at), *(pc.take(entries.column(name), at) for name in ("form", "form_version")),
+            item, item_row, value, line], schema=PART_SCHEMA)
+
+    def _visits(self, entries: pa.RecordBatch) -> pa.Array:
+        """Each entry's visit date moved by its subject's shift; by deid.shift_date (which
+        refuses what a date cannot hold) outside four-digit years."""
+        visit = entries.column("visit")
+        days = np.asarray(pc.fill_null(pc.cast(visit, pa.int32()), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+        moved = days + np.asarray(entries.column("shift").to_numpy(zero_copy_only=False), dtype=np.int64)
+        present = _flag(pc.is_valid(visit))
+        inside = (days >= _FIRST_DAY) & (moved >= _FIRST_DAY) & (moved <= _LAST_DAY)
+        shifted = pa.array(np.where(inside, moved, 0).astype(np.int32), pa.int32()).cast(pa.date32())
+        for index in np.nonzero(present & ~inside)[0].tolist():
+            entry = self._entry(entries, index)
+            try:
+                moved_date = deid.shift_date(entry.visit_date, entry.shift)
+            except deid.DeidError as exc:
+                where = f"{entry.form} of {entry.event}#{entry.occurrence}, subject {entry.subject_code}"
+                raise deid.DeidError(str(exc), field=where) from exc
+            shifted = _replace_rows(shifted, np.array([index]), pa.array([moved_date], pa.date32()))
+        return pc.if_else(pa.array(present), shifted, pa.scalar(None, pa.date32()))
+
+
+_PLAIN_DECIMAL = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$"  # Decimal() reads it exactly, Arrow's cast too
+
+
+def _converted(texts: pa.Array, rule: harmonise.Rule) -> tuple[np.ndarray, pa.Array | None]:
+    """(which values, their conversion): the harmoniser's Decimal(text) * factor, rounded
+    half away from zero (ROUND_HALF_UP) to the rule's places, in Arrow's exact decimals.
+    Texts of at most 16 characters (15 digits: exact at scale 15 in 40 digits), places
+    0-6 (no exponent in Python's text either); a negative value that rounds to zero is
+    left to the rules (Decimal writes "-0.0", a decimal array "0.0")."""
+    factor = rule.factor
+    places = -int(rule.quantum.as_tuple().exponent)
+    _sign, digits, exponent = factor.as_tuple() if factor is not None else (0, (), 0)
+    scale = max(0, -int(exponent))
+    precision = max(len(digits) + max(0, int(exponent)), scale) + 1
+    if factor is None or not 0 <= places <= 6 or precision > 30:
+        return np.zeros(len(texts), dtype=bool), None
+    eligible = _flag(pc.less_equal(pc.utf8_length(texts), 16)) & _flag(pc.match_substring_regex(texts, _PLAIN_DECIMAL))
+    chosen = np.nonzero(eligible)[0]
+    numbers = pc.cast(texts.take(chosen), pa.decimal256(40, 15))
+    product = pc.multiply(numbers, pa.scalar(factor, pa.decimal256(precision, scale)))
+    rounded = pc.round(product, ndigits=places, round_mode="half_towards_infinity")
+    negative_zero = _flag(pc.equal(rounded, pa.scalar(0, rounded.type).cast(rounded.type))) & \
+        _flag(pc.starts_with(texts.take(chosen), "-"))
+    eligible[chosen[negative_zero]] = False
+    kept = ~negative_zero
+    text = pc.cast(pc.cast(rounded.filter(pa.array(kept)), pa.decimal256(76, places)), pa.string())
+    return eligible, text
+
+
+def _python_number_text(texts: pa.Array) -> np.ndarray:
+    """Which JSON number texts (PostgreSQL's: no exponent, no leading zero, no sign but
+    "-") Python writes back unchanged after reading them: integers (read as int); decimals
+    with no trailing zero but a lone ".0", at most 15 significant digits (the length bound
+    is stricter) and at least 1e-4 (repr() writes no exponent there)."""
+    has_point = _flag(pc.match_substring(texts, "."))
+    short = _flag(pc.less_equal(pc.utf8_length(texts), 16))
+    trailing = _flag(pc.ends_with(texts, "0")) & ~_flag(pc.ends_with(texts, ".0"))
+    tiny = _flag(pc.starts_with(texts, "0.000")) | _flag(pc.starts_with(texts, "-0.000"))
+    return ~has_point | (short & ~trailing & ~tiny)
+
+
+def _flag(values: Any) -> np.ndarray:
+    """An Arrow boolean result as numpy, null as False."""
+    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _array(column: Any) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _replace_rows(values: pa.Array, rows: np.ndarray, new: pa.Array) -> pa.Array:
+    """`values` with the given rows (ascending) replaced by `new`, in order."""
+    if not len(rows):
+        return values
+    mask = np.zeros(len(values), dtype=bool)
+    mask[rows] = True
+    return pc.replace_with_mask(values, pa.array(mask), new)
+
+
+def _shift_dates(texts: pa.Array, shifts: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """("YYYY-MM-DD" moved by each shift, which were dates that stay within four-digit
+    years: the others go to deid's rules)."""
+    days = pc.cast(pc.cast(pc.strptime(texts, format="%Y-%m-%d", unit="s", error_is_null=True), pa.date32()),
+                   pa.int32())
+    same = _flag(pc.equal(pc.cast(pc.cast(days, pa.date32()), pa.string()), texts))  # no day 31 of April
+    base = np.asarray(pc.fill_null(days, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    moved = base + shifts
+    valid = same & (base >= _FIRST_DAY) & (moved >= _FIRST_DAY) & (moved <= _LAST_DAY)
+    shifted = pa.array(np.where(valid, moved, 0).astype(np.int32), pa.int32()).cast(pa.date32())
+    return pc.cast(shifted, pa.string()), valid
+
+
+def _quoted(values: pa.Array) -> pa.Array:
+    """CSV fields of texts (as csv_field): the rows holding a comma, a quote or a line
+    break are found in the array's bytes with numpy, and only those are rewritten."""
+    values = _array(values)
+    data = values.buffers()[2]
+    if not len(values) or data is None:
+        return values
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset:values.offset + len(values) + 1]
+    raw = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]]
+    hits = np.nonzero(np.isin(raw, _QUOTE_BYTES))[0]
+    if not len(hits):
+        return values
+    rows = np.unique(np.searchsorted(offsets, hits + offsets[0], side="right") - 1)
+    chosen = values.take(rows)
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(chosen, '"', '""'), '"', "")
+    return _replace_rows(values, rows, quoted)
+
+
+def csv_field(text: str) -> str:
+    """One CSV field as the part writes it: quoted only when it holds a comma, a quote or
+    a line break (an empty text and no value are both an empty field)."""
+    if any(char in text for char in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+class _Rows:
+    """A group's rows: arrays from the columns, Python lists for the rest."""
+
+    _TYPES = (pa.int64(), pa.int64(), pa.int64(), pa.string(), pa.string(), pa.string(), pa.int32(), pa.string())
+
+    def __init__(self) -> None:
+        self._arrays: list[tuple[pa.Array, ...]] = []
+        self._lists: tuple[list[Any], ...] = tuple([] for _ in self._TYPES)
+
+    def add_columns(self, entry_pos: np.ndarray, position: np.ndarray, item: pa.Array, item_field: pa.Array,
+                    value: pa.Array) -> None:
+        n = len(entry_pos)
+        self._arrays.append((pa.array(entry_pos, pa.int64()), pa.array(position, pa.int64()),
+                             pa.array(np.zeros(n, dtype=np.int64)), pa.repeat(pa.scalar("", pa.string()), n),
+                             item, item_field, pa.nulls(n, pa.int32()), value))
+
+    def add(self, entry_pos: int, position: int, sub: int, order: str, item: str, row: str, value: str) -> None:
+        for target, part in zip(self._lists, (entry_pos, position, sub, order, item, csv_field(item),
+                                              int(row) if row else None, value), strict=True):
+            target.append(part)
+
+    def arrays(self) -> tuple[pa.Array, ...]:
+        listed = [pa.array(values, kind) for values, kind in zip(self._lists, self._TYPES, strict=True)]
+        return tuple(pa.concat_arrays([*(_array(chunk[i]) for chunk in self._arrays), listed[i]])
+                     for i in range(len(self._TYPES)))
+
+
+def write_batches(batches: Iterator[pa.RecordBatch], out: IO[bytes]) -> None:
+    with pa.ipc.new_stream(out, PART_SCHEMA) as writer:
+        for batch in batches:
+            writer.write_batch(batch)

@@ -1,0 +1,191 @@
+"""A tenant's pooled part by columns (exports.pooling.columns, ADR 0016) releases exactly
+what deid's rules release: the same part with every value sent through those rules one
+by one, and a whole-entry reference built here from the entry-level functions (the
+pipeline the columns replaced), give the same rows, bytes and counts. The values are odd
+on purpose: stored behind the services' back as a bad import or a manual fix might."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from django.db import connection, transaction
+from django.utils import timezone
+from django_tenants.utils import schema_context
+
+from exports import deid, extract
+from exports.pooling import aggregate, columns, harmonise
+from exports.pooling.models import Consortium, DataSharingAgreement, PooledRun
+from exports.records import EntryRecord
+from tests.exports.test_pooling import HARMONISE, varied_tenants  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.django_db
+
+ITEMS = ["visit_date", "sex", "pregnant", "weight", "height", "bmi", "pain", "symptoms", "diag_date", "dose_time",
+         "seen_at", "notes", "email", "sbp", "dbp", "meds", "ghost"]
+
+# JSON as stored (numbers keep their digits in jsonb: 70.50 is not 70.5 to PostgreSQL,
+# but is to Python, which reads it as a float).
+ODD_VALUES = [
+    None,  # as saved through the API
+    '{"visit_date": "2024-02-29", "sex": 1, "pregnant": true, "weight": 70.50, "height": 1e2, "pain": "7",'
+    ' "bmi": "n/a", "symptoms": [], "diag_date": "2024", "dose_time": "23:59:59",'
+    ' "seen_at": "2026-01-02T09:15:30+08:00", "notes": "said \\"ok\\", then\\nleft", "email": "x@y.z",'
+    ' "sbp": 120.0, "dbp": -0.0, "ghost": 5, "meds": [], "weight_unit": "kg"}',
+    '{"visit_date": "1999-12-31", "sex": "9", "pregnant": 2, "weight": 0.00001, "height": 12345678901234567890,'
+    ' "pain": 3.25, "bmi": 24.4, "symptoms": ["c", "a"], "diag_date": "2024-02", "seen_at": "2026-01-02 09:15",'
+    ' "notes": "逗号,和引号\\"", "sbp": "120", "dbp": " 80",'
+    ' "meds": [{"med_name": "A", "med_dose": "0.5"}, {"med_dose": null}]}',
+    '{"visit_date": null, "sex": null, "pregnant": "yes", "weight": "70,5", "height": -5, "pain": 10,'
+    ' "symptoms": ["z"], "notes": "", "sbp": 1.5e3, "dbp": 1.0, "meds": [{"med_name": "B", "med_dose": -0.01}]}',
+    '{"visit_date": "2026-11-27", "sex": "1", "pregnant": "1", "weight": 123.456789012345678, "height": 170,'
+    ' "pain": 0, "symptoms": ["b"], "notes": "plain", "sbp": "1e3", "dbp": "+7", "diag_date": "2024-06-15",'
+    ' "bmi": 0.5}',
+    '{"visit_date": "2026-01-31", "sex": "2", "pregnant": 0, "weight": -0.04, "height": 0, "notes": "cr\\rline",'
+    ' "sbp": 99999999999999999, "dbp": 0.1, "pain": "3.50", "seen_at": "2026-03-01T10:00"}',
+]
+ODD_MISSING = ('{"weight": "NA", "meds[0].med_dose": "UNK", "notes": "ASKU", "ghost": "NA", "height": "XX",'
+               ' "hdr": "NA", "unknown.x": "NASK", "sbp": 1, "dbp": "NASK"}')
+
+
+@pytest.fixture
+def odd_world(varied_tenants):  # noqa: F811
+    """The varied tenants (their own code lists and units), their entries overwritten with
+    odd values, and a consortium pooling every VITALS item (and one no version has)."""
+    for tenant in varied_tenants["tenants"]:
+        with schema_context(tenant.schema_name), connection.cursor() as cursor:
+            cursor.execute("SELECT id FROM ecrf_entry ORDER BY id")
+            for index, (entry_id,) in enumerate(cursor.fetchall()):
+                values = ODD_VALUES[index % len(ODD_VALUES)]
+                if values is not None:
+                    cursor.execute("UPDATE ecrf_entry SET values = %s::jsonb WHERE id = %s", [values, entry_id])
+                if index % 3 == 1:
+                    cursor.execute("UPDATE ecrf_entry SET missing = %s::jsonb WHERE id = %s", [ODD_MISSING, entry_id])
+    connection.set_schema_to_public()
+    consortium = Consortium.objects.create(
+        slug="odd", name="Odd values", coordinating_organisation="CDC", quasi_identifiers=[], k=1,
+        common_data_elements=[{"form": "VITALS", "items": ITEMS, "safe_text": ["notes"], "harmonise": HARMONISE}])
+    for tenant in varied_tenants["tenants"]:
+        DataSharingAgreement.objects.create(consortium=consortium, tenant=tenant, study_code="CRF",
+                                            fields=[f"VITALS.{item}" for item in ITEMS],
+                                            accepted_by=varied_tenants["admin"])
+    run = PooledRun.objects.create(consortium=consortium, requested_by=varied_tenants["admin"])
+    return {**varied_tenants, "consortium": consortium, "run": PooledRun.objects.select_related("consortium")
+            .get(pk=run.pk)}
+
+
+def _part(run: PooledRun, agreement: DataSharingAgreement, folder: Any, *, vectorise: bool) -> tuple[pa.Table, dict]:
+    from django.core.files.storage import default_storage
+
+    folder.mkdir(exist_ok=True)
+    result = aggregate._extract_part(run, agreement, str(folder), vectorise=vectorise)
+    with default_storage.open(result["parts"]["cells"], "rb") as handle:
+        table = pa.ipc.open_stream(handle.read()).read_all()
+    return table, {key: value for key, value in result.items() if key not in ("parts", "values_by_rules")} | {
+        "by_rules": result["values_by_rules"]}
+
+
+def _reference(run: PooledRun, agreement: DataSharingAgreement) -> tuple[str, dict[str, Any]]:
+    """The part's lines and counts as the entry-level pipeline gives them: every entry
+    through deid.deidentify_entries and the harmoniser whole, then ordered (pseudonym,
+    event in schedule order, occurrence, form; an entry's values in the definition's
+    order, then its missing-data codes by path) and written field by field."""
+    consortium, tenant = run.consortium, agreement.tenant
+    policy = aggregate._policy(consortium, tenant.slug, aggregate.consortium_keys(consortium))
+    consented = aggregate._consented(consortium, agreement)
+    with schema_context(tenant.schema_name), transaction.atomic():
+        from studies.models import Study
+
+        study = Study.objects.get(code=agreement.study_code)
+        scope = extract.ExportScope(study_id=study.pk, forms=tuple(sorted(consented)))
+        data = extract.study_data(scope, snapshot_at=timezone.now())
+        definitions = {(form.code, form.version): form.definition for form in data.study.forms}
+        harmoniser = harmonise.Harmoniser(harmonise.declared(consortium), tenant=tenant.slug,
+                                           definitions=definitions)
+        events = dict(extract._event_order(study.pk))
+        dropped: set[str] = set()
+
+        def consented_only(entry: EntryRecord) -> EntryRecord:
+            items = consented[entry.form_code]
+            return harmonise.with_values(
+                entry, {code: value for code, value in entry.values.items() if code in items},
+                {path: code for path, code in entry.missing.items()
+                 if path.split("[", 1)[0].split(".", 1)[0] in items})
+
+        entries = [harmoniser.apply(entry) for entry in deid.deidentify_entries(
+            (consented_only(entry) for entry in data.entries if entry.form_code in consented), policy=policy,
+            definitions=definitions, dropped=dropped)]
+    entries.sort(key=lambda e: (e.subject_key, events.get(e.event_code, 100000), e.event_code, e.sequence,
+                                e.form_code))
+    lines, counted = [], 0
+    for entry in entries:
+        order = {}
+        for item in definitions[(entry.form_code, entry.form_version)]["items"]:
+            order.setdefault(item["code"], len(order))
+            for child in item.get("items") or [] if item.get("type") == "group" else []:
+                order.setdefault(child["code"], len(order))
+        cells = [cell for code in sorted(entry.values, key=lambda c: order[c])
+                 for cell in harmonise.value_cells(code, entry.values[code])]
+        cells += [(path, "", code) for path, code in sorted(entry.missing.items())]
+        counted += bool(cells)
+        visit = entry.visit_date.isoformat() if entry.visit_date else ""
+        for item, row, text in cells:
+            fields = [tenant.slug, entry.subject_key, entry.event_code, str(entry.sequence), visit, entry.form_code,
+                      str(entry.form_version), item, row, text]
+            lines.append(",".join(columns.csv_field(field) for field in fields) + "\n")
+    return "".join(lines), {"entries": counted, "values_extracted": len(lines), "items_dropped": sorted(dropped),
+                            "values_harmonised": dict(sorted(harmoniser.changed.items())),
+                            "values_unmapped": dict(sorted(harmoniser.unmapped.items()))}
+
+
+@pytest.mark.parametrize("slug", ["alpha", "beta", "gamma"])
+def test_the_columns_release_what_deids_rules_release_value_by_value_and_entry_by_entry(odd_world, slug, tmp_path):
+    agreement = DataSharingAgreement.objects.select_related("tenant").get(consortium=odd_world["consortium"],
+                                                                          tenant__slug=slug)
+    run = odd_world["run"]
+    by_columns, counts = _part(run, agreement, tmp_path / "columns", vectorise=True)
+    by_rules, rule_counts = _part(run, agreement, tmp_path / "rules", vectorise=False)
+    assert by_columns.equals(by_rules), slug
+    # The odd values went to deid's rules, the plain ones were judged by columns.
+    assert 0 < counts.pop("by_rules") < rule_counts.pop("by_rules")
+    assert counts == rule_counts
+    lines, reference_counts = _reference(run, agreement)
+    assert "".join(by_columns.column("line").to_pylist()) == lines
+    assert {key: counts[key] for key in reference_counts} == reference_counts
+    # The odd values did reach both ways of judging (not all sent to the rules) ...
+    assert counts["values_extracted"] > 40 and counts["items_dropped"]
+    # ... and each row's line is its typed columns as CSV.
+    for row, typed in zip(csv.reader(io.StringIO(lines)), by_columns.drop_columns(["line"]).to_pylist(),
+                          strict=True):
+        assert row == ["" if value is None else value.isoformat() if hasattr(value, "isoformat") else str(value)
+                       for value in typed.values()]
+
+
+def test_the_odd_values_come_out_as_python_writes_them(odd_world, tmp_path):
+    agreement = DataSharingAgreement.objects.select_related("tenant").get(consortium=odd_world["consortium"],
+                                                                          tenant__slug="beta")
+    table, counts = _part(odd_world["run"], agreement, tmp_path, vectorise=True)
+    rows = table.drop_columns(["line"]).to_pylist()
+
+    def values(item: str) -> list[Any]:
+        return [row["value"] for row in rows if row["item"] == item]
+
+    # Beta keeps weight in lb: 70.50 lb -> 32.0 kg; -0.04 lb rounds to "-0.0", as Decimal writes it.
+    assert "32.0" in values("weight") and "-0.0" in values("weight")
+    assert "70,5" not in values("weight")  # not a number: dropped, not converted
+    assert str((Decimal("12345678901234567890") * Decimal("2.54")).quantize(Decimal(1), ROUND_HALF_UP)) in \
+        values("height")  # inches to cm, exact
+    assert "1e3" in values("sbp") and " 80" in values("dbp") and "+7" in values("dbp")  # numbers as text, as stored
+    assert "100000000000000000" not in values("sbp") and "99999999999999999" in values("sbp")
+    assert 'said "ok", then\nleft' in values("notes") and "cr\rline" in values("notes")
+    assert "email" not in {row["item"] for row in rows}  # free text not marked safe
+    assert counts["items_dropped"] and "VITALS.ghost" in counts["items_dropped"]
+    assert {row["item"] for row in rows if row["value"] in ("NA", "UNK", "ASKU", "NASK")} >= {
+        "weight", "meds[0].med_dose", "notes", "ghost", "dbp"}
+    assert not {row["item"] for row in rows} & {"hdr", "unknown.x"}  # not consented
+    assert json.dumps(counts)  # never a value object in the counts
