@@ -60,6 +60,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tenants", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
     parser.add_argument("--rounds", type=int, default=2, help="pooled runs on the warm worker")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the database of an earlier run with the same --values/--tenants (no setup)")
     return parser.parse_args(argv)
 
 
@@ -174,6 +176,26 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
         tenant = Tenant.objects.get(schema_name=study["schema"])
         DataSharingAgreement.objects.create(consortium=consortium, tenant=tenant, study_code="POOL", fields=fields,
                                             accepted_by_id=study["admin"])
+    return {"consortium": consortium.pk, "studies": studies, "admin": studies[0]["admin"]}
+
+
+def reuse(args: argparse.Namespace) -> dict[str, Any]:
+    """The world of an earlier setup in the same database (for repeated measurements)."""
+    setup_django()
+    from config.db import tenant_connection as connection
+    from exports.pooling.models import Consortium, DataSharingAgreement
+    from studies.models import Study
+
+    consortium = Consortium.objects.get(slug="bench")
+    studies = []
+    for agreement in DataSharingAgreement.objects.filter(consortium=consortium).select_related("tenant") \
+            .order_by("tenant__slug"):
+        connection.set_tenant(agreement.tenant)
+        studies.append({"schema": agreement.tenant.schema_name, "study": Study.objects.get(code="POOL").pk,
+                        "admin": agreement.accepted_by_id})
+        connection.set_schema_to_public()
+    if len(studies) != args.tenants:
+        raise SystemExit(f"the database holds {len(studies)} tenants, not {args.tenants}: run without --reuse")
     return {"consortium": consortium.pk, "studies": studies, "admin": studies[0]["admin"]}
 
 
@@ -307,7 +329,7 @@ def main(argv: list[str]) -> None:
     os.environ.update({"REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url,
                        "MEDIA_ROOT": media})
     log(f"setup: {args.tenants} tenants, {args.values:,} item values ...")
-    world = setup(args)
+    world = reuse(args) if args.reuse else setup(args)
     log(machine_info())
     from bench.common import purge_bench_queue
 

@@ -40,6 +40,7 @@ import tempfile
 import traceback
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
 import numpy as np
@@ -152,11 +153,19 @@ def _parts_folder(consortium: Consortium, run_id: int) -> str:
     return f"pooling/{consortium.slug}/{run_id}/parts"
 
 
+class _MovableFile(File):
+    """A finished local file: a local storage moves it into place instead of copying it
+    (FileSystemStorage looks for temporary_file_path); any other storage reads it."""
+
+    def temporary_file_path(self) -> str:
+        return str(getattr(self.file, "name", ""))
+
+
 def _store(key: str, path: str) -> str:
     if default_storage.exists(key):  # a redelivered task writes the same part again
         default_storage.delete(key)
     with open(path, "rb") as handle:
-        return str(default_storage.save(key, File(handle, name=os.path.basename(key))))
+        return str(default_storage.save(key, _MovableFile(handle, name=os.path.basename(key))))
 
 
 def _extract_part(run: PooledRun, agreement: DataSharingAgreement, folder: str, *,
@@ -215,6 +224,8 @@ def _extract_part(run: PooledRun, agreement: DataSharingAgreement, folder: str, 
 
         builder = columns.PartBuilder(tenant=tenant.slug, plans=plans, consented=consented,
                                       python_values=python_values, counts=counts, vectorise=vectorise)
+        if all(columns.every_item_consented(v.definition, consented[v.form.code]) for v in versions):
+            builder.keys = None
         listing = columns.entry_listing(study_id=study.pk, forms=sorted(consented), subjects=released,
                                         events=extract._values(extract._event_order(study.pk), ("text", "int")))
         with open(paths["cells.arrow"], "wb") as cells_file:
@@ -297,8 +308,14 @@ def _json_lines(key: str) -> Iterator[dict[str, Any]]:
 
 
 def _part_batches(key: str) -> Iterator[pa.RecordBatch]:
-    """A part's record batches (columns.PART_SCHEMA), one at a time."""
-    with default_storage.open(key, "rb") as raw, pa.ipc.open_stream(raw) as reader:
+    """A part's record batches (columns.PART_SCHEMA), one at a time: memory-mapped from a
+    local storage (no copy), streamed from any other."""
+    try:
+        local: str | None = default_storage.path(key)
+    except NotImplementedError:
+        local = None
+    with (pa.memory_map(local) if local else default_storage.open(key, "rb")) as raw, \
+            pa.ipc.open_stream(raw) as reader:
         if not reader.schema.equals(columns.PART_SCHEMA):
             raise ValueError("a part does not have the pooled columns")
         yield from reader
@@ -316,7 +333,13 @@ def _line_bytes(lines: pa.Array) -> memoryview:
 def _save(key: str, handle: IO[bytes], name: str) -> str:
     if default_storage.exists(key):
         default_storage.delete(key)
+    if isinstance(handle, io.BufferedReader):  # a finished local file: moved when the storage can
+        return str(default_storage.save(key, _MovableFile(handle, name=name)))
     return str(default_storage.save(key, File(handle, name=name)))
+
+
+def _row_group(writer: pq.ParquetWriter, batches: list[pa.RecordBatch]) -> None:
+    writer.write_table(pa.Table.from_batches(batches), row_group_size=1 << 30)
 
 
 def _parts_delete(consortium: Consortium, run_id: int) -> None:
@@ -338,24 +361,33 @@ def _combine(run: PooledRun, parts: list[dict[str, Any]]) -> None:
     rules = deid.rules_applied(_policy(consortium, "pool", keys), dropped=dropped)
     released, kept, report = _released(subjects, consortium, rules)
     kept_subjects = pa.array(sorted(kept), pa.string())
+    suppressed_in = {tenant for tenant, subject in subjects if subject["pseudonym"] not in kept}
     rows_by_tenant: Counter[str] = Counter()
     folder = f"pooling/{consortium.slug}/{run.pk}"
-    with tempfile.NamedTemporaryFile("w+b", prefix="suifang-pooled-") as out, \
-            tempfile.NamedTemporaryFile("w+b", prefix="suifang-pooled-parquet-") as parquet_out:
+    with tempfile.TemporaryDirectory(prefix="suifang-pooled-") as scratch:
+        long_path, parquet_path = os.path.join(scratch, "pooled_long.csv"), os.path.join(scratch, "pooled.parquet")
         digest = hashlib.sha256()
         header = (",".join(POOLED_COLUMNS) + "\n").encode("utf-8")
-        out.write(header)
-        digest.update(header)
-        size = len(header)
-        pending: list[pa.RecordBatch] = []
-        waiting = 0
-        with pq.ParquetWriter(parquet_out, columns.POOLED_PARQUET_SCHEMA, compression="zstd", use_dictionary=True,
-                              write_statistics=True) as parquet:
+        # Parquet is encoded on a thread (Arrow lets go of the GIL) while the CSV lines,
+        # already written by the parts, are copied and hashed here.
+        # (The encoder is shut down, its writes done, before the Parquet writer closes.)
+        with open(long_path, "wb") as out, pq.ParquetWriter(parquet_path, columns.POOLED_PARQUET_SCHEMA,
+                                                            compression="zstd", use_dictionary=True,
+                                                            write_statistics=True) as parquet, \
+                ThreadPoolExecutor(1, thread_name_prefix="pooled-parquet") as encoder:
+            out.write(header)
+            digest.update(header)
+            size = len(header)
+            pending: list[pa.RecordBatch] = []
+            waiting = 0
+            written: list[Future[None]] = []
             for part in parts:
                 if not part["parts"]:
                     continue
+                whole = part["tenant"] not in suppressed_in  # no subject of it left out: no filter
                 for batch in _part_batches(part["parts"]["cells"]):
-                    chosen = batch.filter(pc.is_in(batch.column("subject"), value_set=kept_subjects))
+                    chosen = batch if whole else batch.filter(pc.is_in(batch.column("subject"),
+                                                                       value_set=kept_subjects))
                     text = _line_bytes(chosen.column("line"))
                     out.write(text)
                     digest.update(text)
@@ -364,15 +396,17 @@ def _combine(run: PooledRun, parts: list[dict[str, Any]]) -> None:
                     pending.append(chosen.drop_columns(["line"]))
                     waiting += chosen.num_rows
                     if waiting >= _PARQUET_GROUP_ROWS:
-                        parquet.write_table(pa.Table.from_batches(pending), row_group_size=1 << 30)
+                        written.append(encoder.submit(_row_group, parquet, pending))
                         pending, waiting = [], 0
             if pending:
-                parquet.write_table(pa.Table.from_batches(pending), row_group_size=1 << 30)
-        out.flush()
-        parquet_out.flush()
-        stored = _save(f"{folder}/pooled_long.csv", out, "pooled_long.csv")
-        parquet_size, parquet_sha256 = file_digest(parquet_out)
-        parquet_stored = _save(f"{folder}/pooled_long.parquet", parquet_out, "pooled_long.parquet")
+                written.append(encoder.submit(_row_group, parquet, pending))
+            for future in written:
+                future.result()  # an encoding error surfaces here
+        with open(long_path, "rb") as handle:
+            stored = _save(f"{folder}/pooled_long.csv", handle, "pooled_long.csv")
+        with open(parquet_path, "rb") as handle:
+            parquet_size, parquet_sha256 = file_digest(handle)
+            parquet_stored = _save(f"{folder}/pooled_long.parquet", handle, "pooled_long.parquet")
     # The subjects with their quasi-identifiers as released (generalised), sorted.
     subjects_bytes = released.sort_values(["contributor", "pseudonym"]).to_csv(
         index=False, lineterminator="\n").encode("utf-8")

@@ -71,6 +71,13 @@ class ItemPlan:
     rule: harmonise.Rule | None = None
 
 
+def every_item_consented(definition: Mapping[str, Any], consented: set[str]) -> bool:
+    """Whether every item of a version that holds values is consented (then no key of its
+    entries needs filtering out in SQL)."""
+    return all(str(item.get("code")) in consented for item in definition.get("items") or []
+               if item.get("type") not in deid.VALUELESS_TYPES)
+
+
 def item_plans(*, form: str, definition: Mapping[str, Any], consented: set[str], safe_items: frozenset[str],
                rules: Sequence[harmonise.Rule]) -> dict[str, ItemPlan]:
     """Item code -> plan, for the consented items of one form version. `rules`: the
@@ -142,13 +149,13 @@ class PartEntry:
 
 _LISTING_COLUMNS = {"entry": pa.int64(), "version": pa.int64(), "pseudonym": pa.string(), "shift": pa.int32(),
                     "subject": pa.string(), "event": pa.string(), "occurrence": pa.int32(), "visit": pa.date32(),
-                    "form": pa.string(), "form_version": pa.int32()}
+                    "form": pa.string(), "form_version": pa.int32(), "has_missing": pa.bool_()}
 
 _ENTRIES_SQL = """
 WITH event_order(code, position) AS ({events}),
 subj(code, pseudonym, shift) AS (SELECT * FROM unnest({codes}::text[], {pseudonyms}::text[], {shifts}::int[]))
 SELECT e.id, e.form_version_id, sj.pseudonym, sj.shift, s.subject_code, t.event_code, t.sequence,
-       coalesce(t.completed_on, t.target_date), f.code, v.number
+       coalesce(t.completed_on, t.target_date), f.code, v.number, e.missing <> '{{}}'::jsonb
   FROM ecrf_entry e
   JOIN studies_subject s ON s.id = e.subject_id
   JOIN subj sj ON sj.code = s.subject_code
@@ -161,22 +168,25 @@ SELECT e.id, e.form_version_id, sj.pseudonym, sj.shift, s.subject_code, t.event_
           f.code COLLATE "C"
 """
 
-# A group's values of consented items as JSON text (a string's escapes kept: no line
-# break reaches the CSV reader unquoted), then its valid missing-data codes ("m").
+# A group's values as JSON text (a string's escapes kept: no line break reaches the CSV
+# reader unquoted); only of the consented items when some item is not (the filter costs
+# more than it saves otherwise: keys without a plan are passed over by the columns).
 _CELLS_SQL = """
-SELECT e.id, kv.key, kv.value::text, NULL
+SELECT e.id, kv.key, kv.value
   FROM ecrf_entry e
  CROSS JOIN LATERAL jsonb_each(e.values) kv
- WHERE e.id = ANY({ids}) AND kv.key = ANY({keys})
-UNION ALL
-SELECT e.id, km.key, km.value #>> '{{}}', 'm'
-  FROM ecrf_entry e
- CROSS JOIN LATERAL jsonb_each(e.missing) km
- WHERE e.id = ANY({ids}) AND e.missing <> '{{}}'::jsonb AND jsonb_typeof(km.value) = 'string'
-   AND km.value #>> '{{}}' IN ('NA', 'UNK', 'ASKU', 'NASK')
+ WHERE e.id = ANY({ids}) {only}
 """
 
-_CELL_COLUMNS = {"entry": pa.int64(), "key": pa.string(), "json": pa.string(), "missing": pa.string()}
+# The valid missing-data codes of the group's entries that have any (most have none).
+_MISSING_SQL = """
+SELECT e.id, km.key, km.value #>> '{{}}'
+  FROM ecrf_entry e
+ CROSS JOIN LATERAL jsonb_each(e.missing) km
+ WHERE e.id = ANY({ids}) AND jsonb_typeof(km.value) = 'string' AND km.value #>> '{{}}' IN ('NA', 'UNK', 'ASKU', 'NASK')
+"""
+
+_CELL_COLUMNS = {"entry": pa.int64(), "key": pa.string(), "json": pa.string()}
 
 
 def entry_listing(*, study_id: int, forms: Sequence[str], events: pgsql.Composable,
@@ -196,16 +206,34 @@ def entry_listing(*, study_id: int, forms: Sequence[str], events: pgsql.Composab
         reader = pa_csv.open_csv(
             listing, read_options=pa_csv.ReadOptions(column_names=list(_LISTING_COLUMNS), use_threads=False,
                                                      block_size=LISTING_BLOCK_BYTES),
-            convert_options=pa_csv.ConvertOptions(column_types=_LISTING_COLUMNS, strings_can_be_null=False),
+            convert_options=pa_csv.ConvertOptions(column_types=_LISTING_COLUMNS, strings_can_be_null=False,
+                                                  true_values=["t"], false_values=["f"]),
             memory_pool=pa.system_memory_pool())
         yield from reader
 
 
-def read_cells(entries: pa.RecordBatch, keys: Sequence[str]) -> pa.Table:
+def read_cells(entries: pa.RecordBatch, keys: Sequence[str] | None) -> pa.Table:
+    """The group's values (and its missing-data codes, "missing" set), as text columns.
+    `keys`: the consented item codes, or None when every item of every version is."""
+    from django.db import connection
+
     from exports.extract import _copy_table
 
-    return _copy_table(pgsql.SQL(_CELLS_SQL).format(ids=pgsql.Literal(entries.column("entry").to_pylist()),
-                                                    keys=pgsql.Literal(sorted(keys))), _CELL_COLUMNS)
+    only = pgsql.SQL("AND kv.key = ANY({})").format(pgsql.Literal(sorted(keys))) if keys is not None else pgsql.SQL("")
+    values = _copy_table(pgsql.SQL(_CELLS_SQL).format(ids=pgsql.Literal(entries.column("entry").to_pylist()),
+                                                      only=only), _CELL_COLUMNS)
+    values = values.append_column("missing", pa.nulls(values.num_rows, pa.string()))
+    with_missing = pc.filter(entries.column("entry"), entries.column("has_missing")).to_pylist()
+    if not with_missing:
+        return values
+    with connection.cursor() as cursor:
+        cursor.execute(pgsql.SQL(_MISSING_SQL).format(ids=pgsql.Literal(with_missing)).as_string(cursor.cursor))
+        found = cursor.fetchall()
+    codes = pa.table({"entry": pa.array([row[0] for row in found], pa.int64()),
+                      "key": pa.array([row[1] for row in found], pa.string()),
+                      "json": pa.array([row[2] for row in found], pa.string()),
+                      "missing": pa.array(["m"] * len(found), pa.string())})
+    return pa.concat_tables([values, codes])
 
 
 # --- judging -------------------------------------------------------------------------------
@@ -239,7 +267,7 @@ class PartBuilder:
         self.python_values = python_values
         self.counts = counts
         self.vectorise = vectorise
-        self.keys = sorted({code for by_code in plans.values() for code in by_code})
+        self.keys: list[str] | None = sorted({code for by_code in plans.values() for code in by_code})
         self._plans: list[ItemPlan] = []
         self._by_version: dict[int, tuple[pa.Array, np.ndarray]] = {}
         for version, by_code in plans.items():
@@ -295,17 +323,21 @@ class PartBuilder:
         would, `out` the released text (null: an empty cell), `keep` where it is a row."""
         n = cells.num_rows
         raw = cells.column("json")
-        first = pc.utf8_slice_codeunits(raw, 0, 1)
-        is_str, is_null = _flag(pc.equal(first, '"')), _flag(pc.equal(first, "n"))
-        is_bool = _flag(pc.is_in(first, value_set=pa.array(["t", "f"])))
-        is_num = _flag(pc.is_in(first, value_set=pa.array(list("-0123456789"))))
-        plain_str = is_str & ~_flag(pc.match_substring(raw, "\\"))
+        # A JSON text's type is its first byte; a string with a backslash has escapes.
+        offsets, data = _bytes_of(raw)
+        first = data[offsets[:-1]] if len(data) else np.zeros(n, dtype=np.uint8)
+        empty = offsets[1:] == offsets[:-1]  # no JSON text is empty; guarded all the same
+        first[empty] = 0
+        is_str, is_null = first == ord('"'), first == ord("n")
+        is_bool = (first == ord("t")) | (first == ord("f"))
+        is_num = (first == ord("-")) | ((first >= ord("0")) & (first <= ord("9")))
+        plain_str = is_str & ~_rows_holding(offsets, data, np.frombuffer(b"\\", dtype=np.uint8))
         text = pc.if_else(pa.array(plain_str), pc.utf8_slice_codeunits(raw, 1, -1), raw)
         ok = np.zeros(n, dtype=bool)
         if not self.vectorise:
             return ok, text, ok
         ok |= (base > BASES.index("drop")) & (base != BASES.index("rules")) & is_null
-        out = text
+        patches = _Patches()
         for name in ("text", "number", "yes_no", "choice", "date"):
             rows = np.nonzero((base == BASES.index(name)) & ~is_null)[0]
             if not len(rows):
@@ -331,39 +363,39 @@ class PartBuilder:
                     shifts = np.asarray(entries.column("shift").to_numpy(zero_copy_only=False))[entry_pos[dated]]
                     shifted, valid = _shift_dates(text.take(dated), shifts)
                     ok[dated[valid]] = True
-                    out = _replace_rows(out, dated[valid], shifted.filter(pa.array(valid)))
+                    patches.add(dated[valid], shifted.filter(pa.array(valid)))
         harm = self._harm[plan]
         harm[plan < 0] = 0
-        out = self._harmonise(plan, harm, ok, is_null, out)
+        self._harmonise(plan, harm, ok, is_null, text, patches)
+        out = patches.applied(text)
         unmapped = (harm == HARMONISE.index("unmapped")) & ok & ~is_null
         self._count(self.counts.unmapped, plan[unmapped])
         keep = ok & ~unmapped
         return ok, pc.if_else(pa.array(is_null), pa.scalar(None, pa.string()), out), keep
 
     def _harmonise(self, plan: np.ndarray, harm: np.ndarray, ok: np.ndarray, is_null: np.ndarray,
-                   out: pa.Array) -> pa.Array:
+                   text: pa.Array, patches: _Patches) -> None:
         """Codes and units in the consortium's terms, where `ok`; a value the rule cannot
         map is left to deid's rules and the harmoniser (which count it)."""
         mapped = np.nonzero(ok & (harm == HARMONISE.index("map")) & ~is_null)[0]
         for plan_id in np.unique(plan[mapped]):
             rows = mapped[plan[mapped] == plan_id]
             codes = (self._plans[int(plan_id)].rule or harmonise.Rule(path="", group="", code="")).codes or {}
-            found = pc.index_in(out.take(rows), value_set=pa.array(list(codes), pa.string()))
+            found = pc.index_in(text.take(rows), value_set=pa.array(list(codes), pa.string()))
             hit = _flag(pc.is_valid(found))
             ok[rows[~hit]] = False
             new = pc.take(pa.array(list(codes.values()), pa.string()), found).filter(pa.array(hit))
-            out = _replace_rows(out, rows[hit], new)
+            patches.add(rows[hit], new)
             self._count(self.counts.harmonised, plan[rows[hit]])
         converted = np.nonzero(ok & (harm == HARMONISE.index("factor")) & ~is_null)[0]
         for plan_id in np.unique(plan[converted]):
             rows = converted[plan[converted] == plan_id]
             rule = self._plans[int(plan_id)].rule
-            done, results = _converted(out.take(rows), rule) if rule is not None else (np.zeros(len(rows), bool), None)
+            done, results = _converted(text.take(rows), rule) if rule is not None else (np.zeros(len(rows), bool), None)
             ok[rows[~done]] = False  # deid's rules and the harmoniser decide (and count) those
             if results is not None:
-                out = _replace_rows(out, rows[done], results)
+                patches.add(rows[done], results)
             self._count(self.counts.harmonised, plan[rows[done]])
-        return out
 
     def _count(self, counter: Counter[str], plan_ids: np.ndarray) -> None:
         for plan_id, count in zip(*np.unique(plan_ids, return_counts=True), strict=True):
@@ -498,6 +530,26 @@ def _array(column: Any) -> pa.Array:
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
+class _Patches:
+    """Rows' new texts, gathered from each plan's work and written into the column once."""
+
+    def __init__(self) -> None:
+        self._rows: list[np.ndarray] = []
+        self._values: list[pa.Array] = []
+
+    def add(self, rows: np.ndarray, values: pa.Array) -> None:
+        if len(rows):
+            self._rows.append(rows)
+            self._values.append(_array(values))
+
+    def applied(self, column: pa.Array) -> pa.Array:
+        if not self._rows:
+            return column
+        rows = np.concatenate(self._rows)
+        order = np.argsort(rows, kind="stable")
+        return _replace_rows(column, rows[order], pa.concat_arrays(self._values).take(order))
+
+
 def _replace_rows(values: pa.Array, rows: np.ndarray, new: pa.Array) -> pa.Array:
     """`values` with the given rows (ascending) replaced by `new`, in order."""
     if not len(rows):
@@ -520,19 +572,34 @@ def _shift_dates(texts: pa.Array, shifts: np.ndarray) -> tuple[pa.Array, np.ndar
     return pc.cast(shifted, pa.string()), valid
 
 
+def _bytes_of(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets from 0, bytes) of a string array's values, without a copy."""
+    values = _array(values)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset:values.offset + len(values) + 1] \
+        if len(values) else np.zeros(1, dtype=np.int32)
+    data = values.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] if data is not None and len(values) else \
+        np.zeros(0, dtype=np.uint8)
+    return (offsets - offsets[0]).astype(np.int64), raw
+
+
+def _rows_holding(offsets: np.ndarray, data: np.ndarray, chars: np.ndarray) -> np.ndarray:
+    """Which values hold any of these bytes (ASCII: never inside a UTF-8 sequence)."""
+    found = np.zeros(len(offsets) - 1, dtype=bool)
+    hits = np.nonzero(np.isin(data, chars))[0]
+    if len(hits):
+        found[np.searchsorted(offsets, hits, side="right") - 1] = True
+    return found
+
+
 def _quoted(values: pa.Array) -> pa.Array:
     """CSV fields of texts (as csv_field): the rows holding a comma, a quote or a line
     break are found in the array's bytes with numpy, and only those are rewritten."""
     values = _array(values)
-    data = values.buffers()[2]
-    if not len(values) or data is None:
+    offsets, data = _bytes_of(values)
+    rows = np.nonzero(_rows_holding(offsets, data, _QUOTE_BYTES))[0]
+    if not len(rows):
         return values
-    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset:values.offset + len(values) + 1]
-    raw = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]]
-    hits = np.nonzero(np.isin(raw, _QUOTE_BYTES))[0]
-    if not len(hits):
-        return values
-    rows = np.unique(np.searchsorted(offsets, hits + offsets[0], side="right") - 1)
     chosen = values.take(rows)
     quoted = pc.binary_join_element_wise('"', pc.replace_substring(chosen, '"', '""'), '"', "")
     return _replace_rows(values, rows, quoted)

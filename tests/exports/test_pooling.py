@@ -619,3 +619,33 @@ def test_a_failed_run_says_why_in_the_readers_language_in_the_api(world):
     assert chinese["error"] == english["error"]
     assert chinese["error_message"] != english["error_message"] and "ConnectionRefusedError" in chinese[
         "error_message"]
+
+
+def test_a_suppressed_subjects_rows_leave_neither_pooled_file_and_the_others_all_do(three_tenants, world, in_tenant):
+    """One alpha subject made much younger than everyone: its class is too small for k, so
+    it is suppressed; the combine step filters alpha's part, and copies the others whole."""
+    import pyarrow.parquet as pq
+
+    from studies.models import Subject
+
+    in_tenant(world.alpha)
+    young = next(subject for subject in Subject.objects.order_by("pk") if subject.birth_date)
+    young.birth_date = "1995-06-01"
+    young.save(update_fields=["birth_date"])
+    connection.set_schema_to_public()
+    run, long_bytes, subjects_bytes = _run(three_tenants)
+    assert run.status == "done", run.error
+    report = run.manifest["deidentification"]
+    assert report["records_suppressed"] == 1 and report["achieved_k"] >= 3
+    released = set(pd.read_csv(io.BytesIO(subjects_bytes), dtype=str)["pseudonym"])
+    rows = list(csv.DictReader(io.StringIO(long_bytes.decode())))
+    assert {r["subject"] for r in rows} <= released
+    tenants = {t["tenant"]: t for t in run.manifest["tenants"]}
+    # Alpha lost the suppressed subject's rows; beta and gamma released every value.
+    assert 0 < tenants["alpha"]["rows_released"] < tenants["alpha"]["values_extracted"]
+    assert all(tenants[name]["rows_released"] == tenants[name]["values_extracted"] for name in ("beta", "gamma"))
+    assert sum(t["rows_released"] for t in tenants.values()) == len(rows)
+    files = {f["name"]: f for f in run.manifest["files"]}
+    with default_storage.open(files["pooled_long.parquet"]["storage"], "rb") as handle:
+        table = pq.read_table(io.BytesIO(handle.read()))
+    assert table.num_rows == len(rows) and set(table.column("subject").to_pylist()) == {r["subject"] for r in rows}
