@@ -339,7 +339,8 @@ def _save(key: str, handle: IO[bytes], name: str) -> str:
 
 
 def _row_group(writer: pq.ParquetWriter, batches: list[pa.RecordBatch]) -> None:
-    writer.write_table(pa.Table.from_batches(batches), row_group_size=1 << 30)
+    # The parts' dictionary columns as plain text: readers get strings, not categories.
+    writer.write_table(pa.Table.from_batches(batches).cast(columns.POOLED_PARQUET_SCHEMA), row_group_size=1 << 30)
 
 
 def _parts_delete(consortium: Consortium, run_id: int) -> None:

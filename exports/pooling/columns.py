@@ -41,7 +41,11 @@ POOLED_PARQUET_SCHEMA = pa.schema([
     ("contributor", pa.string()), ("subject", pa.string()), ("event", pa.string()), ("occurrence", pa.int32()),
     ("visit_date", pa.date32()), ("form", pa.string()), ("form_version", pa.int32()), ("item", pa.string()),
     ("item_row", pa.int32()), ("value", pa.string())])
-PART_SCHEMA = POOLED_PARQUET_SCHEMA.append(pa.field("line", pa.string()))
+# A part's columns: the same, with the columns an entry's rows share as dictionaries over
+# the group's entries (no copy per row), and each row's CSV line.
+_SHARED = ("contributor", "subject", "event", "form")
+PART_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.name in _SHARED else f
+                         for f in POOLED_PARQUET_SCHEMA]).append(pa.field("line", pa.string()))
 
 # The listing is read in blocks of this many bytes (about 12,000 entries): each block is
 # a group, one COPY of its values and one record batch of the part.
@@ -278,6 +282,7 @@ class PartBuilder:
         self._base = np.array([BASES.index(p.base) for p in self._plans] + [0], dtype=np.int8)
         self._harm = np.array([HARMONISE.index(p.mode) for p in self._plans] + [0], dtype=np.int8)
         self._position = np.array([p.position for p in self._plans] + [0], dtype=np.int64)
+        self._last_position = int(self._position.max())
         self._items = pa.array([p.path for p in self._plans] + [""], pa.string())
         self._item_fields = pa.array([csv_field(p.path) for p in self._plans] + [""], pa.string())
 
@@ -438,27 +443,45 @@ class PartBuilder:
 
     def _assemble(self, entries: pa.RecordBatch, rows: _Rows) -> pa.RecordBatch:
         entry_pos, position, sub, order, item, item_field, item_row, value = rows.arrays()
-        sort = pc.sort_indices(pa.table({"e": entry_pos, "p": position, "s": sub, "o": order}),
-                               sort_keys=[("e", "ascending"), ("p", "ascending"), ("s", "ascending"),
-                                          ("o", "ascending")])
-        at, item, item_field, item_row, value = (column.take(sort) for column in
-                                                 (entry_pos, item, item_field, item_row, value))
-        value = pc.if_else(pc.equal(value, ""), pa.scalar(None, pa.string()), value)
+        # An entry's rows: its values in the definition's order (a group's row by row),
+        # then its missing-data codes by path; numpy sorts one composite key.
+        keys = [np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64) for column in (entry_pos, sub)]
+        ranks = np.asarray(position.to_numpy(zero_copy_only=False), dtype=np.int64)
+        ranks = np.where(ranks == _MISSING_POSITION, self._last_position + 1, ranks)
+        path_ranks = np.asarray(order.to_numpy(zero_copy_only=False), dtype=np.int64)
+        composite = keys[0]
+        for part, width in ((ranks, int(ranks.max(initial=0)) + 1), (keys[1], int(keys[1].max(initial=0)) + 1),
+                            (path_ranks, int(path_ranks.max(initial=0)) + 1)):
+            composite = composite * width + part
+        sort = np.argsort(composite, kind="stable")
+        if not np.all(sort[1:] > sort[:-1]):  # already in order (often): no copies
+            at, item, item_field, item_row, value = (column.take(sort) for column in
+                                                     (entry_pos, item, item_field, item_row, value))
+        else:
+            at = entry_pos
+        empty = _bytes_of(value)[0]
+        if np.any((empty[1:] == empty[:-1]) & _flag(pc.is_valid(value))):
+            value = pc.if_else(pc.equal(value, ""), pa.scalar(None, pa.string()), value)
         visits = self._visits(entries)
         prefix = pc.binary_join_element_wise(
             csv_field(self.tenant), entries.column("pseudonym"), _quoted(entries.column("event")),
             pc.cast(entries.column("occurrence"), pa.string()), pc.fill_null(pc.cast(visits, pa.string()), ""),
             _quoted(entries.column("form")), pc.cast(entries.column("form_version"), pa.string()), ",")
+        ending = pc.binary_join_element_wise(_quoted(value), "\n", "", null_handling="replace", null_replacement="")
         line = pc.binary_join_element_wise(pc.take(prefix, at), item_field, pc.cast(item_row, pa.string()),
-                                           _quoted(value), ",", null_handling="replace", null_replacement="")
-        line = pc.binary_join_element_wise(line, "", "\n")  # the line's end
+                                           ending, ",", null_handling="replace", null_replacement="")
         self.counts.entries += len(np.unique(np.asarray(at.to_numpy(zero_copy_only=False))))
         self.counts.values += len(line)
+        indices = pc.cast(at, pa.int32())
+
+        def shared(name: str) -> pa.DictionaryArray:
+            return pa.DictionaryArray.from_arrays(indices, entries.column(name))
+
         return pa.RecordBatch.from_arrays([
-            pa.repeat(pa.scalar(self.tenant, pa.string()), len(line)),
-            *(pc.take(entries.column(name), at) for name in ("pseudonym", "event", "occurrence")),
-            pc.take(visits, at), *(pc.take(entries.column(name), at) for name in ("form", "form_version")),
-            item, item_row, value, line], schema=PART_SCHEMA)
+            pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(line), dtype=np.int32)), pa.array([self.tenant])),
+            shared("pseudonym"), shared("event"), pc.take(entries.column("occurrence"), at), pc.take(visits, at),
+            shared("form"), pc.take(entries.column("form_version"), at), item, item_row, value, line],
+            schema=PART_SCHEMA)
 
     def _visits(self, entries: pa.RecordBatch) -> pa.Array:
         """Each entry's visit date moved by its subject's shift; by deid.shift_date (which
@@ -616,7 +639,7 @@ def csv_field(text: str) -> str:
 class _Rows:
     """A group's rows: arrays from the columns, Python lists for the rest."""
 
-    _TYPES = (pa.int64(), pa.int64(), pa.int64(), pa.string(), pa.string(), pa.string(), pa.int32(), pa.string())
+    _TYPES = (pa.int64(), pa.int64(), pa.int64(), pa.int64(), pa.string(), pa.string(), pa.int32(), pa.string())
 
     def __init__(self) -> None:
         self._arrays: list[tuple[pa.Array, ...]] = []
@@ -626,7 +649,7 @@ class _Rows:
                     value: pa.Array) -> None:
         n = len(entry_pos)
         self._arrays.append((pa.array(entry_pos, pa.int64()), pa.array(position, pa.int64()),
-                             pa.array(np.zeros(n, dtype=np.int64)), pa.repeat(pa.scalar("", pa.string()), n),
+                             pa.array(np.zeros(n, dtype=np.int64)), pa.array(np.zeros(n, dtype=np.int64)),
                              item, item_field, pa.nulls(n, pa.int32()), value))
 
     def add(self, entry_pos: int, position: int, sub: int, order: str, item: str, row: str, value: str) -> None:
@@ -635,6 +658,10 @@ class _Rows:
             target.append(part)
 
     def arrays(self) -> tuple[pa.Array, ...]:
+        """(entry, position, sub-row, path rank, item, item field, item row, value)."""
+        paths = sorted(set(self._lists[3]))  # missing-data paths, by code point; "" for the rest
+        rank = {path: number for number, path in enumerate(paths)}
+        self._lists[3][:] = [rank[path] for path in self._lists[3]]
         listed = [pa.array(values, kind) for values, kind in zip(self._lists, self._TYPES, strict=True)]
         return tuple(pa.concat_arrays([*(_array(chunk[i]) for chunk in self._arrays), listed[i]])
                      for i in range(len(self._TYPES)))
