@@ -189,3 +189,39 @@ def test_the_odd_values_come_out_as_python_writes_them(odd_world, tmp_path):
         "weight", "meds[0].med_dose", "notes", "ghost", "dbp"}
     assert not {row["item"] for row in rows} & {"hdr", "unknown.x"}  # not consented
     assert json.dumps(counts)  # never a value object in the counts
+
+
+def test_a_date_no_calendar_has_fails_the_part_by_columns_too(odd_world, tmp_path):
+    """The columns never release a date they cannot read: "2024-02-30" goes to deid's
+    rules, which refuse it (the part fails, as test_pooling's failed-part test shows for
+    the whole run); a date before the year 1000 is shifted by the rules and kept."""
+    from ecrf.models import Entry
+
+    agreement = DataSharingAgreement.objects.select_related("tenant").get(consortium=odd_world["consortium"],
+                                                                          tenant__slug="alpha")
+    with schema_context(agreement.tenant.schema_name):
+        first, second = Entry.objects.order_by("pk")[:2]
+        Entry.objects.filter(pk=second.pk).update(values={"visit_date": "0999-06-15", "diag_date": "0999-06"})
+    table, counts = _part(odd_world["run"], agreement, tmp_path / "early", vectorise=True)
+    lines, reference = _reference(odd_world["run"], agreement)
+    assert "".join(table.column("line").to_pylist()) == lines
+    assert {key: counts[key] for key in reference} == reference
+    early = [row["value"] for row in table.to_pylist() if row["item"] == "visit_date" and row["value"]
+             and row["value"].startswith("0")]
+    assert len(early) == 1 and early[0][:4] in ("0998", "0999")
+    with schema_context(agreement.tenant.schema_name):
+        Entry.objects.filter(pk=first.pk).update(values={"visit_date": "2024-02-30"})
+    with pytest.raises(deid.DeidError):
+        _part(odd_world["run"], agreement, tmp_path / "bad", vectorise=True)
+
+
+def test_a_part_whose_consented_items_may_not_leave_is_empty_and_says_what_it_dropped(odd_world, tmp_path):
+    agreement = DataSharingAgreement.objects.select_related("tenant").get(consortium=odd_world["consortium"],
+                                                                          tenant__slug="alpha")
+    agreement.fields = ["VITALS.email"]  # free text not marked safe: none of it leaves
+    agreement.save(update_fields=["fields"])
+    table, counts = _part(odd_world["run"], agreement, tmp_path, vectorise=True)
+    assert table.num_rows == 0 and table.schema.equals(columns.PART_SCHEMA)
+    assert counts["entries"] == counts["values_extracted"] == 0 and counts["items_dropped"] == ["VITALS.email"]
+    lines, reference = _reference(odd_world["run"], agreement)
+    assert lines == "" and {key: counts[key] for key in reference} == reference
