@@ -6,24 +6,27 @@ synchronous `pooled_run_execute` (tests, benchmarks), so both write the same byt
 1. `pooled_run_prepare`: the run becomes "running"; the tenants with an active
    data-sharing agreement are listed (by slug).
 2. `tenant_part_extract`, once per tenant (the chord's header, in parallel): it enters
-   that tenant's schema, reads the agreed study's consented fields (never the identifying
-   data: the extraction reads no name, phone, e-mail, national ID or address),
-   de-identifies them there (exports.deid: keyed pseudonyms, per-subject date shifts,
-   free text dropped unless the consortium marks it safe, age top-coded), harmonises
-   code lists and units as the common data elements declare (models.Consortium), and
-   writes its part to default_storage under pooling/<consortium>/<run>/parts/<tenant>.*:
-   the cells as gzip'd CSV rows already in the pooled layout, an index of them per
-   subject (gzip'd JSON lines), and the subjects with their quasi-identifiers (gzip'd
-   JSON lines). Workers may be on different machines: nothing but storage keys and
-   small JSON results crosses tasks, and nothing read back is unpickled.
+   that tenant's schema and, in one REPEATABLE READ snapshot, reads the agreed study's
+   consented fields (never the identifying data: the extraction reads no name, phone,
+   e-mail, national ID or address), de-identifies them there (exports.deid: keyed
+   pseudonyms, per-subject date shifts, free text dropped unless the consortium marks it
+   safe, age top-coded), harmonises code lists and units as the common data elements
+   declare (exports.pooling.harmonise), and writes its part to default_storage under
+   pooling/<consortium>/<run>/parts/<tenant>.*: the cells as an Arrow IPC stream (the
+   pooled columns and each row's CSV line, ordered by pseudonym; exports.pooling.columns,
+   docs/adr/0016) and the subjects with their quasi-identifiers (gzip'd JSON lines).
+   Workers may be on different machines: nothing but storage keys and small JSON results
+   crosses tasks, and nothing read back is unpickled.
 3. `pooled_run_combine` (the chord's body): makes the pooled subjects k-anonymous over
-   the consortium's quasi-identifiers, copies the released subjects' cells from the
-   parts (byte ranges from the index: no row is parsed again), and writes the pooled
-   long CSV, the pooled subjects CSV and the manifest (rows per tenant, values left out
-   by harmonisation, the de-identification report). The parts are then deleted.
+   the consortium's quasi-identifiers, keeps the released subjects' rows of each part
+   (a tenant none of whose subjects was suppressed is copied whole), writes their lines
+   as the pooled long CSV and their columns as the Parquet file (on a thread), the pooled
+   subjects CSV and the manifest (rows per tenant, values left out by harmonisation, the
+   de-identification report). The parts are then deleted.
 
-Memory stays flat in the number of values: entries stream from a server-side cursor to
-a gzip stream and back; only the subjects (one small row each) are held, for k.
+Memory stays flat in the number of values: a part is read and written a group of
+entries at a time, and combined a record batch at a time; only the subjects (one small
+row each) are held, for k.
 
 Keys come from the environment only (POOLING_SECRET), derived per consortium and purpose
 with HKDF, so a pseudonym key and a date-shift key never coincide and no key is stored.
