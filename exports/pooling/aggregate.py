@@ -84,7 +84,7 @@ QUASI_IDENTIFIERS = ("age", "country")  # those the extraction can give (Subject
 _PART_COMPRESSION = 1
 _PART_KINDS = ("cells.arrow", "subjects.jsonl.gz")
 # Released rows gathered before the pooled Parquet file gets a row group of them.
-_PARQUET_GROUP_ROWS = 250_000
+_PARQUET_GROUP_ROWS = 100_000
 
 
 def consortium_keys(consortium: Consortium) -> tuple[bytes, bytes]:
@@ -400,6 +400,8 @@ def _combine(run: PooledRun, parts: list[dict[str, Any]]) -> None:
                     pending.append(chosen.drop_columns(["line"]))
                     waiting += chosen.num_rows
                     if waiting >= _PARQUET_GROUP_ROWS:
+                        if written:  # one row group encoding at a time, one waiting: memory stays flat
+                            written.pop(0).result()
                         written.append(encoder.submit(_row_group, parquet, pending))
                         pending, waiting = [], 0
             if pending:
