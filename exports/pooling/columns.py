@@ -338,8 +338,8 @@ class PartBuilder:
         raw = cells.column("json")
         # A JSON text's type is its first byte; a string with a backslash has escapes.
         offsets, data = _bytes_of(raw)
-        first = data[offsets[:-1]] if len(data) else np.zeros(n, dtype=np.uint8)
         empty = offsets[1:] == offsets[:-1]  # no JSON text is empty; guarded all the same
+        first = data[np.minimum(offsets[:-1], max(len(data) - 1, 0))] if len(data) else np.zeros(n, dtype=np.uint8)
         first[empty] = 0
         is_str, is_null = first == ord('"'), first == ord("n")
         is_bool = (first == ord("t")) | (first == ord("f"))
@@ -517,16 +517,20 @@ _PLAIN_DECIMAL = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$"  # Decimal() reads it exac
 def _converted(texts: pa.Array, rule: harmonise.Rule) -> tuple[np.ndarray, pa.Array | None]:
     """(which values, their conversion): the harmoniser's Decimal(text) * factor, rounded
     half away from zero (ROUND_HALF_UP) to the rule's places, in Arrow's exact decimals.
-    Texts of at most 16 characters (15 digits: exact at scale 15 in 40 digits), places
-    0-6 (no exponent in Python's text either); a negative value that rounds to zero is
-    left to the rules (Decimal writes "-0.0", a decimal array "0.0")."""
+    Exactly Decimal's result while nothing reaches its 28-digit context: texts of at most
+    16 characters (16 digits), a factor of at most 12 digits below 10**6 (so the product
+    has at most 28 digits, and its integer part at most 22 beside 0-6 places, which
+    quantize() keeps without raising or writing an exponent); any other factor or places
+    leave every value to the rules. A negative value that rounds to zero is left to the
+    rules too (Decimal writes "-0.0", a decimal array "0.0")."""
     factor = rule.factor
     places = -int(rule.quantum.as_tuple().exponent)
-    _sign, digits, exponent = factor.as_tuple() if factor is not None else (0, (), 0)
+    if factor is None or not factor.is_finite() or not 0 <= places <= 6 or len(factor.as_tuple().digits) > 12 \
+            or factor.adjusted() >= 6 or factor <= 0:
+        return np.zeros(len(texts), dtype=bool), None
+    _sign, digits, exponent = factor.as_tuple()
     scale = max(0, -int(exponent))
     precision = max(len(digits) + max(0, int(exponent)), scale) + 1
-    if factor is None or not 0 <= places <= 6 or precision > 30:
-        return np.zeros(len(texts), dtype=bool), None
     eligible = _flag(pc.less_equal(pc.utf8_length(texts), 16)) & _flag(pc.match_substring_regex(texts, _PLAIN_DECIMAL))
     chosen = np.nonzero(eligible)[0]
     numbers = pc.cast(texts.take(chosen), pa.decimal256(40, 15))
@@ -544,12 +548,17 @@ def _python_number_text(texts: pa.Array) -> np.ndarray:
     """Which JSON number texts (PostgreSQL's: no exponent, no leading zero, no sign but
     "-") Python writes back unchanged after reading them: integers (read as int); decimals
     with no trailing zero but a lone ".0", at most 15 significant digits (the length bound
-    is stricter) and at least 1e-4 (repr() writes no exponent there)."""
+    is stricter) and at least 1e-4 (repr() writes no exponent there). Integers of at most
+    4,000 characters."""
     has_point = _flag(pc.match_substring(texts, "."))
-    short = _flag(pc.less_equal(pc.utf8_length(texts), 16))
+    length = pc.utf8_length(texts)
+    # Python reads no integer of more than 4,300 digits (int_max_str_digits): the rules
+    # fail on one, so the columns must not release it either.
+    integer = ~has_point & _flag(pc.less_equal(length, 4000))
+    short = _flag(pc.less_equal(length, 16))
     trailing = _flag(pc.ends_with(texts, "0")) & ~_flag(pc.ends_with(texts, ".0"))
     tiny = _flag(pc.starts_with(texts, "0.000")) | _flag(pc.starts_with(texts, "-0.000"))
-    return ~has_point | (short & ~trailing & ~tiny)
+    return integer | (has_point & short & ~trailing & ~tiny)
 
 
 def _flag(values: Any) -> np.ndarray:
