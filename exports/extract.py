@@ -128,7 +128,7 @@ def _values(rows: Sequence[tuple[Any, ...]], types: Sequence[str]) -> pgsql.Comp
 # repeating group's cells row by row. Multiple choices are their codes joined by ";", a
 # file is its name. An item given a missing-data code instead of a value is a row too.
 # An entry with its subject, site, visit, form and version, narrowed to the scope.
-_ENTRY_JOINS = """  FROM ecrf_entry e
+ENTRY_JOINS = """  FROM ecrf_entry e
   JOIN studies_subject s ON s.id = e.subject_id
   JOIN sites_site si ON si.id = s.site_id
   JOIN studies_followuptask t ON t.id = e.task_id
@@ -148,7 +148,7 @@ SELECT e.id, e.status, e.form_version_id,
        f.code AS form, v.number{as_text} AS form_version,
        row_number() OVER (ORDER BY si.code, s.subject_code, coalesce(eo.position, 100000), t.event_code,
                           t.sequence, f.code) AS entry_rank
-""" + _ENTRY_JOINS
+""" + ENTRY_JOINS
 
 # Each ranked entry (those in {ranks}), in rank order, with its values read by primary key
 # (LIMIT 1 keeps it a per-row lookup, so the rank order carries through to the cells).
@@ -201,7 +201,7 @@ _COUNT_SQL = """
 WITH event_order(code, position) AS ({events})
 SELECT c.form, c.site, count(cell.item)
   FROM (SELECT e.form_version_id, e.values, e.missing, f.code AS form, si.code AS site
-""" + _ENTRY_JOINS + """) c
+""" + ENTRY_JOINS + """) c
  CROSS JOIN LATERAL (SELECT c.values, c.missing) ev
   LEFT JOIN LATERAL (SELECT cell.item FROM """ + _SEGMENTS + """ CROSS JOIN LATERAL (""" + _CELLS + """) cell) cell
     ON true
@@ -355,7 +355,7 @@ _ENTRIES_SQL = """
 WITH event_order(code, position) AS ({events})
 SELECT s.subject_code, si.code, t.event_code, t.sequence, f.code, v.number, e.status, e.values, e.missing,
        coalesce(t.completed_on, t.target_date), e.updated
-""" + _ENTRY_JOINS + """ {forms} ORDER BY {order}, coalesce(eo.position, 100000), t.event_code, t.sequence, f.code
+""" + ENTRY_JOINS + """ {forms} ORDER BY {order}, coalesce(eo.position, 100000), t.event_code, t.sequence, f.code
 """
 
 _VISITS_SQL = """
@@ -516,7 +516,7 @@ _USUBJID_ENTRIES_SQL = """
 WITH event_order(code, position) AS ({events})
 SELECT e.id, s.subject_code, t.event_code, t.sequence, f.code, v.number,
        coalesce(t.completed_on, t.target_date)::text, coalesce(t.completed_on, t.target_date) - s.enrolment_date
-""" + _ENTRY_JOINS + """ ORDER BY {order}, coalesce(eo.position, 100000), t.event_code, t.sequence, f.code
+""" + ENTRY_JOINS + """ ORDER BY {order}, coalesce(eo.position, 100000), t.event_code, t.sequence, f.code
 """
 
 # Entries per group of cells (whole subjects; about 8 cells an entry in the benchmark).

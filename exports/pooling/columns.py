@@ -34,6 +34,7 @@ from psycopg2 import sql as pgsql
 from pyarrow import csv as pa_csv
 
 from exports import deid
+from exports.extract import ENTRY_JOINS
 from exports.pooling import harmonise
 
 # The pooled long rows: the CSV's columns, numbers and dates typed (also the Parquet file's).
@@ -158,19 +159,15 @@ _LISTING_COLUMNS = {"entry": pa.int64(), "version": pa.int64(), "pseudonym": pa.
 _ENTRIES_SQL = """
 WITH event_order(code, position) AS ({events}),
 subj(code, pseudonym, shift) AS (SELECT * FROM unnest({codes}::text[], {pseudonyms}::text[], {shifts}::int[]))
-SELECT e.id, e.form_version_id, sj.pseudonym, sj.shift, s.subject_code, t.event_code, t.sequence,
-       coalesce(t.completed_on, t.target_date), f.code, v.number, e.missing <> '{{}}'::jsonb
-  FROM ecrf_entry e
-  JOIN studies_subject s ON s.id = e.subject_id
-  JOIN subj sj ON sj.code = s.subject_code
-  JOIN studies_followuptask t ON t.id = e.task_id
-  JOIN ecrf_formdefinition f ON f.id = e.form_id
-  JOIN ecrf_formversion v ON v.id = e.form_version_id
-  LEFT JOIN event_order eo ON eo.code = t.event_code
- WHERE s.study_id = {study} AND f.code = ANY({forms})
- ORDER BY sj.pseudonym COLLATE "C", coalesce(eo.position, 100000), t.event_code COLLATE "C", t.sequence,
-          f.code COLLATE "C"
-"""
+SELECT x.id, x.form_version_id, sj.pseudonym, sj.shift, x.subject_code, x.event_code, x.sequence, x.visit,
+       x.form, x.number, x.has_missing
+  FROM (SELECT e.id, e.form_version_id, s.subject_code, t.event_code, t.sequence,
+               coalesce(t.completed_on, t.target_date) AS visit, f.code AS form, v.number,
+               e.missing <> '{{}}'::jsonb AS has_missing, coalesce(eo.position, 100000) AS position
+       """ + ENTRY_JOINS + """) x
+  JOIN subj sj ON sj.code = x.subject_code
+ ORDER BY sj.pseudonym COLLATE "C", x.position, x.event_code COLLATE "C", x.sequence, x.form COLLATE "C"
+"""  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
 
 # A group's values as JSON text (a string's escapes kept: no line break reaches the CSV
 # reader unquoted); only of the consented items when some item is not (the filter costs
@@ -200,7 +197,8 @@ def entry_listing(*, study_id: int, forms: Sequence[str], events: pgsql.Composab
     from exports.extract import _copy_out
 
     query = pgsql.SQL(_ENTRIES_SQL).format(
-        events=events, study=pgsql.Literal(study_id), forms=pgsql.Literal(list(forms)),
+        events=events, study=pgsql.Literal(study_id),
+        filters=pgsql.SQL("AND f.code = ANY({})").format(pgsql.Literal(list(forms))),
         codes=pgsql.Literal([s[0] for s in subjects]), pseudonyms=pgsql.Literal([s[1] for s in subjects]),
         shifts=pgsql.Literal([s[2] for s in subjects]))
     with tempfile.TemporaryFile(prefix="suifang-pool-entries-") as listing:
