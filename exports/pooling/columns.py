@@ -391,7 +391,8 @@ class PartBuilder:
         mapped = np.nonzero(ok & (harm == HARMONISE.index("map")) & ~is_null)[0]
         for plan_id in np.unique(plan[mapped]):
             rows = mapped[plan[mapped] == plan_id]
-            codes = (self._plans[int(plan_id)].rule or harmonise.Rule(path="", group="", code="")).codes or {}
+            rule = self._plans[int(plan_id)].rule  # a "map" plan always has its rule's codes
+            codes = rule.codes if rule is not None and rule.codes is not None else {}
             found = pc.index_in(text.take(rows), value_set=pa.array(list(codes), pa.string()))
             hit = _flag(pc.is_valid(found))
             ok[rows[~hit]] = False
