@@ -96,6 +96,20 @@ def _item_specs(study_id: int) -> dict[str, list[dict[str, Any]]]:
     return specs
 
 
+def event_order_values(study_id: int) -> pgsql.Composable:
+    """The study's events in schedule order, as the VALUES of an `event_order(code,
+    position)` CTE."""
+    return _values(_event_order(study_id), ("text", "int"))
+
+
+def read_snapshot() -> None:
+    """Makes the current transaction (begun, nothing read yet) one REPEATABLE READ, READ
+    ONLY snapshot with the export's settings: every read of the run sees the same data."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        cursor.execute(TRANSACTION_SETTINGS)
+
+
 def forms_in_scope(scope: ExportScope) -> list[FormDefinition]:
     forms = FormDefinition.objects.filter(study_id=scope.study_id).order_by("code")
     return list(forms.filter(code__in=scope.forms) if scope.forms else forms)
@@ -233,7 +247,7 @@ def _format(template: str, scope: ExportScope, ranks: tuple[int, int | None] | N
         as_text=pgsql.SQL("::text" if as_text else ""),
         ranks=_rank_range(ranks),
         study_code=pgsql.Literal(study_code),
-        events=_values(_event_order(scope.study_id), ("text", "int")),
+        events=event_order_values(scope.study_id),
         specs=pgsql.Literal(json.dumps(specs, separators=(",", ":"))),
         study=pgsql.Literal(scope.study_id), filters=_filters(scope))
 
@@ -275,13 +289,13 @@ def long_csv_copy(scope: ExportScope, out: IO[bytes]) -> int:
     and PostgreSQL runs one query on one core; the halves run on two. Same bytes."""
     entries = _entries_in_scope(scope) if scope.snapshot is not None else 0
     if entries < PARALLEL_MIN_ENTRIES:
-        return _copy_out(long_query(scope, for_copy=True), out, header=True)
+        return copy_out(long_query(scope, for_copy=True), out, header=True)
     middle = entries // 2
     with tempfile.TemporaryFile(prefix="suifang-export-tail-", buffering=1 << 20) as tail:
-        second = in_snapshot_beside(scope, lambda: _copy_out(long_query(scope, (middle, None), for_copy=True), tail,
+        second = in_snapshot_beside(scope, lambda: copy_out(long_query(scope, (middle, None), for_copy=True), tail,
                                                               header=False))
         try:
-            rows = _copy_out(long_query(scope, (0, middle), for_copy=True), out, header=True)
+            rows = copy_out(long_query(scope, (0, middle), for_copy=True), out, header=True)
         finally:
             # Waited for even when the first half failed: the thread holds a connection.
             rows_after = second.result()
@@ -290,7 +304,7 @@ def long_csv_copy(scope: ExportScope, out: IO[bytes]) -> int:
     return rows + rows_after
 
 
-def _copy_out(query: pgsql.Composable, out: IO[bytes], *, header: bool) -> int:
+def copy_out(query: pgsql.Composable, out: IO[bytes], *, header: bool) -> int:
     with connection.cursor() as cursor:
         raw = cursor.cursor  # psycopg2's own cursor: copy_expert streams into `out`
         statement = pgsql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER {}, ENCODING 'UTF8')").format(
@@ -394,7 +408,7 @@ def study_meta(scope: ExportScope) -> StudyMeta:
                      protocol=study.code, events=events, forms=forms)
 
 
-def _subjects(scope: ExportScope) -> list[SubjectRecord]:
+def subject_records(scope: ExportScope) -> list[SubjectRecord]:
     from studies.models import Subject
 
     subjects = Subject.objects.filter(study_id=scope.study_id)
@@ -423,13 +437,13 @@ def study_data(scope: ExportScope, *, snapshot_at: datetime) -> StudyData:
     """The study as records for the CDISC writers (call inside the run's transaction:
     entries and visits stream through server-side cursors)."""
     filters = _filters(scope)
-    events = _values(_event_order(scope.study_id), ("text", "int"))
+    events = event_order_values(scope.study_id)
     entries_query = pgsql.SQL(_ENTRIES_SQL).format(events=events, study=pgsql.Literal(scope.study_id),
                                                    filters=filters, forms=pgsql.SQL(""), order=_SUBJECT_ORDER)
     visits_query = pgsql.SQL(_VISITS_SQL).format(events=events, study=pgsql.Literal(scope.study_id),
                                                  task_filters=_task_filters(scope), order=_SUBJECT_ORDER)
 
-    return StudyData(study=study_meta(scope), snapshot_at=snapshot_at, subjects=_subjects(scope),
+    return StudyData(study=study_meta(scope), snapshot_at=snapshot_at, subjects=subject_records(scope),
                      visits=_visit_records(visits_query), entries=_entry_records(entries_query),
                      sdtm_source=SqlSdtmSource(scope))
 
@@ -540,7 +554,7 @@ class SqlSdtmSource:
         self._versions = {(code, number): pk for pk, code, number in FormVersion.objects.filter(
             form__study_id=scope.study_id).values_list("pk", "form__code", "number")}
         # The queries' common parts: the schedule's event order, the study, the scope's filters.
-        self._base = {"events": _values(_event_order(scope.study_id), ("text", "int")),
+        self._base = {"events": event_order_values(scope.study_id),
                       "study": pgsql.Literal(scope.study_id), "filters": _filters(scope)}
 
     def visits(self) -> Iterator[VisitRecord]:
@@ -585,7 +599,7 @@ def _cell_chunk(group: Sequence[EntryRow], items: pgsql.Composable) -> CellChunk
 
     keys, subjects, events, sequences, forms, versions, dates, days = (
         list(column) for column in zip(*group, strict=True))
-    table = _copy_table(pgsql.SQL(_FINDING_CELLS_SQL).format(
+    table = copy_table(pgsql.SQL(_FINDING_CELLS_SQL).format(
         items=items, entries=pgsql.SQL("{}::bigint[]").format(pgsql.Literal(keys))),
         {"entry": pa.int64(), "index": pa.int32(), "orres": pa.string(), "raw": pa.string(), "missing": pa.string()})
 
@@ -744,7 +758,7 @@ class _CellsAhead(Iterator[CellChunk]):
             self._signal_stop()
 
 
-def _copy_table(query: pgsql.Composable, columns: dict[str, Any]) -> Any:
+def copy_table(query: pgsql.Composable, columns: dict[str, Any]) -> Any:
     """A query's rows as an Arrow table, through COPY (CSV) and Arrow's CSV reader: the
     rows never become Python objects on the way."""
     import io

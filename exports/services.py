@@ -392,9 +392,7 @@ def _export_run_as_asked(job: ExportJob) -> ExportJob:
     try:
         with transaction.atomic():
             if outermost:  # one snapshot for every file and count of the run
-                with connection.cursor() as cursor:
-                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    cursor.execute(extract.TRANSACTION_SETTINGS)
+                extract.read_snapshot()
             head = _audit_head()
             first_attempt = job.snapshot_seq is None
             changed_since = not first_attempt and head != job.snapshot_seq

@@ -46,7 +46,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -165,7 +164,8 @@ class _MovableFile(File):
 
 
 def _store(key: str, path: str) -> str:
-    if default_storage.exists(key):  # a redelivered task writes the same part again
+    """A finished local file into storage under `key` (its base name the file's name)."""
+    if default_storage.exists(key):  # a redelivered task (or combine step) writes it again
         default_storage.delete(key)
     with open(path, "rb") as handle:
         return str(default_storage.save(key, _MovableFile(handle, name=os.path.basename(key))))
@@ -189,9 +189,7 @@ def _extract_part(run: PooledRun, agreement: DataSharingAgreement, folder: str, 
     outermost = not connection.in_atomic_block
     with schema_context(tenant.schema_name), transaction.atomic():
         if outermost:  # the subjects, the entries and every group's values from one snapshot
-            with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                cursor.execute(extract.TRANSACTION_SETTINGS)
+            extract.read_snapshot()
         study = Study.objects.filter(code=agreement.study_code).first()
         if study is None or not consented:
             return result
@@ -200,15 +198,15 @@ def _extract_part(run: PooledRun, agreement: DataSharingAgreement, folder: str, 
                         .exclude(status=FormVersionStatus.DRAFT).select_related("form").order_by("pk"))
         definitions = {(v.form.code, v.number): v.definition for v in versions}
         counts = columns.PartCounts()
-        harmoniser = harmonise.Harmoniser(harmonise.declared(consortium), tenant=tenant.slug, definitions=definitions)
-        harmoniser.changed, harmoniser.unmapped = counts.harmonised, counts.unmapped
+        harmoniser = harmonise.Harmoniser(harmonise.declared(consortium), tenant=tenant.slug, definitions=definitions,
+                                          changed=counts.harmonised, unmapped=counts.unmapped)
         plans = {v.pk: columns.item_plans(form=v.form.code, definition=v.definition,
                                           consented=consented[v.form.code], safe_items=policy.safe_items,
                                           rules=harmoniser.rules.get((v.form.code, v.number), []))
                  for v in versions}
         released: list[tuple[str, str, int]] = []
         with gzip.open(paths["subjects.jsonl.gz"], "wt", encoding="utf-8", compresslevel=_PART_COMPRESSION) as out:
-            for subject in extract._subjects(scope):
+            for subject in extract.subject_records(scope):
                 keys = deid.subject_keys(subject, policy=policy)
                 shown = deid.deidentify_subject(subject, policy=policy, keys=keys)
                 out.write(json.dumps({"pseudonym": shown.subject_key, "age": shown.age,
@@ -225,12 +223,12 @@ def _extract_part(run: PooledRun, agreement: DataSharingAgreement, folder: str, 
             harmonised = harmoniser.apply_values(entry.form, entry.form_version, cleaned)
             return [cell for key, kept in harmonised.items() for cell in harmonise.value_cells(key, kept)]
 
-        builder = columns.PartBuilder(tenant=tenant.slug, plans=plans, consented=consented,
-                                      python_values=python_values, counts=counts, vectorise=vectorise)
-        if all(columns.every_item_consented(v.definition, consented[v.form.code]) for v in versions):
-            builder.keys = None
+        builder = columns.PartBuilder(
+            tenant=tenant.slug, plans=plans, consented=consented, python_values=python_values, counts=counts,
+            vectorise=vectorise,
+            filter_keys=not all(columns.every_item_consented(v.definition, consented[v.form.code]) for v in versions))
         listing = columns.entry_listing(study_id=study.pk, forms=sorted(consented), subjects=released,
-                                        events=extract._values(extract._event_order(study.pk), ("text", "int")))
+                                        events=extract.event_order_values(study.pk))
         with open(paths["cells.arrow"], "wb") as cells_file:
             columns.write_batches((builder.batch(entries, columns.read_cells(entries, builder.keys))
                                    for entries in listing), cells_file)
@@ -324,20 +322,9 @@ def _part_batches(key: str) -> Iterator[pa.RecordBatch]:
         yield from reader
 
 
-def _line_bytes(lines: pa.Array) -> memoryview:
-    """The CSV text of released rows: the lines' own buffer, as it is."""
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset:lines.offset + len(lines) + 1]
-    data = lines.buffers()[2]
-    if data is None:
-        return memoryview(b"")
-    return memoryview(data)[int(offsets[0]):int(offsets[-1])]
-
-
 def _save(key: str, handle: IO[bytes], name: str) -> str:
     if default_storage.exists(key):
         default_storage.delete(key)
-    if isinstance(handle, io.BufferedReader):  # a finished local file: moved when the storage can
-        return str(default_storage.save(key, _MovableFile(handle, name=name)))
     return str(default_storage.save(key, File(handle, name=name)))
 
 
@@ -392,7 +379,7 @@ def _combine(run: PooledRun, parts: list[dict[str, Any]]) -> None:
                 for batch in _part_batches(part["parts"]["cells"]):
                     chosen = batch if whole else batch.filter(pc.is_in(batch.column("subject"),
                                                                        value_set=kept_subjects))
-                    text = _line_bytes(chosen.column("line"))
+                    text = columns.text_bytes(chosen.column("line"))  # the lines' own buffer
                     out.write(text)
                     digest.update(text)
                     size += len(text)
@@ -408,11 +395,10 @@ def _combine(run: PooledRun, parts: list[dict[str, Any]]) -> None:
                 written.append(encoder.submit(_row_group, parquet, pending))
             for future in written:
                 future.result()  # an encoding error surfaces here
-        with open(long_path, "rb") as handle:
-            stored = _save(f"{folder}/pooled_long.csv", handle, "pooled_long.csv")
         with open(parquet_path, "rb") as handle:
             parquet_size, parquet_sha256 = file_digest(handle)
-            parquet_stored = _save(f"{folder}/pooled_long.parquet", handle, "pooled_long.parquet")
+        stored = _store(f"{folder}/pooled_long.csv", long_path)
+        parquet_stored = _store(f"{folder}/pooled_long.parquet", parquet_path)
     # The subjects with their quasi-identifiers as released (generalised), sorted.
     subjects_bytes = released.sort_values(["contributor", "pseudonym"]).to_csv(
         index=False, lineterminator="\n").encode("utf-8")

@@ -30,11 +30,11 @@ from typing import IO, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from django.db import connection
 from psycopg2 import sql as pgsql
 from pyarrow import csv as pa_csv
 
-from exports import deid
-from exports.extract import ENTRY_JOINS
+from exports import deid, extract
 from exports.pooling import harmonise
 
 # The pooled long rows: the CSV's columns, numbers and dates typed (also the Parquet file's).
@@ -164,7 +164,7 @@ SELECT x.id, x.form_version_id, sj.pseudonym, sj.shift, x.subject_code, x.event_
   FROM (SELECT e.id, e.form_version_id, s.subject_code, t.event_code, t.sequence,
                coalesce(t.completed_on, t.target_date) AS visit, f.code AS form, v.number,
                e.missing <> '{{}}'::jsonb AS has_missing, coalesce(eo.position, 100000) AS position
-       """ + ENTRY_JOINS + """) x
+       """ + extract.ENTRY_JOINS + """) x
   JOIN subj sj ON sj.code = x.subject_code
  ORDER BY sj.pseudonym COLLATE "C", x.position, x.event_code COLLATE "C", x.sequence, x.form COLLATE "C"
 """  # noqa: S608 (constant fragments; values are bound by psycopg2.sql)
@@ -194,15 +194,13 @@ def entry_listing(*, study_id: int, forms: Sequence[str], events: pgsql.Composab
                   subjects: Sequence[tuple[str, str, int]]) -> Iterator[pa.RecordBatch]:
     """The part's entries in the pooled order, a block at a time; `subjects`: (subject
     code, pseudonym, shift). COPY'd to a temporary file first: memory holds one block."""
-    from exports.extract import _copy_out
-
     query = pgsql.SQL(_ENTRIES_SQL).format(
         events=events, study=pgsql.Literal(study_id),
         filters=pgsql.SQL("AND f.code = ANY({})").format(pgsql.Literal(list(forms))),
         codes=pgsql.Literal([s[0] for s in subjects]), pseudonyms=pgsql.Literal([s[1] for s in subjects]),
         shifts=pgsql.Literal([s[2] for s in subjects]))
     with tempfile.TemporaryFile(prefix="suifang-pool-entries-") as listing:
-        if not _copy_out(query, listing, header=False):
+        if not extract.copy_out(query, listing, header=False):
             return
         listing.seek(0)
         reader = pa_csv.open_csv(
@@ -217,12 +215,8 @@ def entry_listing(*, study_id: int, forms: Sequence[str], events: pgsql.Composab
 def read_cells(entries: pa.RecordBatch, keys: Sequence[str] | None) -> pa.Table:
     """The group's values (and its missing-data codes, "missing" set), as text columns.
     `keys`: the consented item codes, or None when every item of every version is."""
-    from django.db import connection
-
-    from exports.extract import _copy_table
-
     only = pgsql.SQL("AND kv.key = ANY({})").format(pgsql.Literal(sorted(keys))) if keys is not None else pgsql.SQL("")
-    values = _copy_table(pgsql.SQL(_CELLS_SQL).format(ids=_id_array(entries.column("entry")), only=only),
+    values = extract.copy_table(pgsql.SQL(_CELLS_SQL).format(ids=_id_array(entries.column("entry")), only=only),
                          _CELL_COLUMNS)
     values = values.append_column("missing", pa.nulls(values.num_rows, pa.string()))
     with_missing = pc.filter(entries.column("entry"), entries.column("has_missing")).to_pylist()
@@ -271,13 +265,15 @@ class PartBuilder:
 
     def __init__(self, *, tenant: str, plans: Mapping[int, Mapping[str, ItemPlan]],
                  consented: Mapping[str, set[str]], python_values: PythonValues, counts: PartCounts,
-                 vectorise: bool = True) -> None:
+                 vectorise: bool = True, filter_keys: bool = True) -> None:
         self.tenant = tenant
         self.consented = consented
         self.python_values = python_values
         self.counts = counts
         self.vectorise = vectorise
-        self.keys: list[str] | None = sorted({code for by_code in plans.values() for code in by_code})
+        # The consented codes read_cells filters on; None: not worth it (every item is).
+        self.keys: list[str] | None = sorted({code for by_code in plans.values() for code in by_code}) \
+            if filter_keys else None
         self._plans: list[ItemPlan] = []
         self._by_version: dict[int, tuple[pa.Array, np.ndarray]] = {}
         for version, by_code in plans.items():
@@ -609,6 +605,11 @@ def _shift_dates(texts: pa.Array, shifts: np.ndarray) -> tuple[pa.Array, np.ndar
     valid = same & (base >= _FIRST_DAY) & (moved >= _FIRST_DAY) & (moved <= _LAST_DAY)
     shifted = pa.array(np.where(valid, moved, 0).astype(np.int32), pa.int32()).cast(pa.date32())
     return pc.cast(shifted, pa.string()), valid
+
+
+def text_bytes(values: pa.Array) -> memoryview:
+    """The bytes of a string array's values, one after the other, without a copy."""
+    return _bytes_of(values)[1].data
 
 
 def _bytes_of(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -141,12 +141,14 @@ class Harmoniser:
     counts, per "FORM.item", the values changed and those left out (never a value)."""
 
     def __init__(self, declared: Mapping[str, Mapping[str, Mapping[str, Any]]], *, tenant: str,
-                 definitions: Mapping[tuple[str, int], Mapping[str, Any]]) -> None:
+                 definitions: Mapping[tuple[str, int], Mapping[str, Any]], changed: Counter[str] | None = None,
+                 unmapped: Counter[str] | None = None) -> None:
         self.rules = {version: [rule for rule in rules_of(definition, declared.get(version[0]) or {}, tenant)
                                 if not rule.same_unit]
                       for version, definition in definitions.items()}
-        self.changed: Counter[str] = Counter()
-        self.unmapped: Counter[str] = Counter()
+        # Counted into the caller's counters when given (a part counts by columns too).
+        self.changed: Counter[str] = changed if changed is not None else Counter()
+        self.unmapped: Counter[str] = unmapped if unmapped is not None else Counter()
 
     def apply(self, entry: EntryRecord) -> EntryRecord:
         if not self.rules.get((entry.form_code, entry.form_version)):

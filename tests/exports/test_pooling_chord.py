@@ -385,13 +385,13 @@ def test_a_study_export_in_two_halves_on_two_connections_writes_the_same_bytes(c
 
     tenant = Tenant.objects.get(slug=SLUGS[2])
     copies: list[bool] = []
-    real_copy = extract._copy_out
+    real_copy = extract.copy_out
 
     def recording_copy(query: Any, out: Any, *, header: bool) -> int:
         copies.append(header)
         return real_copy(query, out, header=header)
 
-    monkeypatch.setattr(extract, "_copy_out", recording_copy)
+    monkeypatch.setattr(extract, "copy_out", recording_copy)
     monkeypatch.setattr(extract, "PARALLEL_MIN_ENTRIES", 2)
 
     def export() -> dict[str, Any]:
